@@ -1,0 +1,103 @@
+"""Base config: every field a run reads, with defaults. Other configs start from this one.
+
+Durations are in optimizer steps; one step consumes `data.batch_size * data.seq_len` tokens
+(gradient accumulation splits that batch into `train.grad_accum_steps` micro-batches).
+"""
+
+import ml_collections
+
+
+def get_model_config() -> ml_collections.ConfigDict:
+  m = ml_collections.ConfigDict()
+  m.vocab_size = 256  # overwritten from the tokenizer when data.tokenizer == 'bpe'
+  m.d_model = 128
+  m.num_layers = 4
+  m.num_heads = 4
+  m.num_kv_heads = 0  # 0 means num_heads (plain multi-head attention); fewer gives grouped-query
+  m.mlp_dim = 0  # 0 means 4 * d_model (GELU) or the LLaMA-style 8/3 * d_model rounded to 64 (SwiGLU)
+  m.max_seq_len = 256
+  m.position = 'learned'  # 'learned' | 'sinusoidal' | 'rope'
+  m.rope_theta = 10000.0
+  m.mlp = 'gelu'  # 'gelu' | 'swiglu'
+  m.norm = 'layernorm'  # 'layernorm' | 'rmsnorm'
+  m.use_bias = True
+  m.tie_embeddings = True
+  m.dropout = 0.0
+  m.init_std = 0.02  # residual output projections are scaled by 1/sqrt(2 * num_layers)
+  m.dtype = 'float32'  # compute dtype: 'float32' | 'bfloat16'
+  m.param_dtype = 'float32'
+  m.scan_layers = False  # nn.scan over blocks: compile time independent of depth
+  m.remat = 'none'  # 'none' | 'full' | 'dots' (save matmul outputs, recompute the rest)
+  m.attention_impl = ''  # '' lets JAX choose; 'xla' | 'cudnn' force one
+  return m
+
+
+def get_config() -> ml_collections.ConfigDict:
+  config = ml_collections.ConfigDict()
+  config.seed = 0
+
+  config.model = get_model_config()
+
+  d = config.data = ml_collections.ConfigDict()
+  d.source = 'stdlib'  # 'stdlib' | 'text' | 'tokens' | 'arrayrecord'
+  d.paths = ''  # glob(s), comma separated, for 'text' / 'tokens' / 'arrayrecord'
+  d.val_paths = ''  # optional separate validation glob(s); else a split by file
+  d.val_fraction = 0.05  # fraction of files (text) or tokens (token shards) held out
+  d.tokenizer = 'byte'  # 'byte' | 'bpe'
+  d.bpe_vocab_size = 4096
+  d.decode_errors = 'replace'  # undecodable bytes: 'replace' (U+FFFD) | 'skip' the file | 'strict'
+  d.token_dtype = 'uint16'  # for .bin token shards
+  d.seq_len = 128
+  d.batch_size = 16  # global batch, in sequences
+  d.max_corpus_bytes = 0  # 0: whole corpus; else stop reading after this many bytes (quick runs)
+  d.shuffle_buffer = 0  # unused by the map-style pipeline; kept 0
+  d.worker_count = 0
+
+  t = config.train = ml_collections.ConfigDict()
+  t.num_steps = 1000
+  t.learning_rate = 1e-3
+  t.min_lr_ratio = 0.1  # cosine decays to learning_rate * min_lr_ratio
+  t.warmup_steps = 100
+  t.schedule = 'cosine'  # 'cosine' | 'constant' | 'inverse_sqrt'
+  t.weight_decay = 0.1
+  t.b1 = 0.9
+  t.b2 = 0.95
+  t.eps = 1e-8
+  t.grad_clip = 1.0  # global-norm clipping; 0 disables
+  t.grad_accum_steps = 1
+  t.log_every = 10
+  t.eval_every = 200
+  t.eval_batches = 8
+  t.checkpoint_every = 500
+  t.keep_checkpoints = 3
+  t.async_checkpoints = True
+  t.max_nan_steps = 0  # a non-finite loss stops the run at once
+
+  mesh = config.mesh = ml_collections.ConfigDict()
+  # Sizes of the device mesh axes; one may be -1 ("all the devices the others leave").
+  mesh.data = -1
+  mesh.fsdp = 1
+  mesh.tensor = 1
+  # Logical axis name -> mesh axis (or axes). The model only names logical axes.
+  mesh.rules = (
+      ('batch', ('data', 'fsdp')),
+      ('length', None),
+      ('vocab', 'tensor'),
+      ('embed', 'fsdp'),
+      ('heads', 'tensor'),
+      ('kv_heads', 'tensor'),
+      ('head_dim', None),
+      ('mlp', 'tensor'),
+      ('layers', None),
+      ('act_embed', None),
+      ('act_heads', 'tensor'),
+      ('act_mlp', 'tensor'),
+      ('act_vocab', 'tensor'),
+  )
+
+  dist = config.distributed = ml_collections.ConfigDict()
+  dist.enabled = False  # call jax.distributed.initialize (auto-detected on Cloud TPU and SLURM)
+  dist.coordinator_address = ''
+  dist.num_processes = 0
+  dist.process_id = -1
+  return config

@@ -1,0 +1,335 @@
+"""GPT decoder in flax.linen, with logical axis names on every parameter and main activation.
+
+The model names only logical axes ('vocab', 'embed', 'heads', ...); `gptjax/sharding.py` maps them to a
+device mesh through the rules in the config, so the same module runs unsharded on one CPU or split
+over a pod without changes here.
+
+Shape legend used in names and comments throughout the package:
+  B batch, T query length, S key/value length (the KV cache in decoding), D d_model,
+  N query heads, K key/value heads, G = N // K query heads per key/value head, H head dim,
+  F MLP hidden width, V vocabulary, L layers.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any, Callable
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+
+Array = jax.Array
+
+POSITIONS = ('learned', 'sinusoidal', 'rope')
+MLPS = ('gelu', 'swiglu')
+NORMS = ('layernorm', 'rmsnorm')
+REMATS = ('none', 'full', 'dots')
+DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16, 'float16': jnp.float16}
+
+
+@dataclasses.dataclass(frozen=True)
+class GPTConfig:
+  """Hyper-parameters of the decoder; built from `config.model` with `from_config`."""
+
+  vocab_size: int = 256
+  d_model: int = 128
+  num_layers: int = 4
+  num_heads: int = 4
+  num_kv_heads: int = 0
+  mlp_dim: int = 0
+  max_seq_len: int = 256
+  position: str = 'learned'
+  rope_theta: float = 10000.0
+  mlp: str = 'gelu'
+  norm: str = 'layernorm'
+  use_bias: bool = True
+  tie_embeddings: bool = True
+  dropout: float = 0.0
+  init_std: float = 0.02
+  dtype: str = 'float32'
+  param_dtype: str = 'float32'
+  scan_layers: bool = False
+  remat: str = 'none'
+  attention_impl: str = ''
+
+  def __post_init__(self):
+    def check(ok: bool, message: str):
+      if not ok:
+        raise ValueError(f'Invalid model config: {message}')
+
+    for name in ('vocab_size', 'd_model', 'num_layers', 'num_heads', 'max_seq_len'):
+      check(getattr(self, name) > 0, f'{name}={getattr(self, name)} must be positive.')
+    check(self.d_model % self.num_heads == 0,
+          f'd_model={self.d_model} is not divisible by num_heads={self.num_heads}; '
+          'pick num_heads that divides d_model.')
+    check(self.kv_heads > 0 and self.num_heads % self.kv_heads == 0,
+          f'num_heads={self.num_heads} is not divisible by num_kv_heads={self.num_kv_heads}; '
+          'grouped-query attention needs a whole number of query heads per key/value head.')
+    check(self.position in POSITIONS, f'position={self.position!r}; choose one of {POSITIONS}.')
+    check(self.position != 'rope' or self.head_dim % 2 == 0,
+          f'RoPE rotates pairs of features, so head_dim={self.head_dim} must be even.')
+    check(self.position != 'sinusoidal' or self.d_model % 2 == 0,
+          f'sinusoidal positions need an even d_model, got {self.d_model}.')
+    check(self.mlp in MLPS, f'mlp={self.mlp!r}; choose one of {MLPS}.')
+    check(self.norm in NORMS, f'norm={self.norm!r}; choose one of {NORMS}.')
+    check(self.remat in REMATS, f'remat={self.remat!r}; choose one of {REMATS}.')
+    check(self.dtype in DTYPES and self.param_dtype in DTYPES,
+          f'dtype={self.dtype!r}, param_dtype={self.param_dtype!r}; choose from {tuple(DTYPES)}.')
+    check(0.0 <= self.dropout < 1.0, f'dropout={self.dropout} must be in [0, 1).')
+    check(self.attention_impl in ('', 'xla', 'cudnn'),
+          f"attention_impl={self.attention_impl!r}; choose '', 'xla' or 'cudnn'.")
+
+  @classmethod
+  def from_config(cls, model_config: ml_collections.ConfigDict | dict[str, Any]) -> GPTConfig:
+    values = dict(model_config)
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - known)
+    if unknown:
+      raise ValueError(f'Unknown model config fields {unknown}; known fields are {sorted(known)}.')
+    return cls(**values)
+
+  @property
+  def kv_heads(self) -> int:
+    return self.num_kv_heads or self.num_heads
+
+  @property
+  def head_dim(self) -> int:
+    return self.d_model // self.num_heads
+
+  @property
+  def mlp_hidden(self) -> int:
+    if self.mlp_dim:
+      return self.mlp_dim
+    if self.mlp == 'swiglu':  # keeps the parameter count of a 4*D GELU MLP, rounded up to 64
+      return 64 * math.ceil(8 * self.d_model / 3 / 64)
+    return 4 * self.d_model
+
+  @property
+  def compute_dtype(self) -> jnp.dtype:
+    return DTYPES[self.dtype]
+
+  @property
+  def weights_dtype(self) -> jnp.dtype:
+    return DTYPES[self.param_dtype]
+
+
+def _init(std: float, names: tuple[str | None, ...]) -> Callable:
+  return nn.with_logical_partitioning(nn.initializers.normal(stddev=std), names)
+
+
+def _zeros(names: tuple[str | None, ...]) -> Callable:
+  return nn.with_logical_partitioning(nn.initializers.zeros_init(), names)
+
+
+def _ones(names: tuple[str | None, ...]) -> Callable:
+  return nn.with_logical_partitioning(nn.initializers.ones_init(), names)
+
+
+def sinusoidal_positions(positions_BxT: Array, d_model: int) -> Array:
+  """PE(pos, 2i) = sin(pos / 10000^(2i/d)), PE(pos, 2i+1) = cos(...), interleaved as in the paper."""
+  inv_freq = 1.0 / (10000.0 ** (jnp.arange(0, d_model, 2, dtype=jnp.float32) / d_model))  # [D/2]
+  angles_BxTxD2 = positions_BxT[..., None].astype(jnp.float32) * inv_freq
+  pe_BxTxD2x2 = jnp.stack([jnp.sin(angles_BxTxD2), jnp.cos(angles_BxTxD2)], axis=-1)
+  return pe_BxTxD2x2.reshape(*positions_BxT.shape, d_model)
+
+
+def apply_rope(x_BxTxNxH: Array, positions_BxT: Array, theta: float) -> Array:
+  """Rotates feature pairs (x[i], x[i + H/2]) by angle pos * theta^(-2i/H) (GPT-NeoX layout)."""
+  half = x_BxTxNxH.shape[-1] // 2
+  inv_freq = 1.0 / (theta ** (jnp.arange(half, dtype=jnp.float32) * 2.0 / (2 * half)))  # [H/2]
+  angles_BxTx1xH2 = (positions_BxT[..., None].astype(jnp.float32) * inv_freq)[:, :, None, :]
+  sin, cos = jnp.sin(angles_BxTx1xH2), jnp.cos(angles_BxTx1xH2)
+  x1, x2 = x_BxTxNxH[..., :half].astype(jnp.float32), x_BxTxNxH[..., half:].astype(jnp.float32)
+  rotated = jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1)
+  return rotated.astype(x_BxTxNxH.dtype)
+
+
+def _norm(config: GPTConfig, name: str) -> nn.Module:
+  common = dict(dtype=config.compute_dtype, param_dtype=config.weights_dtype, name=name,
+                scale_init=_ones(('embed',)))
+  if config.norm == 'rmsnorm':
+    return nn.RMSNorm(epsilon=1e-6, **common)
+  return nn.LayerNorm(epsilon=1e-5, use_bias=config.use_bias, bias_init=_zeros(('embed',)), **common)
+
+
+class CausalSelfAttention(nn.Module):
+  """Multi-head (or grouped-query) causal attention through `jax.nn.dot_product_attention`.
+
+  With `decode=True` the keys and values live in a 'cache' collection sized by the sequence the
+  module was initialised with; each call writes its T new positions at `cache_index` and attends to
+  every filled slot up to its own, so a prompt can be prefilled in one call and then extended a
+  token at a time.
+  """
+
+  config: GPTConfig
+  decode: bool = False
+
+  @nn.compact
+  def __call__(self, x_BxTxD: Array, positions_BxT: Array, kv_mask_BxS: Array | None) -> Array:
+    cfg = self.config
+    n, k, h = cfg.num_heads, cfg.kv_heads, cfg.head_dim
+    dense = lambda heads, names, name: nn.DenseGeneral(
+        features=(heads, h), use_bias=cfg.use_bias, dtype=cfg.compute_dtype,
+        param_dtype=cfg.weights_dtype, kernel_init=_init(cfg.init_std, ('embed',) + names),
+        bias_init=_zeros(names), name=name)
+    q_BxTxNxH = dense(n, ('heads', 'head_dim'), 'query')(x_BxTxD)
+    k_BxTxKxH = dense(k, ('kv_heads', 'head_dim'), 'key')(x_BxTxD)
+    v_BxTxKxH = dense(k, ('kv_heads', 'head_dim'), 'value')(x_BxTxD)
+    if cfg.position == 'rope':
+      q_BxTxNxH = apply_rope(q_BxTxNxH, positions_BxT, cfg.rope_theta)
+      k_BxTxKxH = apply_rope(k_BxTxKxH, positions_BxT, cfg.rope_theta)
+    q_BxTxNxH = nn.with_logical_constraint(q_BxTxNxH, ('batch', 'length', 'act_heads', 'head_dim'))
+
+    if self.decode:
+      k_BxSxKxH, v_BxSxKxH, mask_Bx1xTxS = self._update_cache(k_BxTxKxH, v_BxTxKxH, kv_mask_BxS)
+      if mask_Bx1xTxS is None:  # initialisation pass: the cache is only being created
+        mask_Bx1xTxS = jnp.tril(jnp.ones((q_BxTxNxH.shape[1],) * 2, bool))[None, None]
+      out_BxTxNxH = jax.nn.dot_product_attention(
+          q_BxTxNxH, k_BxSxKxH, v_BxSxKxH, mask=mask_Bx1xTxS,
+          implementation=cfg.attention_impl or None)
+    elif kv_mask_BxS is not None:
+      t = x_BxTxD.shape[1]
+      causal_TxT = jnp.tril(jnp.ones((t, t), bool))
+      # A padded query still sees itself, so its softmax row is never empty (no NaN).
+      mask_Bx1xTxT = (causal_TxT & kv_mask_BxS[:, None, None, :]) | jnp.eye(t, dtype=bool)
+      out_BxTxNxH = jax.nn.dot_product_attention(
+          q_BxTxNxH, k_BxTxKxH, v_BxTxKxH, mask=mask_Bx1xTxT,
+          implementation=cfg.attention_impl or None)
+    else:
+      out_BxTxNxH = jax.nn.dot_product_attention(
+          q_BxTxNxH, k_BxTxKxH, v_BxTxKxH, is_causal=True,
+          implementation=cfg.attention_impl or None)
+
+    out_std = cfg.init_std / math.sqrt(2 * cfg.num_layers)
+    return nn.DenseGeneral(
+        features=cfg.d_model, axis=(-2, -1), use_bias=cfg.use_bias, dtype=cfg.compute_dtype,
+        param_dtype=cfg.weights_dtype, kernel_init=_init(out_std, ('heads', 'head_dim', 'embed')),
+        bias_init=_zeros(('embed',)), name='out')(out_BxTxNxH)
+
+  def _update_cache(self, k_BxTxKxH: Array, v_BxTxKxH: Array, kv_mask_BxS: Array | None):
+    """Writes this call's keys/values into the cache; returns the whole cache and its mask."""
+    initialised = self.has_variable('cache', 'cached_key')
+    cached_k = self.variable('cache', 'cached_key', jnp.zeros, k_BxTxKxH.shape, k_BxTxKxH.dtype)
+    cached_v = self.variable('cache', 'cached_value', jnp.zeros, v_BxTxKxH.shape, v_BxTxKxH.dtype)
+    index = self.variable('cache', 'cache_index', lambda: jnp.array(0, jnp.int32))
+    if not initialised:
+      return k_BxTxKxH, v_BxTxKxH, None
+    b, t = k_BxTxKxH.shape[:2]
+    s = cached_k.value.shape[1]
+    start = index.value
+    cached_k.value = jax.lax.dynamic_update_slice(cached_k.value, k_BxTxKxH, (0, start, 0, 0))
+    cached_v.value = jax.lax.dynamic_update_slice(cached_v.value, v_BxTxKxH, (0, start, 0, 0))
+    index.value = start + t
+    query_slot_T = start + jnp.arange(t)
+    key_slot_S = jnp.arange(s)
+    causal_TxS = key_slot_S[None, :] <= query_slot_T[:, None]
+    valid_BxS = jnp.ones((b, s), bool) if kv_mask_BxS is None else kv_mask_BxS.astype(bool)
+    own_slot_TxS = key_slot_S[None, :] == query_slot_T[:, None]
+    mask_BxTxS = (causal_TxS[None] & valid_BxS[:, None, :]) | own_slot_TxS[None]
+    return cached_k.value, cached_v.value, mask_BxTxS[:, None]
+
+
+class MLP(nn.Module):
+  config: GPTConfig
+
+  @nn.compact
+  def __call__(self, x_BxTxD: Array) -> Array:
+    cfg = self.config
+    dense = lambda features, names, std, name: nn.Dense(
+        features, use_bias=cfg.use_bias, dtype=cfg.compute_dtype, param_dtype=cfg.weights_dtype,
+        kernel_init=_init(std, names), bias_init=_zeros(names[-1:]), name=name)
+    f = cfg.mlp_hidden
+    if cfg.mlp == 'swiglu':
+      gate_BxTxF = dense(f, ('embed', 'mlp'), cfg.init_std, 'gate')(x_BxTxD)
+      up_BxTxF = dense(f, ('embed', 'mlp'), cfg.init_std, 'up')(x_BxTxD)
+      h_BxTxF = nn.silu(gate_BxTxF) * up_BxTxF
+    else:
+      h_BxTxF = nn.gelu(dense(f, ('embed', 'mlp'), cfg.init_std, 'up')(x_BxTxD), approximate=True)
+    h_BxTxF = nn.with_logical_constraint(h_BxTxF, ('batch', 'length', 'act_mlp'))
+    out_std = cfg.init_std / math.sqrt(2 * cfg.num_layers)
+    return dense(cfg.d_model, ('mlp', 'embed'), out_std, 'down')(h_BxTxF)
+
+
+class Block(nn.Module):
+  """Pre-norm residual block: x + attn(norm(x)), then x + mlp(norm(x))."""
+
+  config: GPTConfig
+  decode: bool = False
+  deterministic: bool = True
+
+  @nn.compact
+  def __call__(self, x_BxTxD: Array, positions_BxT: Array, kv_mask_BxS: Array | None) -> Array:
+    cfg = self.config
+    drop = nn.Dropout(cfg.dropout, deterministic=self.deterministic)
+    attn = CausalSelfAttention(cfg, decode=self.decode, name='attn')
+    x_BxTxD = x_BxTxD + drop(attn(_norm(cfg, 'attn_norm')(x_BxTxD), positions_BxT, kv_mask_BxS))
+    x_BxTxD = x_BxTxD + drop(MLP(cfg, name='mlp')(_norm(cfg, 'mlp_norm')(x_BxTxD)))
+    return nn.with_logical_constraint(x_BxTxD, ('batch', 'length', 'act_embed'))
+
+
+class _ScannedBlock(Block):
+  """Block with the (carry, x) -> (carry, out) signature that nn.scan needs."""
+
+  @nn.compact
+  def __call__(self, x_BxTxD: Array, positions_BxT: Array, kv_mask_BxS: Array | None):
+    return super().__call__(x_BxTxD, positions_BxT, kv_mask_BxS), None
+
+
+def _remat_policy(remat: str):
+  if remat == 'dots':
+    return jax.checkpoint_policies.dots_with_no_batch_dims_saveable
+  return None  # 'full': save nothing inside the block, recompute it all in the backward pass
+
+
+class GPT(nn.Module):
+  """Token ids [B, T] -> logits [B, T, V] in float32."""
+
+  config: GPTConfig
+  decode: bool = False
+
+  @nn.compact
+  def __call__(self, tokens_BxT: Array, *, positions_BxT: Array | None = None,
+               kv_mask_BxS: Array | None = None, deterministic: bool = True) -> Array:
+    cfg = self.config
+    b, t = tokens_BxT.shape
+    if positions_BxT is None:
+      positions_BxT = jnp.broadcast_to(jnp.arange(t, dtype=jnp.int32), (b, t))
+    embed = nn.Embed(cfg.vocab_size, cfg.d_model, dtype=cfg.compute_dtype,
+                     param_dtype=cfg.weights_dtype,
+                     embedding_init=_init(cfg.init_std, ('vocab', 'embed')), name='embed')
+    x_BxTxD = embed(tokens_BxT)
+    if cfg.position == 'learned':
+      table_PxD = self.param('pos_embed', _init(cfg.init_std, ('length', 'embed')),
+                             (cfg.max_seq_len, cfg.d_model), cfg.weights_dtype)
+      x_BxTxD = x_BxTxD + jnp.take(table_PxD, positions_BxT, axis=0).astype(cfg.compute_dtype)
+    elif cfg.position == 'sinusoidal':
+      x_BxTxD = x_BxTxD + sinusoidal_positions(positions_BxT, cfg.d_model).astype(cfg.compute_dtype)
+    x_BxTxD = nn.Dropout(cfg.dropout, deterministic=deterministic)(x_BxTxD)
+    x_BxTxD = nn.with_logical_constraint(x_BxTxD, ('batch', 'length', 'act_embed'))
+
+    block_cls = _ScannedBlock if cfg.scan_layers else Block
+    if cfg.remat != 'none':
+      block_cls = nn.remat(block_cls, policy=_remat_policy(cfg.remat), prevent_cse=not cfg.scan_layers)
+    block_kwargs = dict(config=cfg, decode=self.decode, deterministic=deterministic)
+    if cfg.scan_layers:
+      stack = nn.scan(block_cls, variable_axes={'params': 0, 'cache': 0},
+                      split_rngs={'params': True, 'dropout': True},
+                      in_axes=(nn.broadcast, nn.broadcast), length=cfg.num_layers,
+                      metadata_params={nn.PARTITION_NAME: 'layers'})
+      x_BxTxD, _ = stack(name='blocks', **block_kwargs)(x_BxTxD, positions_BxT, kv_mask_BxS)
+    else:
+      for layer in range(cfg.num_layers):
+        x_BxTxD = block_cls(name=f'block_{layer}', **block_kwargs)(x_BxTxD, positions_BxT, kv_mask_BxS)
+
+    x_BxTxD = _norm(cfg, 'final_norm')(x_BxTxD)
+    if cfg.tie_embeddings:
+      logits_BxTxV = embed.attend(x_BxTxD)
+    else:
+      logits_BxTxV = nn.Dense(cfg.vocab_size, use_bias=False, dtype=cfg.compute_dtype,
+                              param_dtype=cfg.weights_dtype,
+                              kernel_init=_init(cfg.init_std, ('embed', 'vocab')), name='head')(x_BxTxD)
+    logits_BxTxV = nn.with_logical_constraint(logits_BxTxV, ('batch', 'length', 'act_vocab'))
+    return logits_BxTxV.astype(jnp.float32)
