@@ -131,7 +131,7 @@ def _ones(names: tuple[str | None, ...]) -> Callable:
 def sinusoidal_positions(positions_BxT: Array, d_model: int) -> Array:
   """PE(pos, 2i) = sin(pos / 10000^(2i/d)), PE(pos, 2i+1) = cos(...), interleaved as in the paper."""
   inv_freq = 1.0 / (10000.0 ** (jnp.arange(0, d_model, 2, dtype=jnp.float32) / d_model))  # [D/2]
-  angles_BxTxD2 = positions_BxT[..., None].astype(jnp.float32) * inv_freq
+  angles_BxTxD2 = positions_BxT[..., None].astype(jnp.float32) * inv_freq[None, None, :]
   pe_BxTxD2x2 = jnp.stack([jnp.sin(angles_BxTxD2), jnp.cos(angles_BxTxD2)], axis=-1)
   return pe_BxTxD2x2.reshape(*positions_BxT.shape, d_model)
 
@@ -140,7 +140,8 @@ def apply_rope(x_BxTxNxH: Array, positions_BxT: Array, theta: float) -> Array:
   """Rotates feature pairs (x[i], x[i + H/2]) by angle pos * theta^(-2i/H) (GPT-NeoX layout)."""
   half = x_BxTxNxH.shape[-1] // 2
   inv_freq = 1.0 / (theta ** (jnp.arange(half, dtype=jnp.float32) * 2.0 / (2 * half)))  # [H/2]
-  angles_BxTx1xH2 = (positions_BxT[..., None].astype(jnp.float32) * inv_freq)[:, :, None, :]
+  angles_BxTxH2 = positions_BxT[..., None].astype(jnp.float32) * inv_freq[None, None, :]
+  angles_BxTx1xH2 = angles_BxTxH2[:, :, None, :]
   sin, cos = jnp.sin(angles_BxTx1xH2), jnp.cos(angles_BxTx1xH2)
   x1, x2 = x_BxTxNxH[..., :half].astype(jnp.float32), x_BxTxNxH[..., half:].astype(jnp.float32)
   rotated = jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1)
@@ -153,6 +154,31 @@ def _norm(config: GPTConfig, name: str) -> nn.Module:
   if config.norm == 'rmsnorm':
     return nn.RMSNorm(epsilon=1e-6, **common)
   return nn.LayerNorm(epsilon=1e-5, use_bias=config.use_bias, bias_init=_zeros(('embed',)), **common)
+
+
+class _HeadProjection(nn.Module):
+  """x [B, T, D] -> [B, T, heads, H] with a [D, heads, H] kernel.
+
+  A 3-D kernel (rather than nn.DenseGeneral's flattened one) keeps the heads axis visible to the
+  sharding rules, so 'heads' can be split over the tensor axis.
+  """
+
+  config: GPTConfig
+  heads: int
+  heads_axis: str
+
+  @nn.compact
+  def __call__(self, x_BxTxD: Array) -> Array:
+    cfg = self.config
+    kernel_DxNxH = self.param('kernel', _init(cfg.init_std, ('embed', self.heads_axis, 'head_dim')),
+                              (cfg.d_model, self.heads, cfg.head_dim), cfg.weights_dtype)
+    y_BxTxNxH = jnp.einsum('btd,dnh->btnh', x_BxTxD.astype(cfg.compute_dtype),
+                           kernel_DxNxH.astype(cfg.compute_dtype))
+    if cfg.use_bias:
+      bias_NxH = self.param('bias', _zeros((self.heads_axis, 'head_dim')), (self.heads, cfg.head_dim),
+                            cfg.weights_dtype)
+      y_BxTxNxH = y_BxTxNxH + bias_NxH.astype(cfg.compute_dtype)[None, None]
+    return y_BxTxNxH
 
 
 class CausalSelfAttention(nn.Module):
@@ -171,13 +197,9 @@ class CausalSelfAttention(nn.Module):
   def __call__(self, x_BxTxD: Array, positions_BxT: Array, kv_mask_BxS: Array | None) -> Array:
     cfg = self.config
     n, k, h = cfg.num_heads, cfg.kv_heads, cfg.head_dim
-    dense = lambda heads, names, name: nn.DenseGeneral(
-        features=(heads, h), use_bias=cfg.use_bias, dtype=cfg.compute_dtype,
-        param_dtype=cfg.weights_dtype, kernel_init=_init(cfg.init_std, ('embed',) + names),
-        bias_init=_zeros(names), name=name)
-    q_BxTxNxH = dense(n, ('heads', 'head_dim'), 'query')(x_BxTxD)
-    k_BxTxKxH = dense(k, ('kv_heads', 'head_dim'), 'key')(x_BxTxD)
-    v_BxTxKxH = dense(k, ('kv_heads', 'head_dim'), 'value')(x_BxTxD)
+    q_BxTxNxH = _HeadProjection(cfg, n, 'heads', name='query')(x_BxTxD)
+    k_BxTxKxH = _HeadProjection(cfg, k, 'kv_heads', name='key')(x_BxTxD)
+    v_BxTxKxH = _HeadProjection(cfg, k, 'kv_heads', name='value')(x_BxTxD)
     if cfg.position == 'rope':
       q_BxTxNxH = apply_rope(q_BxTxNxH, positions_BxT, cfg.rope_theta)
       k_BxTxKxH = apply_rope(k_BxTxKxH, positions_BxT, cfg.rope_theta)
@@ -194,7 +216,8 @@ class CausalSelfAttention(nn.Module):
       t = x_BxTxD.shape[1]
       causal_TxT = jnp.tril(jnp.ones((t, t), bool))
       # A padded query still sees itself, so its softmax row is never empty (no NaN).
-      mask_Bx1xTxT = (causal_TxT & kv_mask_BxS[:, None, None, :]) | jnp.eye(t, dtype=bool)
+      mask_Bx1xTxT = ((causal_TxT[None, None] & kv_mask_BxS[:, None, None, :])
+                      | jnp.eye(t, dtype=bool)[None, None])
       out_BxTxNxH = jax.nn.dot_product_attention(
           q_BxTxNxH, k_BxTxKxH, v_BxTxKxH, mask=mask_Bx1xTxT,
           implementation=cfg.attention_impl or None)
@@ -204,10 +227,13 @@ class CausalSelfAttention(nn.Module):
           implementation=cfg.attention_impl or None)
 
     out_std = cfg.init_std / math.sqrt(2 * cfg.num_layers)
-    return nn.DenseGeneral(
-        features=cfg.d_model, axis=(-2, -1), use_bias=cfg.use_bias, dtype=cfg.compute_dtype,
-        param_dtype=cfg.weights_dtype, kernel_init=_init(out_std, ('heads', 'head_dim', 'embed')),
-        bias_init=_zeros(('embed',)), name='out')(out_BxTxNxH)
+    kernel_NxHxD = self.param('out_kernel', _init(out_std, ('heads', 'head_dim', 'embed')),
+                              (n, h, cfg.d_model), cfg.weights_dtype)
+    y_BxTxD = jnp.einsum('btnh,nhd->btd', out_BxTxNxH, kernel_NxHxD.astype(cfg.compute_dtype))
+    if cfg.use_bias:
+      bias_D = self.param('out_bias', _zeros(('embed',)), (cfg.d_model,), cfg.weights_dtype)
+      y_BxTxD = y_BxTxD + bias_D.astype(cfg.compute_dtype)[None, None]
+    return y_BxTxD
 
   def _update_cache(self, k_BxTxKxH: Array, v_BxTxKxH: Array, kv_mask_BxS: Array | None):
     """Writes this call's keys/values into the cache; returns the whole cache and its mask."""

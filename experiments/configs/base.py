@@ -45,6 +45,7 @@ def get_config() -> ml_collections.ConfigDict:
   d.val_fraction = 0.05  # fraction of files (text) or tokens (token shards) held out
   d.tokenizer = 'byte'  # 'byte' | 'bpe'
   d.bpe_vocab_size = 4096
+  d.tokenizer_path = ''  # a tokenizer.json to use instead of training a BPE (e.g. the shards' own)
   d.decode_errors = 'replace'  # undecodable bytes: 'replace' (U+FFFD) | 'skip' the file | 'strict'
   d.token_dtype = 'uint16'  # for .bin token shards
   d.seq_len = 128

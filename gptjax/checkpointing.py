@@ -1,0 +1,116 @@
+"""Orbax checkpoints holding the train state and the data iterator's position together.
+
+Saving both in one step directory is what makes resume exact: the restored run sees the same
+parameters, optimizer moments and the same next batch as the run that was never interrupted.
+Orbax writes each step to a temporary directory and renames it when complete, so a save cut short
+by preemption never looks like a checkpoint; a checkpoint that is complete but unreadable (disk
+corruption, a partial copy) is skipped with a warning in favour of the newest one that restores.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any
+
+import grain
+import jax
+import ml_collections
+import orbax.checkpoint as ocp
+from absl import logging
+
+CONFIG_FILE = 'config.json'
+CHECKPOINT_DIR = 'checkpoints'
+
+
+class CheckpointError(RuntimeError):
+  pass
+
+
+def make_manager(workdir: str, *, save_every: int, keep: int, async_save: bool) -> ocp.CheckpointManager:
+  options = ocp.CheckpointManagerOptions(
+      save_interval_steps=max(save_every, 1), max_to_keep=keep, create=True,
+      enable_async_checkpointing=async_save, cleanup_tmp_directories=True)
+  return ocp.CheckpointManager(
+      os.path.abspath(os.path.join(workdir, CHECKPOINT_DIR)), options=options,
+      item_handlers={'state': ocp.StandardCheckpointHandler(),
+                     'data': grain.checkpoint.CheckpointHandler()})
+
+
+def save(manager: ocp.CheckpointManager, step: int, state: Any, data_iter: Any | None,
+         *, force: bool = False) -> bool:
+  items = {'state': ocp.args.StandardSave(state)}
+  if data_iter is not None:
+    items['data'] = grain.checkpoint.CheckpointSave(data_iter)
+  return manager.save(step, args=ocp.args.Composite(**items), force=force)
+
+
+def restore_latest(manager: ocp.CheckpointManager, abstract_state: Any,
+                   data_iter: Any | None) -> tuple[int, Any] | None:
+  """Restores the newest readable checkpoint (state placed per `abstract_state`'s shardings).
+
+  Returns None when the workdir has no checkpoint. The data iterator is restored in place.
+  """
+  steps = sorted(manager.all_steps(), reverse=True)
+  for step in steps:
+    items = {'state': ocp.args.StandardRestore(abstract_state)}
+    if data_iter is not None:
+      items['data'] = grain.checkpoint.CheckpointRestore(data_iter)
+    try:
+      restored = manager.restore(step, args=ocp.args.Composite(**items))
+    except Exception as error:  # orbax raises many types for unreadable files  # noqa: BLE001
+      logging.warning('Checkpoint at step %d in %s could not be restored (%s: %s); trying the '
+                      'previous one. The unreadable directory is left in place for inspection.',
+                      step, manager.directory, type(error).__name__, str(error)[:300])
+      continue
+    if step != steps[0]:
+      logging.warning('Resumed from step %d, not the newest checkpoint %d.', step, steps[0])
+    return step, restored['state']
+  if steps:
+    raise CheckpointError(
+        f'None of the checkpoints {steps} in {manager.directory} could be restored; see the warnings '
+        'above. Move the checkpoints directory aside to start afresh, or point --workdir elsewhere.')
+  return None
+
+
+def write_config(workdir: str, config: ml_collections.ConfigDict) -> None:
+  """Writes the resolved config as JSON (atomic rename), the record of how a run was made."""
+  os.makedirs(workdir, exist_ok=True)
+  path = os.path.join(workdir, CONFIG_FILE)
+  tmp = path + '.tmp'
+  with open(tmp, 'w') as f:
+    f.write(config.to_json_best_effort(indent=2, sort_keys=True))
+  os.replace(tmp, path)
+
+
+def read_config(workdir: str) -> ml_collections.ConfigDict:
+  path = os.path.join(workdir, CONFIG_FILE)
+  if not os.path.exists(path):
+    raise FileNotFoundError(f'{path} does not exist: {workdir} is not a gptjax run directory. '
+                            'Pass the --workdir of a run made by `python -m gptjax.main`.')
+  with open(path) as f:
+    values = json.load(f)
+  values['mesh']['rules'] = tuple((name, tuple(axes) if isinstance(axes, list) else axes)
+                                  for name, axes in values['mesh']['rules'])
+  return ml_collections.ConfigDict(values)
+
+
+def restore_params(workdir: str) -> tuple[ml_collections.ConfigDict, Any]:
+  """The run's config and the parameters of its latest readable checkpoint, on the default device."""
+  from gptjax import train  # train imports this module; import here to keep the dependency one-way
+
+  config = read_config(workdir)
+  abstract_state = train.abstract_train_state(config)
+  abstract_state = jax.tree.map(
+      lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=jax.sharding.SingleDeviceSharding(
+          jax.devices()[0])), abstract_state)
+  manager = make_manager(workdir, save_every=1, keep=1_000_000, async_save=False)
+  try:
+    restored = restore_latest(manager, abstract_state, data_iter=None)
+  finally:
+    manager.close()
+  if restored is None:
+    raise CheckpointError(f'No checkpoint in {os.path.join(workdir, CHECKPOINT_DIR)}: train the run '
+                          'first (checkpoints are written every train.checkpoint_every steps and at '
+                          'the end).')
+  return config, restored[1].params

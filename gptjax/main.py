@@ -1,0 +1,35 @@
+"""Command line entry point for one training run.
+
+  python -m gptjax.main --config=experiments/configs/tiny.py --workdir=runs/tiny \
+      --config.model.num_layers=2
+
+Rerunning the same command resumes from the run's latest checkpoint.
+"""
+
+import os
+
+from absl import app, flags, logging
+import jax
+from ml_collections import config_flags
+
+from gptjax import distributed, train
+
+_CONFIG = config_flags.DEFINE_config_file('config', None, 'Path to a get_config() file.',
+                                          lock_config=True)
+_WORKDIR = flags.DEFINE_string('workdir', None, 'Directory for checkpoints, metrics and the config.')
+flags.mark_flags_as_required(['config', 'workdir'])
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f'Unexpected arguments: {argv[1:]}; use --config.x.y=value for overrides.')
+  config = _CONFIG.value
+  distributed.initialize(config.distributed)
+  workdir = os.path.expanduser(_WORKDIR.value)
+  logging.info('JAX %s on %d process(es), %d device(s): %s', jax.__version__, jax.process_count(),
+               jax.device_count(), jax.devices()[0].device_kind)
+  train.train_and_evaluate(config, workdir)
+
+
+if __name__ == '__main__':
+  app.run(main)

@@ -1,0 +1,90 @@
+"""Pure training and evaluation steps: functions of (state, batch), jitted by the caller with shardings."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+import optax
+
+from gptjax.model import GPT
+
+Array = jax.Array
+Metrics = dict[str, Array]
+
+
+@flax.struct.dataclass
+class TrainState:
+  step: Array  # int32 scalar: optimizer steps taken
+  params: Any
+  opt_state: Any
+
+
+def cross_entropy(logits_BxTxV: Array, targets_BxT: Array) -> Array:
+  """Mean next-token negative log-likelihood in nats, computed in float32."""
+  losses_BxT = optax.softmax_cross_entropy_with_integer_labels(
+      logits_BxTxV.astype(jnp.float32), targets_BxT)
+  return losses_BxT.mean()
+
+
+def loss_fn(params: Any, model: GPT, batch_BxT1: Array, dropout_key: Array | None) -> Array:
+  """Loss of predicting tokens[1:] from tokens[:-1]; dropout is on iff a key is given."""
+  inputs_BxT, targets_BxT = batch_BxT1[:, :-1], batch_BxT1[:, 1:]
+  rngs = {} if dropout_key is None else {'dropout': dropout_key}
+  logits_BxTxV = model.apply({'params': params}, inputs_BxT, deterministic=dropout_key is None,
+                             rngs=rngs)
+  return cross_entropy(logits_BxTxV, targets_BxT)
+
+
+def train_step(state: TrainState, batch_BxT1: Array, *, model: GPT,
+               optimizer: optax.GradientTransformation, schedule: optax.Schedule,
+               grad_accum_steps: int = 1, dropout_seed: int | None = None) -> tuple[TrainState, Metrics]:
+  """One optimizer step on a global batch, averaged over `grad_accum_steps` micro-batches.
+
+  Micro-batches run in a `lax.scan` so memory holds one micro-batch of activations at a time, and
+  the update equals the one a single large batch would give (up to float rounding).
+  """
+  dropout_key = None
+  if dropout_seed is not None:
+    dropout_key = jax.random.fold_in(jax.random.key(dropout_seed), state.step)
+  grad_fn = jax.value_and_grad(loss_fn)
+
+  if grad_accum_steps == 1:
+    loss, grads = grad_fn(state.params, model, batch_BxT1, dropout_key)
+  else:
+    b = batch_BxT1.shape[0]
+    micro_AxMxT1 = batch_BxT1.reshape(grad_accum_steps, b // grad_accum_steps, -1)
+
+    def accumulate(carry, inputs):
+      loss_sum, grad_sum = carry
+      index, micro_MxT1 = inputs
+      key = None if dropout_key is None else jax.random.fold_in(dropout_key, index)
+      loss, grads = grad_fn(state.params, model, micro_MxT1, key)
+      return (loss_sum + loss, jax.tree.map(jnp.add, grad_sum, grads)), None
+
+    zeros = jax.tree.map(jnp.zeros_like, state.params)
+    (loss_sum, grad_sum), _ = jax.lax.scan(
+        accumulate, (jnp.zeros((), jnp.float32), zeros),
+        (jnp.arange(grad_accum_steps), micro_AxMxT1))
+    loss = loss_sum / grad_accum_steps
+    grads = jax.tree.map(lambda g: g / grad_accum_steps, grad_sum)
+
+  updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
+  params = optax.apply_updates(state.params, updates)
+  metrics = {
+      'train_loss': loss,
+      'grad_norm': optax.global_norm(grads),
+      'param_norm': optax.global_norm(params),
+      'learning_rate': schedule(state.step),
+  }
+  return TrainState(step=state.step + 1, params=params, opt_state=opt_state), metrics
+
+
+def eval_step(params: Any, batch_BxT1: Array, *, model: GPT) -> Array:
+  """Summed token NLL and token count, so batches of any size average exactly."""
+  inputs_BxT, targets_BxT = batch_BxT1[:, :-1], batch_BxT1[:, 1:]
+  logits_BxTxV = model.apply({'params': params}, inputs_BxT, deterministic=True)
+  losses_BxT = optax.softmax_cross_entropy_with_integer_labels(logits_BxTxV, targets_BxT)
+  return jnp.stack([losses_BxT.sum(), jnp.asarray(losses_BxT.size, jnp.float32)])

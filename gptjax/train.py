@@ -1,0 +1,222 @@
+"""The training loop: sharded state creation, jitted steps, evaluation, records, checkpoints.
+
+The steps themselves are pure functions in `gptjax/steps.py`; this module places them on the mesh
+and drives them. The loop dispatches step t before reading step t-1's loss, so the host never waits
+on the device except at logging, evaluation and checkpoint points.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+import signal
+import time
+from typing import Any, Iterator
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from absl import logging
+from jax.sharding import Mesh
+
+from gptjax import checkpointing, data as data_lib, flops, metrics as metrics_lib, optim, sharding
+from gptjax.model import GPT, GPTConfig
+from gptjax.steps import TrainState, eval_step, train_step
+
+
+class NonFiniteLossError(FloatingPointError):
+  pass
+
+
+def model_config(config: ml_collections.ConfigDict) -> GPTConfig:
+  if config.data.seq_len > config.model.max_seq_len and config.model.position == 'learned':
+    raise ValueError(f'data.seq_len={config.data.seq_len} exceeds model.max_seq_len='
+                     f'{config.model.max_seq_len}, the size of the learned position table; raise '
+                     'model.max_seq_len or shorten data.seq_len.')
+  return GPTConfig.from_config(config.model)
+
+
+def _init_fn(rng: jax.Array, model: GPT, optimizer, seq_len: int) -> TrainState:
+  params = model.init(rng, jnp.zeros((1, seq_len), jnp.int32))['params']
+  return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=optimizer.init(params))
+
+
+def _boxed_abstract_state(config: ml_collections.ConfigDict) -> TrainState:
+  model = GPT(model_config(config))
+  init = functools.partial(_init_fn, model=model, optimizer=optim.make_optimizer(config.train),
+                           seq_len=config.data.seq_len)
+  return jax.eval_shape(init, jax.random.key(config.seed))
+
+
+def abstract_train_state(config: ml_collections.ConfigDict) -> TrainState:
+  """Shapes and dtypes of the train state, without allocating it (for restoring checkpoints)."""
+  return nn.unbox(_boxed_abstract_state(config))
+
+
+def create_train_state(config: ml_collections.ConfigDict, mesh: Mesh,
+                       rules: sharding.Rules) -> tuple[TrainState, Any]:
+  """Initialises the state directly into its shardings: nothing is ever built unsharded."""
+  model = GPT(model_config(config))
+  optimizer = optim.make_optimizer(config.train)
+  boxed = _boxed_abstract_state(config)
+  shardings = sharding.logical_shardings(boxed, mesh, rules)
+  sharding.check_divisible(nn.unbox(boxed), shardings, mesh)
+  init = functools.partial(_init_fn, model=model, optimizer=optimizer, seq_len=config.data.seq_len)
+  state = jax.jit(lambda rng: nn.unbox(init(rng)), out_shardings=shardings)(
+      jax.random.key(config.seed))
+  return state, shardings
+
+
+def _global_batch(local_batch: np.ndarray, batch_sharding: jax.sharding.NamedSharding) -> jax.Array:
+  return jax.make_array_from_process_local_data(batch_sharding, np.asarray(local_batch, np.int32))
+
+
+@dataclasses.dataclass
+class _Preemption:
+  """Set by SIGTERM: the loop saves a checkpoint at the next step boundary and exits."""
+
+  requested: bool = False
+
+  def install(self) -> None:
+    signal.signal(signal.SIGTERM, self._handle)
+
+  def _handle(self, signum, frame) -> None:
+    del signum, frame
+    logging.warning('SIGTERM received: saving a checkpoint and stopping at the next step.')
+    self.requested = True
+
+
+def evaluate(params: Any, eval_fn, batches: Iterator[np.ndarray], batch_sharding) -> dict[str, float]:
+  totals = np.zeros(2)
+  for batch in batches:
+    totals += np.asarray(eval_fn(params, _global_batch(batch, batch_sharding)))
+  if totals[1] == 0:
+    raise ValueError('The validation split produced no batches; lower train.eval_batches or '
+                     'data.batch_size, or give a larger validation set.')
+  loss = totals[0] / totals[1]
+  return {'eval_loss': loss, 'eval_perplexity': math.exp(min(loss, 700.0))}
+
+
+def _check_finite(loss: float, step: int) -> None:
+  if not math.isfinite(loss):
+    raise NonFiniteLossError(
+        f'The training loss became {loss} at step {step}. Checkpoints and metrics written before '
+        'this step are intact. Lower train.learning_rate, raise train.warmup_steps, or enable '
+        'train.grad_clip, then resume from the last checkpoint or restart.')
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
+  """Trains `config` in `workdir`, resuming from its latest checkpoint; returns the final record."""
+  is_main = jax.process_index() == 0
+  data = data_lib.build_data(config, workdir, process_index=jax.process_index(),
+                             process_count=jax.process_count())
+  config = ml_collections.ConfigDict(config.to_dict())  # unlocked copy; the caller's is untouched
+  if config.data.source != 'tokens':  # token shards carry ids of the user's stated vocabulary
+    config.model.vocab_size = data.tokenizer.vocab_size
+  if is_main:
+    checkpointing.write_config(workdir, config)
+
+  mesh = sharding.make_mesh(config.mesh)
+  rules = sharding.logical_rules(config.mesh)
+  sharding.check_batch_divisible(config.data.batch_size, mesh, config.train.grad_accum_steps)
+  cfg = model_config(config)
+  model = GPT(cfg)
+  optimizer = optim.make_optimizer(config.train)
+  schedule = optim.learning_rate_schedule(config.train)
+  state, state_shardings = create_train_state(config, mesh, rules)
+  batch_sharding = sharding.batch_sharding(mesh)
+  replicated = sharding.replicated(mesh)
+
+  manager = checkpointing.make_manager(
+      workdir, save_every=config.train.checkpoint_every, keep=config.train.keep_checkpoints,
+      async_save=config.train.async_checkpoints)
+  abstract = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
+                          state, state_shardings)
+  restored = checkpointing.restore_latest(manager, abstract, data.train_iter)
+  if restored is not None:
+    start_step, state = restored
+    logging.info('Resumed from the checkpoint at step %d.', start_step)
+    if is_main:
+      dropped = metrics_lib.truncate_after(workdir, start_step)
+      if dropped:
+        logging.info('Dropped %d records past step %d; the resumed run rewrites them.', dropped,
+                     start_step)
+  else:
+    start_step = 0
+
+  step_fn = functools.partial(
+      train_step, model=model, optimizer=optimizer, schedule=schedule,
+      grad_accum_steps=config.train.grad_accum_steps,
+      dropout_seed=config.seed if cfg.dropout > 0 else None)
+  with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
+    jit_train = jax.jit(step_fn, in_shardings=(state_shardings, batch_sharding),
+                        out_shardings=(state_shardings, replicated), donate_argnums=0)
+    jit_eval = jax.jit(functools.partial(eval_step, model=model),
+                       in_shardings=(state_shardings.params, batch_sharding), out_shardings=replicated)
+
+  counts = flops.param_counts(cfg)
+  seq_len, batch_size = config.data.seq_len, config.data.batch_size
+  tokens_per_step = seq_len * batch_size
+  flops_per_token = {m: flops.flops_per_token(cfg, seq_len, method=m) for m in ('kaplan', 'full')}
+  peak = flops.device_peak_flops(jax.devices()[0].device_kind, cfg.compute_dtype)
+  writer = metrics_lib.MetricsWriter(workdir, enabled=is_main)
+  progress = metrics_lib.Progress(config.train.num_steps, start_step, tokens_per_step)
+  preemption = _Preemption()
+  preemption.install()
+  logging.info('Model: %s params (%s non-embedding); %d tokens per step; mesh %s.',
+               f'{counts.total:,}', f'{counts.non_embedding:,}', tokens_per_step, dict(mesh.shape))
+  if restored is None and is_main:
+    logging.info('Unigram baseline of the validation split: %.4f nats/token.', data.unigram_entropy)
+
+  record: dict[str, Any] = {}
+  previous: tuple[int, Any] | None = None
+  step = start_step
+  with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
+    while step < config.train.num_steps:
+      batch = _global_batch(next(data.train_iter), batch_sharding)
+      state, step_metrics = jit_train(state, batch)
+      if previous is not None:  # read step t-1's loss while step t runs
+        _check_finite(float(previous[1]['train_loss']), previous[0])
+      step += 1
+      previous = (step, step_metrics)
+
+      is_last = step == config.train.num_steps
+      do_eval = step % config.train.eval_every == 0 or is_last
+      do_log = step % config.train.log_every == 0 or do_eval or preemption.requested
+      do_save = manager.should_save(step) or is_last or preemption.requested
+      if not (do_log or do_save):
+        continue
+      host_metrics = jax.device_get(step_metrics)
+      _check_finite(float(host_metrics['train_loss']), step)
+      if do_log:
+        tokens_seen = step * tokens_per_step
+        record = {'step': step, 'tokens_seen': tokens_seen,
+                  **{k: float(v) for k, v in host_metrics.items()}, **progress.interval(step),
+                  'flops_kaplan': tokens_seen * flops_per_token['kaplan'],
+                  'flops_full': tokens_seen * flops_per_token['full'],
+                  'params_total': counts.total, 'params_non_embedding': counts.non_embedding}
+        achieved = record['tokens_per_s'] * flops_per_token['full'] / jax.device_count()
+        if peak:
+          record['mfu'] = flops.mfu(achieved, peak)
+        if do_eval:
+          eval_start = time.perf_counter()
+          record.update(evaluate(state.params, jit_eval, data.eval_batches(), batch_sharding))
+          progress.interval(step)  # keep evaluation time out of the next interval's throughput
+          record['eval_time'] = time.perf_counter() - eval_start
+        writer.write(record)
+        if is_main:
+          logging.info(progress.line(record))
+      if do_save:
+        checkpointing.save(manager, step, state, data.train_iter, force=True)
+      if preemption.requested:
+        logging.warning('Stopped at step %d after saving a checkpoint; rerun the same command to '
+                        'resume.', step)
+        break
+
+  manager.wait_until_finished()
+  manager.close()
+  writer.close()
+  return record

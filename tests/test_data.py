@@ -1,0 +1,234 @@
+"""Pipeline: packing, shuffling, batching, multi-host slices, resumable state, caching, errors."""
+
+import math
+import os
+
+import numpy as np
+import pytest
+
+from experiments.configs import base
+from gptjax import corpus, data
+from gptjax.tokenizer import ByteTokenizer
+
+SEQ_LEN = 15  # windows of 16 tokens
+
+
+def _corpus(tmp_path, num_files=30, lines=20):
+  src = tmp_path / 'src'
+  src.mkdir(exist_ok=True)
+  for i in range(num_files):
+    (src / f'mod{i:02d}.py').write_text(''.join(f'x{i} = {j}  # ünï {j * i}\n' for j in range(lines)))
+  return src
+
+
+def _config(tmp_path, **data_fields):
+  config = base.get_config()
+  config.data.source = 'text'
+  config.data.paths = str(_corpus(tmp_path) / '*.py')
+  config.data.val_fraction = 0.2
+  config.data.seq_len = SEQ_LEN
+  config.data.batch_size = 4
+  config.train.eval_batches = 3
+  for key, value in data_fields.items():
+    config.data[key] = value
+  return config
+
+
+def _stream(tmp_path, tokens, name='s.bin'):
+  path = tmp_path / name
+  np.asarray(tokens, np.uint16).tofile(path)
+  return corpus.TokenStream([str(path)], 'uint16')
+
+
+def _take(iterator, n):
+  return [next(iterator) for _ in range(n)]
+
+
+def test_windows_pack_the_stream_exactly(tmp_path):
+  tokens = np.random.default_rng(0).integers(0, 256, 1000)
+  windows = data.Windows(_stream(tmp_path, tokens), SEQ_LEN + 1)
+  assert len(windows) == 1000 // 16
+  rows = [windows[i] for i in range(len(windows))]
+  assert all(r.shape == (16,) and r.dtype == np.int32 for r in rows)
+  np.testing.assert_array_equal(np.concatenate(rows), tokens[:len(windows) * 16])
+  with pytest.raises(IndexError):
+    windows[len(windows)]
+
+
+def test_shuffle_is_seeded_and_covers_every_window(tmp_path):
+  stream = _stream(tmp_path, np.arange(16 * 64) % 60000)
+  def epoch(seed):
+    ds = data.window_batches(stream, SEQ_LEN, 4, seed=seed, repeat=True)
+    return np.concatenate([ds[i] for i in range(16)])  # 16 batches of 4 = one epoch of 64 windows
+  a, b, c = epoch(1), epoch(1), epoch(2)
+  np.testing.assert_array_equal(a, b)
+  assert not np.array_equal(a, c)
+  assert sorted(a[:, 0].tolist()) == list(range(0, 16 * 64, 16))  # a permutation of the windows
+  unshuffled = data.window_batches(stream, SEQ_LEN, 4, seed=None, repeat=False)
+  assert len(unshuffled) == 16
+  np.testing.assert_array_equal(unshuffled[1][:, 0], [64, 80, 96, 112])
+
+
+def test_process_slices_union_is_the_global_batch(tmp_path):
+  stream = _stream(tmp_path, np.arange(16 * 50))
+  one = data.window_batches(stream, SEQ_LEN, 8, seed=3, repeat=True)
+  for count in (2, 4):
+    parts = [data.window_batches(stream, SEQ_LEN, 8, seed=3, repeat=True, process_index=p,
+                                 process_count=count) for p in range(count)]
+    for i in (0, 1, 7, 20):  # 20 crosses into the second epoch
+      local = [part[i] for part in parts]
+      assert all(x.shape == (8 // count, 16) for x in local)
+      np.testing.assert_array_equal(np.concatenate(local), one[i])
+  with pytest.raises(ValueError, match='batch_size=8 is not divisible by process_count=3'):
+    data.window_batches(stream, SEQ_LEN, 8, seed=3, repeat=True, process_index=0, process_count=3)
+  with pytest.raises(ValueError, match='process_index=2'):
+    data.local_batch_size(8, 2, 2)
+
+
+def test_unigram_entropy_matches_formula(tmp_path):
+  assert data.unigram_entropy_nats(np.array([0, 1, 2, 3] * 5)) == pytest.approx(math.log(4))
+  tokens = np.array([7] * 3 + [9])
+  expected = -(0.75 * math.log(0.75) + 0.25 * math.log(0.25))
+  assert data.unigram_entropy_nats(tokens) == pytest.approx(expected)
+  assert data.unigram_entropy_nats(_stream(tmp_path, tokens)) == pytest.approx(expected)
+
+
+def test_build_data_shapes_stream_and_cache(tmp_path):
+  config = _config(tmp_path)
+  workdir = str(tmp_path / 'run')
+  d = data.build_data(config, workdir)
+  batch = next(d.train_iter)
+  assert batch.shape == (4, SEQ_LEN + 1) and batch.dtype == np.int32
+  assert isinstance(d.tokenizer, ByteTokenizer)
+
+  # The cached train stream is the train documents, each followed by eos.
+  train_split, val_split = corpus.text_splits(config.data)
+  expected = np.concatenate([np.append(d.tokenizer.encode(t), d.tokenizer.eos_id)
+                             for t in train_split.texts('strict')])
+  cache, = os.listdir(os.path.join(workdir, 'data'))
+  train_bin = os.path.join(workdir, 'data', cache, 'train.bin')
+  np.testing.assert_array_equal(np.fromfile(train_bin, np.uint16), expected)
+  assert d.train_tokens == len(expected)
+  val_bytes = sum(len(t.encode('utf-8')) for t in val_split.texts('strict'))
+  assert d.val_bytes == val_bytes and d.val_tokens == val_bytes + val_split.num_documents
+  val_tokens = np.fromfile(os.path.join(workdir, 'data', cache, 'validation.bin'), np.uint16)
+  assert d.unigram_entropy == pytest.approx(data.unigram_entropy_nats(val_tokens))
+
+  mtime = os.stat(train_bin).st_mtime_ns
+  again = data.build_data(config, workdir)  # re-entry reuses the cache, same batches
+  assert os.stat(train_bin).st_mtime_ns == mtime
+  np.testing.assert_array_equal(next(again.train_iter), batch)
+  config.data.max_corpus_bytes = 3000  # a different stream gets its own cache
+  data.build_data(config, workdir)
+  assert len(os.listdir(os.path.join(workdir, 'data'))) == 2
+
+
+def test_eval_batches_are_fixed_and_sliced_per_process(tmp_path):
+  config = _config(tmp_path)
+  d = data.build_data(config, str(tmp_path / 'run'))
+  first, second = list(d.eval_batches()), list(d.eval_batches())
+  assert len(first) == 3
+  for a, b in zip(first, second):
+    np.testing.assert_array_equal(a, b)
+  config.seed = 123  # the eval set does not depend on the training seed
+  halves = [data.build_data(config, str(tmp_path / 'run'), process_index=p, process_count=2)
+            for p in range(2)]
+  for i, parts in enumerate(zip(*(list(h.eval_batches()) for h in halves))):
+    np.testing.assert_array_equal(np.concatenate(parts), first[i])
+
+
+def test_train_iterator_state_restores_exactly(tmp_path):
+  config = _config(tmp_path)
+  workdir = str(tmp_path / 'run')
+  it = data.build_data(config, workdir).train_iter
+  _take(it, 5)
+  state = it.get_state()
+  expected = _take(it, 3)
+  fresh = data.build_data(config, workdir).train_iter
+  assert not np.array_equal(next(fresh), expected[0])  # a fresh iterator starts elsewhere
+  fresh.set_state(state)
+  for a, b in zip(_take(fresh, 3), expected):
+    np.testing.assert_array_equal(a, b)
+
+
+def test_train_iterator_checkpoints_with_orbax(tmp_path):
+  ocp = pytest.importorskip('orbax.checkpoint')
+  import grain
+  config = _config(tmp_path)
+  workdir = str(tmp_path / 'run')
+  it = data.build_data(config, workdir).train_iter
+  _take(it, 4)
+  with ocp.CheckpointManager(str(tmp_path / 'ckpt')) as manager:
+    manager.save(4, args=ocp.args.Composite(data=grain.checkpoint.CheckpointSave(it)))
+    manager.wait_until_finished()
+    expected = _take(it, 2)
+    fresh = data.build_data(config, workdir).train_iter
+    manager.restore(4, args=ocp.args.Composite(data=grain.checkpoint.CheckpointRestore(fresh)))
+  for a, b in zip(_take(fresh, 2), expected):
+    np.testing.assert_array_equal(a, b)
+
+
+def test_token_shards_and_vocab_check(tmp_path):
+  shard = tmp_path / 'shards' / 'part0.bin'
+  shard.parent.mkdir()
+  tokens = np.arange(2000, dtype=np.uint16) % 200
+  tokens[1234] = 300
+  tokens.tofile(shard)
+  config = _config(tmp_path, source='tokens', paths=str(tmp_path / 'shards' / '*.bin'),
+                   val_fraction=0.25)
+  with pytest.raises(ValueError, match=r'part0.bin holds token id 300 \(at token offset 1234\), '
+                                       r'but model.vocab_size=256; set model.vocab_size to at '
+                                       r'least 301'):
+    data.build_data(config, str(tmp_path / 'run'))
+  config.model.vocab_size = 512
+  d = data.build_data(config, str(tmp_path / 'run'))
+  assert (d.train_tokens, d.val_tokens, d.val_bytes) == (1500, 500, 0)
+  assert d.unigram_entropy == pytest.approx(data.unigram_entropy_nats(tokens[1500:]))
+  batch, = list(d.eval_batches())[:1]
+  assert batch.shape == (4, 16) and batch.dtype == np.int32
+  assert set(batch[:, 0].tolist()) <= set(tokens[1500:].tolist())
+
+
+def test_arrayrecord_source_end_to_end(tmp_path):
+  from array_record.python.array_record_module import ArrayRecordWriter
+  path = tmp_path / 'docs.array_record'
+  writer = ArrayRecordWriter(str(path), 'group_size:1')
+  for i in range(50):
+    writer.write(f'record {i}: ' .encode() + 'ö'.encode() * 40)
+  writer.close()
+  config = _config(tmp_path, source='arrayrecord', paths=str(path))
+  d = data.build_data(config, str(tmp_path / 'run'))
+  text = d.tokenizer.decode(next(d.train_iter).reshape(-1))
+  assert 'ö' in text or 'record' in text
+  assert d.train_tokens + d.val_tokens == sum(len(f'record {i}: '.encode()) + 81 for i in range(50))
+
+
+def test_bad_inputs_raise_clear_errors(tmp_path):
+  config = _config(tmp_path, batch_size=1000)
+  with pytest.raises(ValueError, match=r'The train split has \d+ tokens = \d+ windows of '
+                                       r'seq_len\+1=16 tokens, fewer than one batch of '
+                                       r'data.batch_size=1000'):
+    data.build_data(config, str(tmp_path / 'a'))
+
+  empty = tmp_path / 'empty'
+  empty.mkdir()
+  for i in range(4):
+    (empty / f'e{i}.txt').write_text('')
+  config = _config(tmp_path, paths=str(empty / '*.txt'))
+  with pytest.raises(ValueError, match='split is empty'):
+    data.build_data(config, str(tmp_path / 'b'))
+
+  latin = tmp_path / 'latin'
+  latin.mkdir()
+  for i in range(4):
+    (latin / f'l{i}.txt').write_bytes('é'.encode('latin-1') * 50)
+  config = _config(tmp_path, paths=str(latin / '*.txt'), decode_errors='skip')
+  with pytest.raises(ValueError, match=r'split is empty: \d documents, \d skipped as undecodable'):
+    data.build_data(config, str(tmp_path / 'c'))
+  config.data.decode_errors = 'strict'
+  with pytest.raises(ValueError, match=r'l\d.txt is not valid UTF-8'):
+    data.build_data(config, str(tmp_path / 'd'))
+
+  config = _config(tmp_path, batch_size=6)
+  with pytest.raises(ValueError, match='not divisible by process_count=4'):
+    data.build_data(config, str(tmp_path / 'e'), process_index=0, process_count=4)

@@ -1,0 +1,153 @@
+"""Cached generation against the uncached model: logits, greedy tokens, padding, stops, sampling."""
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from gptjax.generate import decode_apply, generate, left_pad, prefill
+from gptjax.model import GPT, GPTConfig
+from gptjax.sampling import SamplingConfig
+
+PROMPTS = ([1, 2, 3, 4, 5], [6, 7, 8])  # different lengths, so row 1 is left-padded
+VARIANTS = {
+    'learned': dict(),
+    'sinusoidal': dict(position='sinusoidal'),
+    'rope_gqa': dict(position='rope', num_kv_heads=2),
+    'scan_mqa_untied': dict(position='rope', num_kv_heads=1, scan_layers=True,
+                            tie_embeddings=False, mlp='swiglu', norm='rmsnorm'),
+    'scan_learned': dict(scan_layers=True),
+}
+
+
+def tiny(**overrides) -> tuple[GPTConfig, dict]:
+  """A random-init model with a large init_std, so its distributions are far from uniform."""
+  cfg = GPTConfig(**{**dict(vocab_size=13, d_model=16, num_layers=2, num_heads=4, max_seq_len=32,
+                            init_std=0.5), **overrides})
+  params = GPT(cfg).init(jax.random.key(0), jnp.zeros((1, 8), jnp.int32))['params']
+  return cfg, params
+
+
+def right_padded(rows: list[np.ndarray], pad_id: int = 0) -> np.ndarray:
+  """Causal attention never looks right, so right padding leaves every real position's logits as
+  in the unpadded sequence: one uncached forward gives the reference for all rows at once."""
+  out = np.full((len(rows), max(len(r) for r in rows)), pad_id, np.int32)
+  for i, r in enumerate(rows):
+    out[i, :len(r)] = r
+  return out
+
+
+@functools.partial(jax.jit, static_argnames='cfg')
+def full_forward(params, tokens_BxT, cfg):
+  return GPT(cfg).apply({'params': params}, tokens_BxT)
+
+
+@functools.partial(jax.jit, static_argnames=('cfg', 'n'))
+def cached_teacher_forced(params, prompt_BxP, mask_BxP, next_BxN, cfg, n):
+  """Prefill, then feed the given tokens one at a time; logits of every step, [B, n + 1, V]."""
+  logits_BxV, cache, kv_mask_BxS = prefill(params, cfg, prompt_BxP, mask_BxP, n + 1)
+  start_B = mask_BxP.sum(1)
+
+  def step(cache, i_and_token_B):
+    i, token_B = i_and_token_B
+    logits_Bx1xV, cache = decode_apply(params, cfg, cache, token_B[:, None],
+                                       (start_B + i)[:, None], kv_mask_BxS)
+    return cache, logits_Bx1xV[:, 0]
+
+  _, steps_NxBxV = jax.lax.scan(step, cache, (jnp.arange(n), next_BxN.T))
+  return jnp.concatenate([logits_BxV[:, None], steps_NxBxV.transpose(1, 0, 2)], axis=1)
+
+
+@pytest.mark.parametrize('variant', VARIANTS)
+def test_cached_logits_match_full_forward_with_left_padding(variant):
+  cfg, params = tiny(**VARIANTS[variant])
+  n = 4
+  prompt_BxP, mask_BxP = left_pad(PROMPTS)
+  next_BxN = np.asarray(jax.random.randint(jax.random.key(1), (2, n), 0, cfg.vocab_size))
+  cached_BxStepsxV = cached_teacher_forced(params, prompt_BxP, mask_BxP, next_BxN, cfg, n)
+  rows = [np.concatenate([p, nxt]) for p, nxt in zip(PROMPTS, next_BxN)]
+  full_BxTxV = full_forward(params, right_padded(rows), cfg)
+  for row, prompt in enumerate(PROMPTS):
+    # The logits after the prompt and after each fed token: positions len-1 .. len-1+n.
+    want = full_BxTxV[row, len(prompt) - 1:len(prompt) + n]
+    np.testing.assert_allclose(cached_BxStepsxV[row], want, atol=2e-5, rtol=1e-5)
+
+
+def test_prefill_logits_of_padded_row_match_unpadded_prompt():
+  cfg, params = tiny(position='rope')
+  prompt_BxP, mask_BxP = left_pad(PROMPTS)
+  logits_BxV, _, _ = jax.jit(prefill, static_argnums=(1, 4))(params, cfg, prompt_BxP, mask_BxP, 1)
+  alone_V = full_forward(params, np.asarray([PROMPTS[1]], np.int32), cfg)[0, -1]
+  np.testing.assert_allclose(logits_BxV[1], alone_V, atol=2e-5, rtol=1e-5)
+
+
+def uncached_greedy(params, cfg, prompts, n):
+  """Reference: recompute every row's whole sequence each step and take the argmax at its end."""
+  rows = [list(p) for p in prompts]
+  width = max(map(len, prompts)) + n  # one fixed shape, so one compilation
+  for _ in range(n):
+    buffer = right_padded([np.asarray(r) for r in rows] + [np.zeros(width, np.int32)])[:-1]
+    logits_BxTxV = full_forward(params, buffer, cfg)
+    for i, r in enumerate(rows):
+      r.append(int(np.argmax(logits_BxTxV[i, len(r) - 1])))
+  return np.asarray([r[len(p):] for r, p in zip(rows, prompts)])
+
+
+@pytest.mark.parametrize('variant', ['learned', 'scan_mqa_untied'])
+def test_greedy_equals_argmax_of_uncached_model(variant):
+  cfg, params = tiny(**VARIANTS[variant])
+  n = 6
+  out = generate(params, *left_pad(PROMPTS), jax.random.key(0), config=cfg, max_new_tokens=n,
+                 sampling=SamplingConfig(temperature=0.0))
+  np.testing.assert_array_equal(out.tokens_BxN, uncached_greedy(params, cfg, PROMPTS, n))
+  np.testing.assert_array_equal(out.lengths_B, [n, n])
+
+
+def test_temperature_near_zero_is_greedy():
+  cfg, params = tiny()
+  run = lambda sampling: generate(params, *left_pad(PROMPTS), jax.random.key(3), config=cfg,
+                                  max_new_tokens=6, sampling=sampling).tokens_BxN
+  np.testing.assert_array_equal(run(SamplingConfig(temperature=1e-4)),
+                                run(SamplingConfig(temperature=0.0)))
+
+
+def test_sampling_is_reproducible_with_a_fixed_key():
+  cfg, params = tiny(init_std=0.05)  # a flat distribution, so different keys give different text
+  sampling = SamplingConfig(temperature=1.0, top_k=8, top_p=0.95)
+  run = lambda seed: np.asarray(generate(
+      params, *left_pad(PROMPTS), jax.random.key(seed), config=cfg, max_new_tokens=12,
+      sampling=sampling).tokens_BxN)
+  np.testing.assert_array_equal(run(7), run(7))
+  assert not np.array_equal(run(7), run(8))
+
+
+def test_stop_tokens_end_rows_and_pad_the_rest():
+  cfg, params = tiny(init_std=0.05)
+  n = 12
+  kwargs = dict(config=cfg, max_new_tokens=n, sampling=SamplingConfig(temperature=1.0))
+  free = np.asarray(generate(params, *left_pad(PROMPTS), jax.random.key(5), **kwargs).tokens_BxN)
+  stop = int(free[0, 3])
+  out = generate(params, *left_pad(PROMPTS), jax.random.key(5), stop_tokens=(stop,), pad_id=-1,
+                 **kwargs)
+  for row in range(2):
+    hits = np.flatnonzero(free[row] == stop)
+    length = hits[0] + 1 if hits.size else n
+    assert out.lengths_B[row] == length
+    np.testing.assert_array_equal(out.tokens_BxN[row, :length], free[row, :length])
+    assert np.all(np.asarray(out.tokens_BxN[row, length:]) == -1)
+
+
+def test_generate_rejects_positions_past_the_learned_table():
+  cfg, params = tiny(max_seq_len=8)
+  with pytest.raises(ValueError, match='max_seq_len=8'):
+    generate(params, *left_pad(PROMPTS), jax.random.key(0), config=cfg, max_new_tokens=5)
+
+
+def test_left_pad_layout_and_errors():
+  tokens, mask = left_pad([[1, 2, 3], [4]], pad_id=9)
+  np.testing.assert_array_equal(tokens, [[1, 2, 3], [9, 9, 4]])
+  np.testing.assert_array_equal(mask, [[True, True, True], [False, False, True]])
+  with pytest.raises(ValueError, match='at least one token'):
+    left_pad([[1], []])
