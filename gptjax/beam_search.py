@@ -1,9 +1,11 @@
 """Beam search over the KV cache: W hypotheses per prompt, the cache reordered by parent each step.
 
 Each prompt row carries W alive hypotheses (flattened to B*W cache rows) and a pool of W finished
-ones. A step scores every one-token extension of the alive beams, moves the extensions that end in
-a stop token (or reach max_new_tokens) into the finished pool, keeps the W best others alive, and
-gathers the cache rows of their parents so the next step attends to the right history.
+ones. A step scores every one-token extension of the alive beams, moves the extensions that end
+in a stop token (or reach max_new_tokens) and rank among the W best extensions into the finished
+pool, keeps the W best others alive, and gathers the cache rows of their parents so the next step
+attends to the right history. The rank rule (Hugging Face's) means a stop token only ends a
+hypothesis that would have made the beam, so one beam is exactly greedy decoding.
 
 Scores: a finished hypothesis of `length` new tokens (its stop token included, the prompt not)
 scores sum(log p) / penalty(length), with
@@ -113,7 +115,8 @@ def _beam_step(state: _BeamState, logits_BWxV: Array, beam: BeamSearchConfig,
       _gather(state.alive_BxWxN, parent_BxC), token_BxC[:, :, None], (0, 0, t))
   stops_BxC = (jnp.isin(token_BxC, jnp.asarray(stop_tokens, jnp.int32)) if stop_tokens
                else jnp.zeros_like(token_BxC, bool))
-  ends_BxC = stops_BxC | (t == max_new_tokens - 1)
+  # Only extensions that would have made the beam (rank < W) may finish; see the module docstring.
+  ends_BxC = (stops_BxC | (t == max_new_tokens - 1)) & (jnp.arange(c) < w)[None]
 
   # Finished pool: merge the ending candidates (not for rows already finished) and keep the best W.
   new_scores_BxC = cand_logp_BxC / length_penalty(t + 1, beam)

@@ -36,6 +36,8 @@ import sysconfig
 from typing import Iterator, Sequence
 
 from absl import logging
+from array_record.python import array_record_module
+import grain
 import ml_collections
 import numpy as np
 
@@ -109,8 +111,6 @@ class TextSplit:
         yield part.name, f.read(-1 if part.stop is None else part.stop - part.start)
     if self.record_ids is None or not len(self.record_ids):
       return
-    import grain  # only ArrayRecord sources need it here
-
     source = grain.sources.ArrayRecordDataSource([path for path, _ in self.record_files])
     first_ids = np.cumsum([0] + [n for _, n in self.record_files])
     for chunk in np.array_split(self.record_ids, -(-len(self.record_ids) // 1024)):
@@ -185,11 +185,11 @@ def glob_files(spec: str, field: str) -> list[FilePart]:
     expanded = os.path.expanduser(pattern)
     matches = sorted(p for p in glob.glob(expanded, recursive=True) if os.path.isfile(p))
     if not matches:
-      raise ValueError(f'data.{field} glob {pattern!r} (expanded to {expanded!r}) matched no files; '
-                       'fix the path or the pattern (use ** to reach subdirectories).')
+      raise ValueError(f'data.{field} glob {pattern!r} (expanded to {expanded!r}) matched no '
+                       'files; fix the path or the pattern (use ** to reach subdirectories).')
     root = _glob_root(expanded)
-    named = sorted((os.path.relpath(p, root).replace(os.sep, '/'), os.path.abspath(p)) for p in matches)
-    for name, path in named:
+    for name, path in sorted((os.path.relpath(p, root).replace(os.sep, '/'), os.path.abspath(p))
+                             for p in matches):
       if path not in seen:
         seen.add(path)
         files.append(FilePart(path, name))
@@ -253,8 +253,9 @@ def _cut_file(file: FilePart, val_fraction: float) -> tuple[TextSplit, TextSplit
                      'into train and validation parts; add files or set data.val_paths.')
   logging.info('One input file: bytes [0, %d) of %s train, [%d, %d) validate.', cut, file.name, cut,
                size)
+  val_part = FilePart(file.path, file.name + ' (validation part)', cut, size)
   return (TextSplit('train', (FilePart(file.path, file.name, 0, cut),)),
-          TextSplit('validation', (FilePart(file.path, file.name + ' (validation part)', cut, size),)))
+          TextSplit('validation', (val_part,)))
 
 
 def _splitmix64(x: np.ndarray) -> np.ndarray:
@@ -266,18 +267,20 @@ def _splitmix64(x: np.ndarray) -> np.ndarray:
 
 
 def _arrayrecord_splits(d: ml_collections.ConfigDict) -> tuple[TextSplit, TextSplit]:
-  from array_record.python import array_record_module
-
   def counted(parts: list[FilePart]) -> tuple[tuple[str, int], ...]:
-    return tuple((f.path, array_record_module.ArrayRecordReader(f.path).num_records()) for f in parts)
+    return tuple((f.path, array_record_module.ArrayRecordReader(f.path).num_records())
+                 for f in parts)
+
+  def whole(name: str, record_files: tuple[tuple[str, int], ...]) -> TextSplit:
+    return TextSplit(name, record_files=record_files,
+                     record_ids=np.arange(sum(n for _, n in record_files)))
 
   files = glob_files(d.paths, 'paths')
   if d.val_paths:
     val_files = glob_files(d.val_paths, 'val_paths')
     val_set = {f.path for f in val_files}
     train_rf, val_rf = counted([f for f in files if f.path not in val_set]), counted(val_files)
-    return (TextSplit('train', record_files=train_rf, record_ids=np.arange(sum(n for _, n in train_rf))),
-            TextSplit('validation', record_files=val_rf, record_ids=np.arange(sum(n for _, n in val_rf))))
+    return whole('train', train_rf), whole('validation', val_rf)
   record_files = counted(files)
   total = sum(n for _, n in record_files)
   if total < 2:
@@ -400,7 +403,8 @@ def token_splits(d: ml_collections.ConfigDict) -> tuple[TokenStream, TokenStream
     if cap is not None:
       stream = stream.slice(0, cap)
     n_val = max(1, round(len(stream) * d.val_fraction))
-    train, val = stream.slice(0, len(stream) - n_val), stream.slice(len(stream) - n_val, len(stream))
+    cut = len(stream) - n_val
+    train, val = stream.slice(0, cut), stream.slice(cut, len(stream))
   for name, stream in (('train', train), ('validation', val)):
     if len(stream) <= 0:
       raise ValueError(f'The {name} split of token shards {d.paths!r} is empty; add tokens or '

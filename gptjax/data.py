@@ -1,4 +1,4 @@
-"""Input pipeline: tokenise each split once, pack into windows, shuffle, repeat and batch with grain.
+"""Input pipeline: tokenise each split once, pack into windows, shuffle, repeat, batch (grain).
 
 Each text split is tokenised once into `workdir/data/<fingerprint>/{train,validation}.bin` (the
 nanoGPT layout, read back through np.memmap), every document followed by the tokenizer's `eos_id`.
@@ -59,7 +59,13 @@ class Data:
 
 def build_data(config: ml_collections.ConfigDict, workdir: str, *, process_index: int = 0,
                process_count: int = 1) -> Data:
-  """The run's tokenizer, training iterator and evaluation batches; quick when called again."""
+  """The run's tokenizer, training iterator and evaluation batches; quick when called again.
+
+  Call it on every process with that process's index and count. `data.worker_count > 0` moves batch
+  assembly into grain worker processes (same batches, same state); they need parsed absl flags
+  (absl.app.run) and a `__main__` guard in the entry script. Reads are memmap slices, so 0 (two
+  reader threads in this process) is usually enough.
+  """
   d = config.data
   local_batch_size(d.batch_size, process_index, process_count)
   tokenizer = load_or_train_tokenizer(config, workdir)
@@ -76,7 +82,8 @@ def build_data(config: ml_collections.ConfigDict, workdir: str, *, process_index
                             process_index=process_index, process_count=process_count)
   train_iter_ds = train_ds.to_iter_dataset(_READ_OPTIONS)
   if d.worker_count > 0:
-    train_iter_ds = train_iter_ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=d.worker_count))
+    workers = grain.MultiprocessingOptions(num_workers=d.worker_count)
+    train_iter_ds = train_iter_ds.mp_prefetch(workers)
   val_ds = window_batches(val, d.seq_len, d.batch_size, seed=_EVAL_SEED, repeat=False,
                           process_index=process_index, process_count=process_count)
   num_eval = min(config.train.eval_batches, len(val) // window // d.batch_size)
@@ -94,7 +101,8 @@ def build_data(config: ml_collections.ConfigDict, workdir: str, *, process_index
 
 def local_batch_size(batch_size: int, process_index: int, process_count: int) -> int:
   if not 0 <= process_index < process_count:
-    raise ValueError(f'process_index={process_index} must be in [0, process_count={process_count}).')
+    raise ValueError(f'process_index={process_index} must be in [0, process_count='
+                     f'{process_count}).')
   if batch_size % process_count:
     raise ValueError(f'data.batch_size={batch_size} is not divisible by process_count='
                      f'{process_count}; every process must read the same number of rows.')
@@ -117,8 +125,9 @@ class Windows:
     return self.stream.read(start, start + self.length).astype(np.int32)
 
 
-def window_batches(stream: corpus.TokenStream, seq_len: int, batch_size: int, *, seed: int | None,
-                   repeat: bool, process_index: int = 0, process_count: int = 1) -> grain.MapDataset:
+def window_batches(stream: corpus.TokenStream, seq_len: int, batch_size: int, *,
+                   seed: int | None, repeat: bool, process_index: int = 0,
+                   process_count: int = 1) -> grain.MapDataset:
   """This process's rows of each global batch of windows: int32 [batch_size / P, seq_len + 1].
 
   Consecutive groups of l = batch_size / P windows form local batches; global batch i is local
@@ -130,7 +139,7 @@ def window_batches(stream: corpus.TokenStream, seq_len: int, batch_size: int, *,
     ds = ds.shuffle(seed=seed)
   if repeat:
     ds = ds.repeat(None)  # reshuffled every epoch; shuffle before repeat keeps epochs whole
-  return ds.batch(local, drop_remainder=True)[process_index * 0::1]
+  return ds.batch(local, drop_remainder=True)[process_index::process_count]
 
 
 def unigram_entropy_nats(tokens: np.ndarray | corpus.TokenStream) -> float:
@@ -231,6 +240,7 @@ def _tokenize(split: corpus.TextSplit, tokenizer: Tokenizer, decode_errors: str,
       raise ValueError(f'The {split.name} split is empty: {split.num_documents} documents, '
                        f'{len(stats.skipped)} skipped as undecodable {stats.skipped[:3]}, the rest '
                        "empty; add non-empty files or set data.decode_errors='replace'.")
+    os.chmod(tmp, 0o644)
     os.replace(tmp, path)
   finally:
     if os.path.exists(tmp):
@@ -256,6 +266,7 @@ def _write_atomic(path: str, payload: bytes):
   try:
     with os.fdopen(fd, 'wb') as f:
       f.write(payload)
+    os.chmod(tmp, 0o644)  # mkstemp's 0o600 would hide the cache from other users of the workdir
     os.replace(tmp, path)
   finally:
     if os.path.exists(tmp):

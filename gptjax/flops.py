@@ -97,7 +97,10 @@ def forward_flops_per_token(cfg: GPTConfig, seq_len: int, method: str = 'kaplan'
 
 
 def flops_per_token(cfg: GPTConfig, seq_len: int, method: str = 'kaplan') -> float:
-  """Training FLOPs per token: forward + backward, the backward costing twice the forward."""
+  """Training FLOPs per token: forward + backward, the backward costing twice the forward.
+
+  These are model FLOPs (what MFU divides by): the forward that remat recomputes is not counted.
+  """
   return 3.0 * forward_flops_per_token(cfg, seq_len, method)
 
 
@@ -112,8 +115,11 @@ def training_flops(cfg: GPTConfig, seq_len: int, tokens: float, method: str = 'k
 class Accelerator:
   """Datasheet figures for one chip. Peaks are dense (no 2:4 sparsity), per chip.
 
-  `peak_fp32_flops` is None where the vendor gives no fp32 matmul figure (TPUs: XLA runs fp32
-  matmuls as bf16 passes at default precision); measure with `measure_matmul_peak` instead.
+  `peak_fp32_flops` is the peak of the units a float32 matmul runs on at JAX's default precision:
+  on NVIDIA GPUs that is TF32 tensor cores (an 8192^3 fp32 matmul measured 356 TFLOP/s on an
+  H200, 5x its 67 TFLOP/s non-tensor-core figure, so that figure would give MFU above 1). With
+  jax_default_matmul_precision='highest' use the non-tensor figure in the comments instead. TPUs
+  have None: XLA runs fp32 matmuls there as bf16 passes; measure with `measure_matmul_peak`.
   `price_per_hour_usd` is a rough on-demand list price per chip, a default to edit, not a quote.
   """
 
@@ -133,12 +139,13 @@ ACCELERATORS: dict[str, Accelerator] = {
     'tpu_v5p': Accelerator(459 * TERA, None, 2765 * GIGA, 95 * 2**30, 4.20, ('TPU v5p', 'TPU v5')),
     'tpu_v6e': Accelerator(918 * TERA, None, 1640 * GIGA, 32 * 2**30, 2.70,
                            ('TPU v6 lite', 'TPU v6e', 'TPU v6')),
-    # A100 SXM 80GB; fp32 is the non-tensor-core figure (TF32 tensor cores give 156 TFLOP/s).
-    'a100': Accelerator(312 * TERA, 19.5 * TERA, 2039 * GIGA, 80e9, 3.67, ('A100',)),
+    # A100 SXM 80GB; fp32 is TF32 (non-tensor fp32: 19.5 TFLOP/s).
+    'a100': Accelerator(312 * TERA, 156 * TERA, 2039 * GIGA, 80e9, 3.67, ('A100',)),
     # H100 SXM only: the PCIe and NVL cards have lower clocks, so they do not match here.
-    'h100': Accelerator(989.4 * TERA, 66.9 * TERA, 3350 * GIGA, 80e9, 4.50,
+    # fp32 is TF32 (non-tensor fp32: 67 TFLOP/s), likewise for the H200.
+    'h100': Accelerator(989.4 * TERA, 494.7 * TERA, 3350 * GIGA, 80e9, 4.50,
                         ('H100 80GB HBM3', 'H100 SXM', 'H100-SXM')),
-    'h200': Accelerator(989.4 * TERA, 66.9 * TERA, 4800 * GIGA, 141e9, 5.00, ('H200',)),
+    'h200': Accelerator(989.4 * TERA, 494.7 * TERA, 4800 * GIGA, 141e9, 5.00, ('H200',)),
 }
 
 
@@ -150,7 +157,8 @@ def device_peak_flops(device_kind: str, dtype: Any = 'bfloat16') -> float | None
   """Datasheet peak for `jax.devices()[0].device_kind`, or None if unknown (then measure).
 
   The longest matching substring wins, so 'TPU v5 lite' picks v5e over v5p's 'TPU v5'.
-  bf16 and fp16 share the tensor-core peak on these chips; fp32 uses `peak_fp32_flops`.
+  bf16 and fp16 share the tensor-core peak on these chips; fp32 uses `peak_fp32_flops` (TF32 on
+  GPUs, see `Accelerator`).
   """
   name = _dtype_name(dtype)
   if name not in ('bfloat16', 'float16', 'float32'):

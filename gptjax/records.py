@@ -82,7 +82,7 @@ def run_dirs(sweep_dir: str) -> list[str]:
 
 
 def load_sweep(sweep_dir: str) -> list[dict[str, Any]]:
-  """One row per eval record of every run under `sweep_dir`, with the run's directory name in 'run'."""
+  """One row per eval record of every run under `sweep_dir`; 'run' holds the run's directory."""
   rows = []
   for workdir in run_dirs(sweep_dir):
     name = os.path.basename(workdir)
@@ -113,5 +113,6 @@ def column(rows: Sequence[Mapping[str, Any]] | np.ndarray, key: str) -> np.ndarr
   if missing:
     have = sorted(rows[missing[0]])
     raise ValueError(f'{len(missing)} of {len(rows)} records have no field {key!r} (first: row '
-                     f'{missing[0]}, which has {have}); log it in metrics.jsonl or pick another key.')
+                     f'{missing[0]}, which has {have}); log it in metrics.jsonl or pick another '
+                     'key.')
   return np.array([float(row[key]) for row in rows], dtype=np.float64)

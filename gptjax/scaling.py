@@ -28,19 +28,24 @@ from gptjax.records import column
 Records = Sequence[Mapping[str, Any]] | np.ndarray
 
 
-def _positive(name: str, values: Any) -> np.ndarray:
-  x = np.asarray(values, dtype=np.float64).ravel()
-  bad = ~np.isfinite(x) | (x <= 0)
-  if bad.any():
-    raise ValueError(f'{name} has {int(bad.sum())} NaN, infinite or non-positive values (rows '
-                     f'{np.flatnonzero(bad)[:5].tolist()}); drop diverged or unfinished runs first.')
-  return x
-
-
-def _same_length(**arrays: np.ndarray) -> None:
-  lengths = {name: len(a) for name, a in arrays.items()}
+def _checked(**named: Any) -> list[np.ndarray]:
+  """The inputs as float64 vectors, refusing NaN, inf, non-positive values and unequal lengths."""
+  arrays = []
+  for name, values in named.items():
+    x = np.asarray(values, dtype=np.float64).ravel()
+    bad = np.flatnonzero(~np.isfinite(x) | (x <= 0))
+    if len(bad):
+      raise ValueError(f'{name} has {len(bad)} NaN, infinite or non-positive values (rows '
+                       f'{bad[:5].tolist()}); drop diverged or unfinished runs first.')
+    arrays.append(x)
+  lengths = {name: len(x) for name, x in zip(named, arrays)}
   if len(set(lengths.values())) != 1:
     raise ValueError(f'Inputs differ in length: {lengths}; pass one value per record.')
+  return arrays
+
+
+def _columns(records: Records, *keys: str) -> list[np.ndarray]:
+  return _checked(**{key: column(records, key) for key in keys})
 
 
 def _percentiles(samples_SxP: np.ndarray, level: float) -> np.ndarray:
@@ -56,7 +61,7 @@ def _percentiles(samples_SxP: np.ndarray, level: float) -> np.ndarray:
 
 @dataclasses.dataclass(frozen=True)
 class Frontier:
-  """The lower envelope: points no cheaper point beats, sorted by compute; `index` into the input."""
+  """Lower envelope: the points no cheaper point beats, by compute; `index` into the input."""
 
   compute: np.ndarray
   loss: np.ndarray
@@ -64,8 +69,7 @@ class Frontier:
 
 
 def compute_frontier(compute: Any, loss: Any) -> Frontier:
-  c, l = _positive('compute', compute), _positive('loss', loss)
-  _same_length(compute=c, loss=l)
+  c, l = _checked(compute=compute, loss=loss)
   order = np.lexsort((l, c))  # by compute, ties by loss
   best = np.minimum.accumulate(l[order])
   keep = np.concatenate([[True], best[1:] < best[:-1]])  # strictly better than anything cheaper
@@ -96,11 +100,11 @@ def fit_power_law_with_floor(compute: Any, loss: Any, grid_size: int = 64) -> Po
   best grid point then seeds a joint bounded refinement of (E, log A, alpha). The grid keeps the
   non-convex fit away from the local minima a single start falls into.
   """
-  c, l = _positive('compute', compute), _positive('loss', loss)
-  _same_length(compute=c, loss=l)
+  c, l = _checked(compute=compute, loss=loss)
   if len(c) < 4 or len(np.unique(c)) < 3:
     raise ValueError(f'L(C) = E + A*C^-alpha has 3 parameters; got {len(c)} points at '
-                     f'{len(np.unique(c))} distinct computes. Add runs at 4 or more compute budgets.')
+                     f'{len(np.unique(c))} distinct computes. Add runs at 4 or more compute '
+                     'budgets.')
   log_c, log_l = np.log(c), np.log(l)
   e_max = l.min() * (1 - 1e-3)
 
@@ -108,15 +112,13 @@ def fit_power_law_with_floor(compute: Any, loss: Any, grid_size: int = 64) -> Po
     e, log_a, alpha = theta
     return np.log(e + np.exp(log_a - alpha * log_c)) - log_l
 
-  best = None
+  starts = []
   for e in np.linspace(0.0, e_max, grid_size):
     slope, intercept = np.polyfit(log_c, np.log(l - e), 1)
-    theta = np.array([e, intercept, max(-slope, 0.0)])
-    cost = np.sum(residuals(theta) ** 2)
-    if best is None or cost < best[0]:
-      best = (cost, theta)
+    starts.append(np.array([e, intercept, max(-slope, 0.0)]))
+  start = min(starts, key=lambda theta: np.sum(residuals(theta)**2))
   solution = scipy.optimize.least_squares(
-      residuals, best[1], bounds=([0.0, -np.inf, 0.0], [e_max, np.inf, np.inf]),
+      residuals, start, bounds=([0.0, -np.inf, 0.0], [e_max, np.inf, np.inf]),
       xtol=1e-12, ftol=1e-12, gtol=1e-12)
   e, log_a, alpha = solution.x
   return PowerLawFit(float(e), float(log_a), float(alpha))
@@ -157,9 +159,9 @@ class ChinchillaFit:
     """(N_opt, D_opt) minimising L under C = 6·N·D, in closed form (Hoffmann et al. eq. 4)."""
     c = np.asarray(compute, np.float64)
     log_g = (np.log(self.alpha * self.A) - np.log(self.beta * self.B)) / (self.alpha + self.beta)
-    log_half = np.log(c / 6)
-    n_opt = np.exp(log_g + self.n_exponent * log_half)
-    d_opt = np.exp(-log_g + self.d_exponent * log_half)
+    log_c6 = np.log(c / 6)
+    n_opt = np.exp(log_g + self.n_exponent * log_c6)
+    d_opt = np.exp(-log_g + self.d_exponent * log_c6)
     return n_opt, d_opt
 
 
@@ -200,12 +202,15 @@ _GRID = np.array(list(itertools.product(
     np.arange(0, 2.5, 0.5), np.arange(0, 2.5, 0.5))), dtype=np.float64)
 
 
-def _minimise(log_n, log_d, log_l, delta: float, starts: np.ndarray) -> tuple[float, np.ndarray]:
+OPTIMIZERS = ('BFGS', 'L-BFGS-B')
+
+
+def _minimise(log_n, log_d, log_l, delta: float, starts: np.ndarray,
+              method: str) -> tuple[float, np.ndarray]:
   best = (np.inf, starts[0])
   for start in starts:
-    result = scipy.optimize.minimize(
-        _huber_objective, start, args=(log_n, log_d, log_l, delta), jac=True, method='L-BFGS-B',
-        options=dict(maxiter=2000, ftol=1e-14, gtol=1e-10))
+    result = scipy.optimize.minimize(_huber_objective, start, args=(log_n, log_d, log_l, delta),
+                                     jac=True, method=method, options=dict(maxiter=2000))
     if result.fun < best[0]:
       best = (float(result.fun), result.x)
   return best
@@ -226,15 +231,21 @@ def _as_params(theta: np.ndarray) -> np.ndarray:
 
 def fit_chinchilla(params: Any, tokens: Any, loss: Any, *, delta: float = 1e-3,
                    n_starts: int | None = 16, n_bootstrap: int = 0, level: float = 0.95,
-                   seed: int = 0) -> ChinchillaFit:
-  """Approach 3 as in the paper: Huber(delta=1e-3) on log L, L-BFGS from a grid, best kept.
+                   seed: int = 0, method: str = 'BFGS') -> ChinchillaFit:
+  """Approach 3 as in the paper: Huber(delta=1e-3) on log L, quasi-Newton from a grid, best kept.
+
+  The paper names L-BFGS, whose limited memory only pays off with many parameters; with 5, full
+  BFGS is the same quasi-Newton idea and reaches the same optimum (a test checks). It is the
+  default because scipy's L-BFGS-B spends ~1 ms per iteration in threaded-BLAS overhead, 10x
+  slower on a busy CPU, which the bootstrap multiplies. `method='L-BFGS-B'` is the paper's choice.
 
   With `n_bootstrap` > 0 the points are resampled with replacement and refitted (from the full
   fit's optimum and the resample's best grid points) to give `level` percentile intervals for
   E, A, B, alpha, beta and the compute-optimal exponents a and b.
   """
-  n, d, l = _positive('params', params), _positive('tokens', tokens), _positive('loss', loss)
-  _same_length(params=n, tokens=d, loss=l)
+  if method not in OPTIMIZERS:
+    raise ValueError(f'method={method!r}; choose one of {OPTIMIZERS}.')
+  n, d, l = _checked(params=params, tokens=tokens, loss=loss)
   for name, values in (('model sizes (params)', n), ('token counts', d)):
     if len(np.unique(values)) < 3:
       raise ValueError(f'L(N, D) needs at least 3 distinct {name}, got {len(np.unique(values))}: '
@@ -244,7 +255,7 @@ def fit_chinchilla(params: Any, tokens: Any, loss: Any, *, delta: float = 1e-3,
     raise ValueError(f'L(N, D) has 5 parameters; {len(l)} points cannot pin them. Add runs.')
   log_n, log_d, log_l = np.log(n), np.log(d), np.log(l)
   objective, theta = _minimise(log_n, log_d, log_l, delta,
-                               _grid_starts(log_n, log_d, log_l, delta, n_starts))
+                               _grid_starts(log_n, log_d, log_l, delta, n_starts), method)
   fit = ChinchillaFit(*_as_params(theta), objective=objective)
   if n_bootstrap <= 0:
     return fit
@@ -253,12 +264,13 @@ def fit_chinchilla(params: Any, tokens: Any, loss: Any, *, delta: float = 1e-3,
   for _ in range(n_bootstrap):
     i = rng.integers(0, len(l), len(l))
     starts = np.concatenate([theta[None], _grid_starts(log_n[i], log_d[i], log_l[i], delta, 2)])
-    _, theta_i = _minimise(log_n[i], log_d[i], log_l[i], delta, starts)
+    _, theta_i = _minimise(log_n[i], log_d[i], log_l[i], delta, starts, method)
     e, a, b, alpha, beta = _as_params(theta_i)
     samples.append([e, a, b, alpha, beta, beta / (alpha + beta), alpha / (alpha + beta)])
   bounds = _percentiles(np.array(samples), level)
   names = CHINCHILLA_PARAMS + ('n_exponent', 'd_exponent')
-  return dataclasses.replace(fit, intervals={k: tuple(map(float, v)) for k, v in zip(names, bounds)})
+  intervals = {name: (float(lo), float(hi)) for name, (lo, hi) in zip(names, bounds)}
+  return dataclasses.replace(fit, intervals=intervals)
 
 
 # ---------------------------------------------------------------- approach 2: IsoFLOP minima
@@ -280,7 +292,7 @@ def group_budgets(compute: np.ndarray, rtol: float = 0.1) -> list[np.ndarray]:
   return [np.array(g) for g in groups]
 
 
-def _parabola_minimum(log_n: np.ndarray, loss: np.ndarray) -> tuple[np.ndarray, float, float] | None:
+def _parabola_minimum(log_n: np.ndarray, loss: np.ndarray) -> tuple | None:
   """(coefficients, log N at the minimum, loss there), or None when there is no minimum."""
   if len(np.unique(log_n)) < 3:
     return None
@@ -296,7 +308,8 @@ class IsoFLOPResult:
   """Per-budget parabola minima and the power laws N_opt = k_N·C^a, D_opt = k_D·C^b through them.
 
   `groups[i]` indexes the records of budget i; `parabolas[i]` is its (c2, c1, c0) in log N.
-  `bootstrap` holds (log k_N, a) refits; D_opt = C/(6 N_opt) makes b = 1 - a exactly.
+  `bootstrap` holds (log k_N, a) refits. D_opt = C/(6 N_opt) makes b = 1 - a exactly, so the
+  interval of b is 1 minus that of a.
   """
 
   budgets: np.ndarray
@@ -319,16 +332,8 @@ class IsoFLOPResult:
     lo, hi = _percentiles(self.bootstrap[:, 1:], self.level)[0]
     return float(lo), float(hi)
 
-  @property
-  def d_exponent_ci(self) -> tuple[float, float]:
-    lo, hi = self.n_exponent_ci
-    return 1.0 - hi, 1.0 - lo
-
   def predict_n_opt(self, compute: Any) -> np.ndarray:
     return np.exp(self.log_n_coefficient + self.n_exponent * np.log(np.asarray(compute, float)))
-
-  def predict_d_opt(self, compute: Any) -> np.ndarray:
-    return np.asarray(compute, float) / (6 * self.predict_n_opt(compute))
 
   def n_opt_band(self, compute: Any) -> tuple[np.ndarray, np.ndarray]:
     """Pointwise `level` band of the N_opt(C) line over the bootstrap refits."""
@@ -357,9 +362,7 @@ def isoflop_minima(records: Records, *, compute_key: str = 'flops_kaplan',
   A budget whose parabola opens downwards or has fewer than 3 sizes is skipped with a warning.
   The bootstrap resamples runs within each budget and redoes the parabolas and the line fit.
   """
-  c = _positive(compute_key, column(records, compute_key))
-  n = _positive(params_key, column(records, params_key))
-  l = _positive(loss_key, column(records, loss_key))
+  c, n, l = _columns(records, compute_key, params_key, loss_key)
   log_n, groups = np.log(n), group_budgets(c, budget_rtol)
   kept, minima = _minima(log_n, l, groups)
   for g, index in enumerate(groups):
@@ -418,10 +421,7 @@ def holdout_extrapolation(records: Records, *, compute_key: str = 'flops_kaplan'
                           tokens_key: str = 'tokens_seen', loss_key: str = 'eval_loss',
                           budget_rtol: float = 0.1) -> HoldoutResult:
   """Holds out the largest compute budget, fits L(C) and L(N, D) on the rest, predicts it."""
-  c = _positive(compute_key, column(records, compute_key))
-  n = _positive(params_key, column(records, params_key))
-  d = _positive(tokens_key, column(records, tokens_key))
-  l = _positive(loss_key, column(records, loss_key))
+  c, n, d, l = _columns(records, compute_key, params_key, tokens_key, loss_key)
   groups = group_budgets(c, budget_rtol)
   if len(groups) < 3:
     raise ValueError(f'Holding out one budget needs at least 3 budgets, found {len(groups)}; '

@@ -75,8 +75,8 @@ def train_step(state: TrainState, batch_BxT1: Array, *, model: GPT,
   params = optax.apply_updates(state.params, updates)
   metrics = {
       'train_loss': loss,
-      'grad_norm': optax.global_norm(grads),
-      'param_norm': optax.global_norm(params),
+      'grad_norm': optax.tree.norm(grads),
+      'param_norm': optax.tree.norm(params),
       'learning_rate': schedule(state.step),
   }
   return TrainState(step=state.step + 1, params=params, opt_state=opt_state), metrics

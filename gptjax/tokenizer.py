@@ -24,6 +24,9 @@ from typing import Iterable, Iterator, Sequence
 from absl import logging
 import ml_collections
 import numpy as np
+import tokenizers
+
+from gptjax import corpus
 
 FILENAME = 'tokenizer.json'
 EOS_TOKEN = '<|endoftext|>'
@@ -46,7 +49,7 @@ class Tokenizer(abc.ABC):
 
   @abc.abstractmethod
   def decode(self, ids: Iterable[int] | np.ndarray) -> str:
-    """Text of `ids`; byte sequences that are not valid UTF-8 (model samples can be) become U+FFFD."""
+    """Text of `ids`; bytes that are not valid UTF-8 (model samples can be) become U+FFFD."""
 
   @abc.abstractmethod
   def to_json(self) -> str:
@@ -111,19 +114,18 @@ class BPETokenizer(Tokenizer):
 
 def train_bpe(texts: Iterator[str], vocab_size: int) -> BPETokenizer:
   """Trains a byte-level BPE with `vocab_size` entries (fewer if the corpus runs out of merges)."""
-  from tokenizers import Tokenizer as HFTokenizer, decoders, models, pre_tokenizers, trainers
-
   if vocab_size < 257:
     raise ValueError(f'data.bpe_vocab_size={vocab_size} must exceed the 256 byte symbols plus '
                      f'{EOS_TOKEN!r}; use data.tokenizer="byte" for a 256-token vocabulary.')
-  tok = HFTokenizer(models.BPE())
+  tok = tokenizers.Tokenizer(tokenizers.models.BPE())
   # No prefix space and no normaliser: the pre-tokenizer and decoder are exact inverses, so any
   # text (whitespace, non-ASCII, control characters) round-trips unchanged.
-  tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
-  tok.decoder = decoders.ByteLevel()
-  trainer = trainers.BpeTrainer(
+  byte_level = tokenizers.pre_tokenizers.ByteLevel
+  tok.pre_tokenizer = byte_level(add_prefix_space=False, use_regex=True)
+  tok.decoder = tokenizers.decoders.ByteLevel()
+  trainer = tokenizers.trainers.BpeTrainer(
       vocab_size=vocab_size, special_tokens=[EOS_TOKEN], show_progress=False,
-      initial_alphabet=pre_tokenizers.ByteLevel.alphabet())  # every byte, seen or not
+      initial_alphabet=byte_level.alphabet())  # every byte, seen or not
   tok.train_from_iterator(texts, trainer=trainer)
   return BPETokenizer(tok)
 
@@ -137,8 +139,7 @@ def load_tokenizer(directory: str) -> Tokenizer:
     text = f.read()
   if _BYTE_MARKER in json.loads(text):
     return ByteTokenizer()
-  from tokenizers import Tokenizer as HFTokenizer
-  return BPETokenizer(HFTokenizer.from_str(text))
+  return BPETokenizer(tokenizers.Tokenizer.from_str(text))
 
 
 def load_or_train_tokenizer(config: ml_collections.ConfigDict, workdir: str) -> Tokenizer:
@@ -157,22 +158,21 @@ def load_or_train_tokenizer(config: ml_collections.ConfigDict, workdir: str) -> 
       raise ValueError(f'{path} holds a {tokenizer.name!r} tokenizer but data.tokenizer='
                        f'{d.tokenizer!r}; use a fresh workdir (the saved tokens and checkpoints '
                        'belong to the other tokenizer).')
-    logging.info('Reusing %s tokenizer from %s (vocab %d).', tokenizer.name, path, tokenizer.vocab_size)
+    logging.info('Reusing the %s tokenizer in %s (vocab %d).', tokenizer.name, path,
+                 tokenizer.vocab_size)
     return tokenizer
 
   if d.tokenizer == 'byte':
     tokenizer = ByteTokenizer()
   elif d.get('tokenizer_path', ''):
     source = os.path.expanduser(d.tokenizer_path)
-    from tokenizers import Tokenizer as HFTokenizer
-    tokenizer = BPETokenizer(HFTokenizer.from_file(source))
+    tokenizer = BPETokenizer(tokenizers.Tokenizer.from_file(source))
     logging.info('Using the BPE tokenizer %s (vocab %d).', source, tokenizer.vocab_size)
   elif d.source == 'tokens':
     raise ValueError("data.source='tokens' with data.tokenizer='bpe' cannot train a BPE (there is "
                      'no text); set data.tokenizer_path to the tokenizer.json that produced the '
                      'shards.')
   else:
-    from gptjax import corpus  # imported here: corpus only matters when there is text to train on
     train_split = corpus.text_splits(d)[0]
     logging.info('Training a %d-token BPE on %d train documents...', d.bpe_vocab_size,
                  train_split.num_documents)
@@ -195,6 +195,7 @@ def _write_atomic(directory: str, text: str) -> str:
   try:
     with os.fdopen(fd, 'w') as f:
       f.write(text)
+    os.chmod(tmp, 0o644)  # mkstemp creates 0o600
     os.replace(tmp, path)
   except BaseException:
     if os.path.exists(tmp):

@@ -44,30 +44,46 @@ def _init_fn(rng: jax.Array, model: GPT, optimizer, seq_len: int) -> TrainState:
   return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=optimizer.init(params))
 
 
-def _boxed_abstract_state(config: ml_collections.ConfigDict) -> TrainState:
-  model = GPT(model_config(config))
-  init = functools.partial(_init_fn, model=model, optimizer=optim.make_optimizer(config.train),
-                           seq_len=config.data.seq_len)
-  return jax.eval_shape(init, jax.random.key(config.seed))
+def _init(config: ml_collections.ConfigDict):
+  return functools.partial(_init_fn, model=GPT(model_config(config)),
+                           optimizer=optim.make_optimizer(config.train), seq_len=config.data.seq_len)
 
 
 def abstract_train_state(config: ml_collections.ConfigDict) -> TrainState:
   """Shapes and dtypes of the train state, without allocating it (for restoring checkpoints)."""
-  return nn.unbox(_boxed_abstract_state(config))
+  return nn.unbox(jax.eval_shape(_init(config), jax.random.key(config.seed)))
 
 
 def create_train_state(config: ml_collections.ConfigDict, mesh: Mesh,
                        rules: sharding.Rules) -> tuple[TrainState, Any]:
   """Initialises the state directly into its shardings: nothing is ever built unsharded."""
-  model = GPT(model_config(config))
-  optimizer = optim.make_optimizer(config.train)
-  boxed = _boxed_abstract_state(config)
+  init = _init(config)
+  boxed = jax.eval_shape(init, jax.random.key(config.seed))
   shardings = sharding.logical_shardings(boxed, mesh, rules)
   sharding.check_divisible(nn.unbox(boxed), shardings, mesh)
-  init = functools.partial(_init_fn, model=model, optimizer=optimizer, seq_len=config.data.seq_len)
   state = jax.jit(lambda rng: nn.unbox(init(rng)), out_shardings=shardings)(
       jax.random.key(config.seed))
   return state, shardings
+
+
+def jit_steps(config: ml_collections.ConfigDict, mesh: Mesh, rules: sharding.Rules,
+              state_shardings: Any) -> tuple[Any, Any]:
+  """The train and eval steps jitted with explicit shardings; the train state is donated."""
+  cfg = model_config(config)
+  model = GPT(cfg)
+  step_fn = functools.partial(
+      train_step, model=model, optimizer=optim.make_optimizer(config.train),
+      schedule=optim.learning_rate_schedule(config.train),
+      grad_accum_steps=config.train.grad_accum_steps,
+      dropout_seed=config.seed if cfg.dropout > 0 else None)
+  batch_sharding = sharding.batch_sharding(mesh)
+  replicated = sharding.replicated(mesh)
+  with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
+    jit_train = jax.jit(step_fn, in_shardings=(state_shardings, batch_sharding),
+                        out_shardings=(state_shardings, replicated), donate_argnums=0)
+    jit_eval = jax.jit(functools.partial(eval_step, model=model),
+                       in_shardings=(state_shardings.params, batch_sharding), out_shardings=replicated)
+  return jit_train, jit_eval
 
 
 def _global_batch(local_batch: np.ndarray, batch_sharding: jax.sharding.NamedSharding) -> jax.Array:
@@ -123,12 +139,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   rules = sharding.logical_rules(config.mesh)
   sharding.check_batch_divisible(config.data.batch_size, mesh, config.train.grad_accum_steps)
   cfg = model_config(config)
-  model = GPT(cfg)
-  optimizer = optim.make_optimizer(config.train)
-  schedule = optim.learning_rate_schedule(config.train)
   state, state_shardings = create_train_state(config, mesh, rules)
   batch_sharding = sharding.batch_sharding(mesh)
-  replicated = sharding.replicated(mesh)
 
   manager = checkpointing.make_manager(
       workdir, save_every=config.train.checkpoint_every, keep=config.train.keep_checkpoints,
@@ -147,15 +159,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   else:
     start_step = 0
 
-  step_fn = functools.partial(
-      train_step, model=model, optimizer=optimizer, schedule=schedule,
-      grad_accum_steps=config.train.grad_accum_steps,
-      dropout_seed=config.seed if cfg.dropout > 0 else None)
-  with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
-    jit_train = jax.jit(step_fn, in_shardings=(state_shardings, batch_sharding),
-                        out_shardings=(state_shardings, replicated), donate_argnums=0)
-    jit_eval = jax.jit(functools.partial(eval_step, model=model),
-                       in_shardings=(state_shardings.params, batch_sharding), out_shardings=replicated)
+  jit_train, jit_eval = jit_steps(config, mesh, rules, state_shardings)
 
   counts = flops.param_counts(cfg)
   seq_len, batch_size = config.data.seq_len, config.data.batch_size

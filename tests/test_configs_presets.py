@@ -9,7 +9,8 @@ from ml_collections import config_flags
 from gptjax.flops import param_counts
 from gptjax.model import GPTConfig
 
-PRESETS = {name: importlib.import_module(f'experiments.configs.{name}') for name in ('gpt2', 'gpt3')}
+PRESETS = {name: importlib.import_module(f'experiments.configs.{name}')
+           for name in ('gpt2', 'gpt3')}
 GPT3_HEAD_DIM = {'small': 64, 'medium': 64, 'large': 96, 'xl': 128, '2.7b': 80, '6.7b': 128,
                  '13b': 128, '175b': 128}  # d_head column of GPT-3's table 2.1
 VARIANTS = [(preset, variant) for preset, module in PRESETS.items() for variant in module.SIZES]
@@ -55,6 +56,7 @@ def test_unknown_variant_lists_valid_ones(preset):
     PRESETS[preset].get_config('7b')
 
 
+@pytest.mark.filterwarnings('ignore:the load_module')  # ml_collections' own loader
 def test_config_flag_passes_text_after_colon():
   argv = ['prog', '--config=experiments/configs/gpt3.py:13b', '--config.train.num_steps=7']
   flag_values = flags.FlagValues()

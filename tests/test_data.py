@@ -17,7 +17,8 @@ def _corpus(tmp_path, num_files=30, lines=20):
   src = tmp_path / 'src'
   src.mkdir(exist_ok=True)
   for i in range(num_files):
-    (src / f'mod{i:02d}.py').write_text(''.join(f'x{i} = {j}  # ünï {j * i}\n' for j in range(lines)))
+    lines_text = ''.join(f'x{i} = {j}  # ünï {j * i}\n' for j in range(lines))
+    (src / f'mod{i:02d}.py').write_text(lines_text)
   return src
 
 

@@ -1,5 +1,7 @@
 """GPT model: shapes, causality, position encodings and attention against float64 NumPy references."""
 
+import functools
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -29,7 +31,7 @@ def _init(cfg: GPTConfig, batch: int = 2, length: int = 12):
 def test_logits_shape_and_dtype(variant):
   cfg = GPTConfig(**SMALL, **VARIANTS[variant])
   params, tokens = _init(cfg)
-  logits = GPT(cfg).apply({'params': params}, tokens)
+  logits = jax.jit(GPT(cfg).apply)({'params': params}, tokens)
   assert logits.shape == (2, 12, cfg.vocab_size)
   assert logits.dtype == jnp.float32
   assert np.isfinite(np.asarray(logits)).all()
@@ -39,11 +41,11 @@ def test_logits_shape_and_dtype(variant):
 def test_changing_a_future_token_never_changes_an_earlier_logit(variant):
   cfg = GPTConfig(**SMALL, **VARIANTS[variant])
   params, tokens = _init(cfg)
-  model = GPT(cfg)
-  base = np.asarray(model.apply({'params': params}, tokens))
+  apply = jax.jit(GPT(cfg).apply)
+  base = np.asarray(apply({'params': params}, tokens))
   for position in (3, 7, 11):
     changed = tokens.at[:, position].set((tokens[:, position] + 5) % cfg.vocab_size)
-    out = np.asarray(model.apply({'params': params}, changed))
+    out = np.asarray(apply({'params': params}, changed))
     np.testing.assert_array_equal(out[:, :position], base[:, :position])
     assert np.abs(out[:, position:] - base[:, position:]).max() > 1e-6  # the change does matter
 
@@ -130,16 +132,16 @@ def test_attention_matches_naive_float64(kv_heads, position):
 def test_kv_cache_prefill_and_steps_reproduce_the_full_forward(variant):
   cfg = GPTConfig(**SMALL, **VARIANTS[variant])
   params, tokens = _init(cfg)
-  full = np.asarray(GPT(cfg).apply({'params': params}, tokens))
+  full = np.asarray(jax.jit(GPT(cfg).apply)({'params': params}, tokens))
   decoder = GPT(cfg, decode=True)
+  step = jax.jit(functools.partial(decoder.apply, mutable=['cache']))
   cache = decoder.init(jax.random.key(0), jnp.zeros((2, 12), jnp.int32))['cache']
-  logits, state = decoder.apply({'params': params, 'cache': cache}, tokens[:, :5],
-                                mutable=['cache'])
+  logits, state = step({'params': params, 'cache': cache}, tokens[:, :5])
   np.testing.assert_allclose(np.asarray(logits), full[:, :5], atol=2e-5)
   for t in range(5, 12):
     positions = jnp.full((2, 1), t)
-    logits, state = decoder.apply({'params': params, 'cache': state['cache']}, tokens[:, t:t + 1],
-                                  positions_BxT=positions, mutable=['cache'])
+    logits, state = step({'params': params, 'cache': state['cache']}, tokens[:, t:t + 1],
+                         positions_BxT=positions)
     np.testing.assert_allclose(np.asarray(logits[:, 0]), full[:, t], atol=2e-5)
 
 

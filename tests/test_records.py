@@ -42,8 +42,9 @@ def test_non_finite_strings_become_floats(tmp_path):
 
 def test_load_sweep_and_final_records(tmp_path):
   write_run(tmp_path, 'small', [eval_line(10, 3.0), eval_line(20, 2.6)], config={'seed': 0})
-  write_run(tmp_path, 'big', [eval_line(10, 2.8, 4000), {'step': 12, 'train_loss': 2.7},
-                              eval_line(20, 2.4, 4000), eval_line(20, 2.3, 4000)])  # resumed: 20 twice
+  resumed = [eval_line(10, 2.8, 4000), {'step': 12, 'train_loss': 2.7}, eval_line(20, 2.4, 4000),
+             eval_line(20, 2.3, 4000)]  # a restart logged step 20 again
+  write_run(tmp_path, 'big', resumed)
   os.makedirs(tmp_path / 'not_a_run')
   rows = records.load_sweep(str(tmp_path))
   assert [(r['run'], r['step']) for r in rows] == [('big', 10), ('big', 20), ('small', 10),

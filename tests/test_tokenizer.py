@@ -112,3 +112,15 @@ def test_bad_tokenizer_settings(tmp_path):
     tok_lib.load_or_train_tokenizer(config, str(tmp_path / 'a'))
   with pytest.raises(ValueError, match='bpe_vocab_size=100'):
     tok_lib.train_bpe(iter(CORPUS), vocab_size=100)
+
+
+def test_tokenizer_path_is_copied_into_the_workdir(bpe, tmp_path):
+  bpe.save(str(tmp_path / 'given'))
+  config = base.get_config()
+  config.data.source, config.data.tokenizer = 'tokens', 'bpe'
+  with pytest.raises(ValueError, match='set data.tokenizer_path'):
+    tok_lib.load_or_train_tokenizer(config, str(tmp_path / 'run'))
+  config.data.tokenizer_path = str(tmp_path / 'given' / tok_lib.FILENAME)
+  loaded = tok_lib.load_or_train_tokenizer(config, str(tmp_path / 'run'))
+  np.testing.assert_array_equal(loaded.encode(TEXTS[3]), bpe.encode(TEXTS[3]))
+  assert os.path.exists(tmp_path / 'run' / tok_lib.FILENAME)

@@ -1,0 +1,89 @@
+"""Loss and train step: the loss against a hand computation, accumulation, dropout, learning."""
+
+import functools
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from experiments.configs import base
+from gptjax import optim
+from gptjax.model import GPT, GPTConfig
+from gptjax.steps import TrainState, cross_entropy, eval_step, train_step
+
+
+def test_cross_entropy_matches_hand_computation():
+  logits = np.array([[[2.0, 1.0, 0.1], [0.5, 0.5, 3.0]]])
+  targets = np.array([[0, 1]])
+  # -log softmax by hand, in float64
+  expected = np.mean([
+      -(2.0 - np.log(np.exp(2.0) + np.exp(1.0) + np.exp(0.1))),
+      -(0.5 - np.log(np.exp(0.5) + np.exp(0.5) + np.exp(3.0))),
+  ])
+  got = float(cross_entropy(jnp.asarray(logits, jnp.float32), jnp.asarray(targets)))
+  assert abs(got - expected) < 1e-6
+
+
+def test_uniform_logits_give_log_vocab():
+  logits = jnp.zeros((2, 5, 37))
+  targets = jnp.zeros((2, 5), jnp.int32)
+  np.testing.assert_allclose(float(cross_entropy(logits, targets)), np.log(37), rtol=1e-6)
+
+
+def _setup(accum=1, dropout=0.0):
+  config = base.get_config()
+  config.train.num_steps, config.train.warmup_steps = 50, 5
+  config.train.grad_accum_steps = accum
+  cfg = GPTConfig(vocab_size=29, d_model=32, num_layers=2, num_heads=4, max_seq_len=16,
+                  dropout=dropout)
+  model = GPT(cfg)
+  tx = optim.make_optimizer(config.train)
+  params = nn.unbox(model.init(jax.random.key(0), jnp.zeros((1, 16), jnp.int32))['params'])
+  state = TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params))
+  step = jax.jit(functools.partial(
+      train_step, model=model, optimizer=tx, schedule=optim.learning_rate_schedule(config.train),
+      grad_accum_steps=accum, dropout_seed=0 if dropout else None))
+  batch = jax.random.randint(jax.random.key(1), (8, 17), 0, 29)
+  return state, step, batch, model
+
+
+def test_gradient_accumulation_matches_one_large_batch():
+  state1, step1, batch, _ = _setup(accum=1)
+  state4, step4, _, _ = _setup(accum=4)
+  new1, m1 = step1(state1, batch)
+  new4, m4 = step4(state4, batch)
+  np.testing.assert_allclose(float(m1['train_loss']), float(m4['train_loss']), rtol=1e-5)
+  for a, b in zip(jax.tree.leaves(new1.params), jax.tree.leaves(new4.params)):
+    np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=2e-6)
+
+
+def test_repeated_steps_on_one_batch_drive_the_loss_down():
+  state, step, batch, _ = _setup()
+  losses = []
+  for _ in range(30):
+    state, metrics = step(state, batch)
+    losses.append(float(metrics['train_loss']))
+  assert losses[-1] < 0.85 * losses[0]
+  assert losses[-1] < min(losses[:10])
+  assert int(state.step) == 30
+
+
+def test_dropout_changes_the_loss_and_is_reproducible():
+  state, step, batch, _ = _setup(dropout=0.5)
+  plain_state, plain_step, _, _ = _setup()
+  _, with_dropout = step(state, batch)
+  _, again = step(_setup(dropout=0.5)[0], batch)
+  _, without = plain_step(plain_state, batch)
+  assert float(with_dropout['train_loss']) != float(without['train_loss'])
+  assert float(with_dropout['train_loss']) == float(again['train_loss'])
+
+
+def test_eval_step_sums_token_losses():
+  state, _, batch, model = _setup()
+  total, count = np.asarray(eval_step(state.params, batch, model=model))
+  logits = model.apply({'params': state.params}, batch[:, :-1])
+  expected = optax.softmax_cross_entropy_with_integer_labels(logits, batch[:, 1:]).sum()
+  assert count == 8 * 16
+  np.testing.assert_allclose(total, float(expected), rtol=1e-5)
