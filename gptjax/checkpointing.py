@@ -4,13 +4,14 @@ Saving both in one step directory is what makes resume exact: the restored run s
 parameters, optimizer moments and the same next batch as the run that was never interrupted.
 Orbax writes each step to a temporary directory and renames it when complete, so a save cut short
 by preemption never looks like a checkpoint; a checkpoint that is complete but unreadable (disk
-corruption, a partial copy) is skipped with a warning in favour of the newest one that restores.
+corruption, a partial copy) is set aside with a warning in favour of the newest one that restores.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import time
 from typing import Any
 
 import grain
@@ -21,6 +22,7 @@ from absl import logging
 
 CONFIG_FILE = 'config.json'
 CHECKPOINT_DIR = 'checkpoints'
+UNREADABLE_DIR = 'checkpoints.unreadable'
 
 
 class CheckpointError(RuntimeError):
@@ -45,11 +47,24 @@ def save(manager: ocp.CheckpointManager, step: int, state: Any, data_iter: Any |
   return manager.save(step, args=ocp.args.Composite(**items), force=force)
 
 
-def restore_latest(manager: ocp.CheckpointManager, abstract_state: Any,
-                   data_iter: Any | None) -> tuple[int, Any] | None:
+def _set_aside(manager: ocp.CheckpointManager, step: int) -> str:
+  """Moves an unreadable step out of the manager's way (never deletes it) so training can go on."""
+  source = os.path.join(str(manager.directory), str(step))
+  target_dir = os.path.join(os.path.dirname(str(manager.directory)), UNREADABLE_DIR)
+  os.makedirs(target_dir, exist_ok=True)
+  target = os.path.join(target_dir, f'{step}-{int(time.time())}')
+  os.replace(source, target)
+  manager.reload()
+  return target
+
+
+def restore_latest(manager: ocp.CheckpointManager, abstract_state: Any, data_iter: Any | None,
+                   *, set_aside_unreadable: bool = True) -> tuple[int, Any] | None:
   """Restores the newest readable checkpoint (state placed per `abstract_state`'s shardings).
 
-  Returns None when the workdir has no checkpoint. The data iterator is restored in place.
+  Returns None when the workdir has no checkpoint. The data iterator is restored in place. An
+  unreadable checkpoint is moved to `checkpoints.unreadable/` with a warning, and the next older
+  one is tried (readers that must not change the workdir pass `set_aside_unreadable=False`).
   """
   steps = sorted(manager.all_steps(), reverse=True)
   for step in steps:
@@ -59,17 +74,20 @@ def restore_latest(manager: ocp.CheckpointManager, abstract_state: Any,
     try:
       restored = manager.restore(step, args=ocp.args.Composite(**items))
     except Exception as error:  # orbax raises many types for unreadable files  # noqa: BLE001
-      logging.warning('Checkpoint at step %d in %s could not be restored (%s: %s); trying the '
-                      'previous one. The unreadable directory is left in place for inspection.',
-                      step, manager.directory, type(error).__name__, str(error)[:300])
+      where = 'left in place'
+      if set_aside_unreadable and jax.process_index() == 0:
+        where = f'moved to {_set_aside(manager, step)}'
+      logging.warning('The checkpoint at step %d could not be restored (%s: %s); %s. Trying the '
+                      'previous one.', step, type(error).__name__, str(error)[:300], where)
       continue
     if step != steps[0]:
       logging.warning('Resumed from step %d, not the newest checkpoint %d.', step, steps[0])
     return step, restored['state']
   if steps:
     raise CheckpointError(
-        f'None of the checkpoints {steps} in {manager.directory} could be restored; see the warnings '
-        'above. Move the checkpoints directory aside to start afresh, or point --workdir elsewhere.')
+        f'None of the checkpoints {steps} in {manager.directory} could be restored (see the '
+        f'warnings above; a training run moves them to {UNREADABLE_DIR}/). Rerun to start afresh, '
+        'or point --workdir elsewhere.')
   return None
 
 
@@ -106,7 +124,8 @@ def restore_params(workdir: str) -> tuple[ml_collections.ConfigDict, Any]:
           jax.devices()[0])), abstract_state)
   manager = make_manager(workdir, save_every=1, keep=1_000_000, async_save=False)
   try:
-    restored = restore_latest(manager, abstract_state, data_iter=None)
+    restored = restore_latest(manager, abstract_state, data_iter=None,
+                              set_aside_unreadable=False)
   finally:
     manager.close()
   if restored is None:

@@ -20,9 +20,17 @@ _WORKDIR = flags.DEFINE_string('workdir', None, 'Directory for checkpoints, metr
 flags.mark_flags_as_required(['config', 'workdir'])
 
 
+class _QuietLibraries(logging.logging.Filter):
+  """Keeps orbax's per-save INFO chatter out of the progress log; its warnings still show."""
+
+  def filter(self, record) -> bool:
+    return record.levelno >= logging.logging.WARNING or 'orbax' not in record.pathname
+
+
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}; use --config.x.y=value for overrides.')
+  logging.get_absl_handler().addFilter(_QuietLibraries())
   config = _CONFIG.value
   distributed.initialize(config.distributed)
   workdir = os.path.expanduser(_WORKDIR.value)

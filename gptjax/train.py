@@ -189,8 +189,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
 
       is_last = step == config.train.num_steps
       do_eval = step % config.train.eval_every == 0 or is_last
-      do_log = step % config.train.log_every == 0 or do_eval or preemption.requested
-      do_save = manager.should_save(step) or is_last or preemption.requested
+      do_log = step % config.train.log_every == 0 or do_eval
+      do_save = step % config.train.checkpoint_every == 0 or is_last or preemption.requested
       if not (do_log or do_save):
         continue
       host_metrics = jax.device_get(step_metrics)

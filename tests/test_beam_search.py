@@ -3,6 +3,7 @@
 import functools
 import itertools
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -16,34 +17,41 @@ from gptjax.sampling import SamplingConfig
 PROMPTS = ([1, 2, 3], [4])
 
 
-def tiny(**overrides) -> tuple[GPTConfig, dict]:
-  return _tiny(tuple(sorted(overrides.items())))
+def tiny(std: float = 0.5, **overrides) -> tuple[GPTConfig, dict]:
+  """A random model; a large std makes its next-token distributions far from uniform."""
+  return _tiny(std, tuple(sorted(overrides.items())))
 
 
 @functools.lru_cache(maxsize=None)
-def _tiny(overrides: tuple) -> tuple[GPTConfig, dict]:
-  overrides = dict(overrides)
-  cfg = GPTConfig(**{**dict(vocab_size=13, d_model=16, num_layers=2, num_heads=4, max_seq_len=16,
-                            init_std=0.5), **overrides})
-  params = jax.jit(GPT(cfg).init)(jax.random.key(0), jnp.zeros((1, 8), jnp.int32))['params']
+def _tiny(std: float, overrides: tuple) -> tuple[GPTConfig, dict]:
+  cfg = GPTConfig(**{**dict(vocab_size=13, d_model=16, num_layers=1, num_heads=4, max_seq_len=16),
+                     **dict(overrides)})
+  # Shapes from a trace, values from NumPy: compiling the flax initialisers costs seconds per config.
+  shapes = nn.unbox(jax.eval_shape(GPT(cfg).init, jax.random.key(0), jnp.zeros((1, 8), jnp.int32)))
+  rng = np.random.default_rng(0)
+  params = jax.tree.map(lambda s: jnp.asarray(rng.normal(0.0, std, s.shape), s.dtype),
+                        shapes['params'])
   return cfg, params
 
 
 @functools.partial(jax.jit, static_argnames='cfg')
-def sequence_logprobs(params, prompt_P, continuations_CxN, cfg):
-  """log p(continuation | prompt) per new token, [C, N], from the uncached model (no padding)."""
-  c, n = continuations_CxN.shape
-  tokens_CxT = jnp.concatenate([jnp.broadcast_to(prompt_P, (c, prompt_P.size)), continuations_CxN], 1)
-  logp_CxTxV = jax.nn.log_softmax(GPT(cfg).apply({'params': params}, tokens_CxT))
-  logp_CxNxV = logp_CxTxV[:, prompt_P.size - 1:-1]
-  return jnp.take_along_axis(logp_CxNxV, continuations_CxN[:, :, None], axis=2)[:, :, 0]
+def _next_token_logprobs(params, tokens_RxT, cfg):
+  """log p(token t | tokens before t) for t >= 1, [R, T - 1], from the uncached model."""
+  logp_RxTxV = jax.nn.log_softmax(GPT(cfg).apply({'params': params}, tokens_RxT))
+  return jnp.take_along_axis(logp_RxTxV[:, :-1], tokens_RxT[:, 1:, None], axis=2)[:, :, 0]
 
 
-def true_scores(params, cfg, prompt, tokens_WxN, lengths_W, beam):
-  logp_WxN = np.asarray(sequence_logprobs(params, np.asarray(prompt, np.int32),
-                                          np.asarray(tokens_WxN, np.int32), cfg))
-  totals = [logp_WxN[i, :lengths_W[i]].sum() for i in range(len(lengths_W))]
-  return np.asarray(totals) / np.asarray(length_penalty(np.asarray(lengths_W), beam))
+def continuation_logprobs(params, cfg, pairs) -> list[np.ndarray]:
+  """Per-token log p of each (prompt, continuation) pair's continuation, in one batched call.
+
+  Rows are right-padded: causal attention never looks right, so padding changes nothing before it.
+  """
+  rows = [np.concatenate([prompt, continuation]) for prompt, continuation in pairs]
+  tokens_RxT = np.zeros((len(rows), max(map(len, rows))), np.int32)
+  for i, row in enumerate(rows):
+    tokens_RxT[i, :len(row)] = np.maximum(row, 0)
+  logp_RxT1 = np.asarray(_next_token_logprobs(params, tokens_RxT, cfg))
+  return [logp_RxT1[i, len(p) - 1:len(p) - 1 + len(c)] for i, (p, c) in enumerate(pairs)]
 
 
 def test_one_beam_equals_greedy():
@@ -59,18 +67,19 @@ def test_one_beam_equals_greedy():
   assert np.all(np.asarray(greedy.lengths_B) < 8)
 
 
-def exhaustive_best(params, cfg, prompt, n, stop, beam, top):
-  """Scores every finished sequence of at most n tokens (ending at its first stop token)."""
-  v = cfg.vocab_size
-  all_CxN = np.asarray(list(itertools.product(range(v), repeat=n)), np.int32)
-  logp_CxN = np.asarray(sequence_logprobs(params, np.asarray(prompt, np.int32), all_CxN, cfg))
-  found = {}
-  for seq, logp in zip(all_CxN, logp_CxN):
-    hits = [i for i, tok in enumerate(seq) if tok in stop]
-    length = hits[0] + 1 if hits else n
-    score = logp[:length].sum() / float(length_penalty(length, beam))
-    found[tuple(seq[:length])] = score
-  return sorted(found.items(), key=lambda item: -item[1])[:top]
+def exhaustive_best(params, cfg, n, stop, beam, top):
+  """Per prompt, the `top` best finished sequences of at most n tokens (ending at a first stop)."""
+  all_CxN = np.asarray(list(itertools.product(range(cfg.vocab_size), repeat=n)), np.int32)
+  logps = continuation_logprobs(params, cfg, [(p, c) for p in PROMPTS for c in all_CxN])
+  best = []
+  for row in range(len(PROMPTS)):
+    found = {}
+    for seq, logp_N in zip(all_CxN, logps[row * len(all_CxN):]):
+      hits = [i for i, tok in enumerate(seq) if tok in stop]
+      length = hits[0] + 1 if hits else n
+      found[tuple(seq[:length])] = logp_N[:length].sum() / float(length_penalty(length, beam))
+    best.append(sorted(found.items(), key=lambda item: -item[1])[:top])
+  return best
 
 
 @pytest.mark.parametrize('stop, beam', [
@@ -79,12 +88,11 @@ def exhaustive_best(params, cfg, prompt, n, stop, beam, top):
 ])
 def test_wide_beam_matches_exhaustive_search(stop, beam):
   # With V = 5 and 3 new tokens, 25 = V^2 beams keep every prefix alive, so the search is exact.
-  cfg, params = tiny(vocab_size=5, init_std=0.3)
+  cfg, params = tiny(std=0.3, vocab_size=5)
   n = 3
   out = beam_search(params, *left_pad(PROMPTS), config=cfg, max_new_tokens=n, beam=beam,
                     stop_tokens=stop, pad_id=-1)
-  for row, prompt in enumerate(PROMPTS):
-    want = exhaustive_best(params, cfg, prompt, n, stop, beam, top=beam.num_beams)
+  for row, want in enumerate(exhaustive_best(params, cfg, n, stop, beam, top=beam.num_beams)):
     got_scores = np.asarray(out.scores_BxW[row])
     np.testing.assert_allclose(got_scores[:len(want)], [s for _, s in want], rtol=1e-5, atol=1e-5)
     best_length = int(out.lengths_BxW[row, 0])
@@ -96,15 +104,18 @@ def test_wide_beam_matches_exhaustive_search(stop, beam):
                                   BeamSearchConfig(num_beams=4, alpha=1.0, early_stopping=True)])
 def test_scores_are_the_true_logprobs_of_the_returned_sequences(beam):
   # A wrong cache reorder would score a hypothesis with another beam's history.
-  cfg, params = tiny(position='rope', num_kv_heads=2, scan_layers=True)
+  cfg, params = tiny(position='rope', num_kv_heads=2, scan_layers=True, num_layers=2)
   out = beam_search(params, *left_pad(PROMPTS), config=cfg, max_new_tokens=7, beam=beam,
                     stop_tokens=(3,))
-  for row, prompt in enumerate(PROMPTS):
-    lengths_W = np.asarray(out.lengths_BxW[row])
-    want_W = true_scores(params, cfg, prompt, out.tokens_BxWxN[row], lengths_W, beam)
-    np.testing.assert_allclose(out.scores_BxW[row], want_W, rtol=1e-5, atol=1e-5)
-    assert np.all(np.diff(np.asarray(out.scores_BxW[row])) <= 0)
-    assert len(set(tuple(np.asarray(t[:l])) for t, l in zip(out.tokens_BxWxN[row], lengths_W))) == \
+  tokens_BxWxN, lengths_BxW = np.asarray(out.tokens_BxWxN), np.asarray(out.lengths_BxW)
+  pairs = [(p, tokens_BxWxN[row, i, :lengths_BxW[row, i]]) for row, p in enumerate(PROMPTS)
+           for i in range(beam.num_beams)]
+  totals_BxW = np.asarray([lp.sum() for lp in continuation_logprobs(params, cfg, pairs)])
+  want_BxW = totals_BxW.reshape(lengths_BxW.shape) / np.asarray(length_penalty(lengths_BxW, beam))
+  np.testing.assert_allclose(out.scores_BxW, want_BxW, rtol=1e-5, atol=1e-5)
+  assert np.all(np.diff(np.asarray(out.scores_BxW), axis=1) <= 0)
+  for row in range(len(PROMPTS)):  # W distinct hypotheses
+    assert len({tuple(pairs[row * beam.num_beams + i][1]) for i in range(beam.num_beams)}) == \
         beam.num_beams
 
 
@@ -116,7 +127,8 @@ def one_step(beam: BeamSearchConfig) -> bool:
                      done_scores_BxW=jnp.array([[-1.0, -2.0]]),
                      done_lengths_BxW=jnp.ones((1, 2), jnp.int32), finished_B=jnp.array([False]))
   logits_BWxV = jnp.zeros((2, 3))  # uniform: each extension costs log 3
-  return bool(_beam_step(state, logits_BWxV, beam, (0,), max_new_tokens=5).finished_B[0])
+  step = jax.jit(_beam_step, static_argnums=(2, 3, 4))
+  return bool(step(state, logits_BWxV, beam, (0,), 5).finished_B[0])
 
 
 def test_exact_stopping_rule():
