@@ -33,7 +33,7 @@ _D_MODEL = flags.DEFINE_integer('d_model', 256, 'Model width.')
 _NUM_LAYERS = flags.DEFINE_integer('num_layers', 4, 'Model depth.')
 _NUM_HEADS = flags.DEFINE_integer('num_heads', 4, 'Attention heads.')
 _VOCAB = flags.DEFINE_integer('vocab_size', 256, 'Vocabulary (bytes by default).')
-_REPEATS = flags.DEFINE_integer('repeats', 3, 'Timed runs per setting; the median is reported.')
+_REPEATS = flags.DEFINE_integer('repeats', 2, 'Timed runs per setting; the median is reported.')
 
 
 @functools.partial(jax.jit, static_argnames=('config', 'max_new_tokens'))

@@ -12,7 +12,7 @@ import functools
 import math
 import signal
 import time
-from typing import Any, Iterator
+from typing import Any
 
 import flax.linen as nn
 import jax
@@ -22,7 +22,8 @@ import numpy as np
 from absl import logging
 from jax.sharding import Mesh
 
-from gptjax import checkpointing, data as data_lib, flops, metrics as metrics_lib, optim, sharding
+from gptjax import checkpointing, data as data_lib, evaluate, flops, metrics as metrics_lib, optim
+from gptjax import sharding
 from gptjax.model import GPT, GPTConfig
 from gptjax.steps import TrainState, eval_step, train_step
 
@@ -105,17 +106,6 @@ class _Preemption:
     self.requested = True
 
 
-def evaluate(params: Any, eval_fn, batches: Iterator[np.ndarray], batch_sharding) -> dict[str, float]:
-  totals = np.zeros(2)
-  for batch in batches:
-    totals += np.asarray(eval_fn(params, _global_batch(batch, batch_sharding)))
-  if totals[1] == 0:
-    raise ValueError('The validation split produced no batches; lower train.eval_batches or '
-                     'data.batch_size, or give a larger validation set.')
-  loss = totals[0] / totals[1]
-  return {'eval_loss': loss, 'eval_perplexity': math.exp(min(loss, 700.0))}
-
-
 def _check_finite(loss: float, step: int) -> None:
   if not math.isfinite(loss):
     raise NonFiniteLossError(
@@ -164,8 +154,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   counts = flops.param_counts(cfg)
   seq_len, batch_size = config.data.seq_len, config.data.batch_size
   tokens_per_step = seq_len * batch_size
-  flops_per_token = {m: flops.flops_per_token(cfg, seq_len, method=m) for m in ('kaplan', 'full')}
+  full_flops_per_token = flops.flops_per_token(cfg, seq_len, method='full')
   peak = flops.device_peak_flops(jax.devices()[0].device_kind, cfg.compute_dtype)
+  to_global = functools.partial(_global_batch, batch_sharding=batch_sharding)
+  tokens_per_byte = data.val_tokens / data.val_bytes if data.val_bytes else 0.0
   writer = metrics_lib.MetricsWriter(workdir, enabled=is_main)
   progress = metrics_lib.Progress(config.train.num_steps, start_step, tokens_per_step)
   preemption = _Preemption()
@@ -180,7 +172,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   step = start_step
   with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
     while step < config.train.num_steps:
-      batch = _global_batch(next(data.train_iter), batch_sharding)
+      batch = to_global(next(data.train_iter))
       state, step_metrics = jit_train(state, batch)
       if previous is not None:  # read step t-1's loss while step t runs
         _check_finite(float(previous[1]['train_loss']), previous[0])
@@ -196,18 +188,16 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
       host_metrics = jax.device_get(step_metrics)
       _check_finite(float(host_metrics['train_loss']), step)
       if do_log:
-        tokens_seen = step * tokens_per_step
-        record = {'step': step, 'tokens_seen': tokens_seen,
-                  **{k: float(v) for k, v in host_metrics.items()}, **progress.interval(step),
-                  'flops_kaplan': tokens_seen * flops_per_token['kaplan'],
-                  'flops_full': tokens_seen * flops_per_token['full'],
-                  'params_total': counts.total, 'params_non_embedding': counts.non_embedding}
-        achieved = record['tokens_per_s'] * flops_per_token['full'] / jax.device_count()
-        if peak:
-          record['mfu'] = flops.mfu(achieved, peak)
+        record = {'step': step, **{k: float(v) for k, v in host_metrics.items()},
+                  **progress.interval(step),
+                  **evaluate.scaling_record(cfg, seq_len, step * tokens_per_step)}
+        if peak:  # model FLOPs only: rematerialised recomputation is not useful work
+          record['mfu'] = flops.mfu(record['tokens_per_s'] * full_flops_per_token,
+                                    peak * jax.device_count())
         if do_eval:
           eval_start = time.perf_counter()
-          record.update(evaluate(state.params, jit_eval, data.eval_batches(), batch_sharding))
+          record.update(evaluate.evaluate(state.params, jit_eval, data.eval_batches(), to_global,
+                                          tokens_per_byte=tokens_per_byte))
           progress.interval(step)  # keep evaluation time out of the next interval's throughput
           record['eval_time'] = time.perf_counter() - eval_start
         writer.write(record)
