@@ -155,6 +155,32 @@ def generate(params: Any, prompt_BxP: Array, prompt_mask_BxP: Array | None, key:
   return Generation(tokens_BxN=state.tokens_BxN, lengths_B=state.lengths_B)
 
 
+def sample_windowed(params: Any, config: GPTConfig, prompt_ids: Sequence[int], max_new_tokens: int,
+                    key: Array, sampling: SamplingConfig,
+                    stop_tokens: tuple[int, ...] = ()) -> list[int]:
+  """Samples one prompt's continuation of any length, never past the model's max_seq_len.
+
+  The model never saw positions beyond max_seq_len (a learned table has none), so once the context
+  is full the last max_seq_len // 2 tokens are prefilled afresh and sampling goes on from there: a
+  window that slides by half its length, at the cost of one prefill per slide. Every round after
+  the first has the same shapes, so this compiles `generate` at most twice.
+  """
+  window = config.max_seq_len
+  ids, new = [int(i) for i in prompt_ids], []
+  round_ = 0
+  while len(new) < max_new_tokens:
+    context = ids if len(ids) < window else ids[-(window // 2):]
+    out = generate(params, np.asarray([context], np.int32), None, jax.random.fold_in(key, round_),
+                   config=config, max_new_tokens=window - len(context) + 1, sampling=sampling,
+                   stop_tokens=stop_tokens)
+    chunk = [int(t) for t in np.asarray(out.tokens_BxN[0, :int(out.lengths_B[0])])]
+    chunk = chunk[:max_new_tokens - len(new)]
+    ids, new, round_ = ids + chunk, new + chunk, round_ + 1
+    if chunk and chunk[-1] in stop_tokens:
+      break
+  return new
+
+
 def _main(argv: Sequence[str]) -> None:
   """Loads a run's latest checkpoint and tokenizer, then prints the prompt and its continuation."""
   del argv
@@ -165,21 +191,18 @@ def _main(argv: Sequence[str]) -> None:
   config, params = checkpointing.restore_params(f.workdir)
   model_config = GPTConfig.from_config(config.model)
   tokenizer = tokenizer_lib.load_or_train_tokenizer(config, f.workdir)
-  prompt_ids = [int(i) for i in tokenizer.encode(f.prompt)] or [tokenizer.eos_id]
-  prompt_BxP, mask_BxP = left_pad([prompt_ids])
+  prompt_ids = [int(i) for i in tokenizer.encode(f.prompt)] or [int(tokenizer.eos_id)]
   stop_tokens = (int(tokenizer.eos_id),)
-  if f.num_beams > 1:
-    out = beam_search(params, prompt_BxP, mask_BxP, config=model_config,
+  if f.num_beams > 1:  # beams need the whole output in one cache: no sliding window
+    out = beam_search(params, *left_pad([prompt_ids]), config=model_config,
                       max_new_tokens=f.max_new_tokens, stop_tokens=stop_tokens,
                       beam=BeamSearchConfig(num_beams=f.num_beams, alpha=f.length_penalty))
-    ids, length = np.asarray(out.tokens_BxWxN[0, 0]), int(out.lengths_BxW[0, 0])
+    new_ids = np.asarray(out.tokens_BxWxN[0, 0, :int(out.lengths_BxW[0, 0])]).tolist()
   else:
     sampling = SamplingConfig(temperature=f.temperature, top_k=f.top_k, top_p=f.top_p)
-    out = generate(params, prompt_BxP, mask_BxP, jax.random.key(f.seed), config=model_config,
-                   max_new_tokens=f.max_new_tokens, sampling=sampling, stop_tokens=stop_tokens)
-    ids, length = np.asarray(out.tokens_BxN[0]), int(out.lengths_B[0])
-  new_ids = [int(i) for i in ids[:length] if int(i) not in stop_tokens]
-  print(f.prompt + tokenizer.decode(new_ids))
+    new_ids = sample_windowed(params, model_config, prompt_ids, f.max_new_tokens,
+                              jax.random.key(f.seed), sampling, stop_tokens)
+  print(f.prompt + tokenizer.decode([i for i in new_ids if i not in stop_tokens]))
 
 
 def _define_flags() -> None:

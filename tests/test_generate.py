@@ -8,7 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from gptjax.generate import decode_apply, generate, left_pad, prefill
+from gptjax.generate import decode_apply, generate, left_pad, prefill, sample_windowed
 from gptjax.model import GPT, GPTConfig
 from gptjax.sampling import SamplingConfig
 
@@ -163,3 +163,14 @@ def test_left_pad_layout_and_errors():
   np.testing.assert_array_equal(mask, [[True, True, True], [False, False, True]])
   with pytest.raises(ValueError, match='at least one token'):
     left_pad([[1], []])
+
+
+def test_sample_windowed_slides_past_max_seq_len():
+  cfg, params = tiny(max_seq_len=8)
+  greedy = SamplingConfig(temperature=0.0)
+  new = sample_windowed(params, cfg, PROMPTS[1], 20, jax.random.key(0), greedy)
+  assert len(new) == 20
+  # The first round is plain generation up to the full window: 8 - 3 + 1 = 6 tokens.
+  first = generate(params, np.asarray([PROMPTS[1]], np.int32), None, jax.random.key(0), config=cfg,
+                   max_new_tokens=6, sampling=greedy)
+  assert new[:6] == np.asarray(first.tokens_BxN[0]).tolist()

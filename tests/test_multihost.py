@@ -34,7 +34,7 @@ STOP_AT = 3  # the multi-host run is stopped here, then resumed in the same work
 OVERRIDES = (
     '--config=experiments/configs/tiny.py',
     '--config.model.d_model=64',
-    '--config.model.num_layers=2',
+    '--config.model.num_layers=1',
     '--config.data.max_corpus_bytes=300000',
     '--config.train.schedule=constant',  # stopping at STOP_AT must not change the learning rates
     '--config.train.warmup_steps=2',
@@ -67,7 +67,9 @@ def _run(workdir: pathlib.Path, logs: pathlib.Path, name: str, *, processes: int
   shows the end of each process's log.
   """
   env = {**os.environ, 'JAX_PLATFORMS': 'cpu', 'PYTHONUNBUFFERED': '1',
-         'XLA_FLAGS': f'--xla_force_host_platform_device_count={devices}'}
+         'XLA_FLAGS': f'--xla_force_host_platform_device_count={devices}',
+         # The resumed launch compiles the same programs again: take them from a disk cache.
+         'JAX_COMPILATION_CACHE_DIR': str(logs / 'jax_cache')}
   args = [sys.executable, '-m', 'gptjax.main', *OVERRIDES, f'--workdir={workdir}',
           f'--config.train.num_steps={steps}']
   if processes > 1:
