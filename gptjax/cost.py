@@ -22,8 +22,12 @@ batches compute bound. Real servers reach a fraction of either peak; `efficiency
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
-from typing import Any
+from typing import Any, Sequence
+
+from absl import app, flags
+from ml_collections import config_flags
 
 from gptjax import flops
 from gptjax.flops import Accelerator, ParamCounts
@@ -158,7 +162,7 @@ def serving_estimate(cfg: GPTConfig, accelerator: str | Accelerator = 'a100', *,
                      weight_dtype: str = 'bfloat16', kv_dtype: str = 'bfloat16',
                      num_accelerators: int | None = None, price_per_hour: float | None = None,
                      efficiency: float = 1.0) -> ServingEstimate:
-  """Decode cost per generated token at `context` tokens of cache per sequence (default max_seq_len).
+  """Decode cost per generated token with `context` cached tokens per sequence (max_seq_len).
 
   num_accelerators=None takes the fewest chips whose memory holds the weights and the KV cache;
   the step is assumed split perfectly across them (tensor parallel), so compute and bandwidth
@@ -223,8 +227,8 @@ def format_report(name: str, train: TrainingEstimate, serve: ServingEstimate,
       f'  cost       ${_num(train.usd)} at ${train.price_per_hour_usd:.2f} per accelerator-hour',
       '',
       f'Serving: batch {serve.batch_size}, context {serve.context}, on {serve.num_accelerators} x '
-      f'{serve.accelerator}' + ('' if serve.fits_in_memory else '  (WARNING: does not fit in memory)'),
-      f'  memory     weights {gb(serve.weight_bytes)} + KV cache {gb(serve.kv_bytes)} read per step',
+      f'{serve.accelerator}' + ('' if serve.fits_in_memory else '  (WARNING: does not fit)'),
+      f'  memory     weights {gb(serve.weight_bytes)} + KV cache {gb(serve.kv_bytes)} per step',
       f'  per step   compute {1e3 * serve.compute_s:.3g} ms vs memory {1e3 * serve.memory_s:.3g} ms'
       f'  ->  {serve.bound}-bound',
       f'  throughput {serve.tokens_per_s:.3g} tokens/s;  ${serve.usd_per_1k_tokens:.3g} per 1,000 '
@@ -240,16 +244,13 @@ def _load_fit(spec: str) -> Any:
   from gptjax.scaling import ChinchillaFit  # pylint: disable=g-import-not-at-top (scipy is slow)
   if spec == 'hoffmann2022':
     return ChinchillaFit(**HOFFMANN_2022_FIT)
-  import json  # pylint: disable=g-import-not-at-top
   with open(spec) as f:
     values = json.load(f)
   return ChinchillaFit(**{k: float(values[k]) for k in ('E', 'A', 'B', 'alpha', 'beta')})
 
 
-def _main(argv) -> None:
+def _main(argv: Sequence[str]) -> None:
   del argv
-  from absl import flags  # pylint: disable=g-import-not-at-top
-  from ml_collections import config_flags  # pylint: disable=g-import-not-at-top
   f = flags.FLAGS
   config = f.config
   cfg = GPTConfig.from_config(config.model)
@@ -260,8 +261,8 @@ def _main(argv) -> None:
   if fit is not None:
     optimal[f'fit {f.fit}'] = chinchilla_tokens(counts.total, fit)
   tokens = f.tokens or optimal['20 tokens/param']  # --tokens unset: train compute-optimally
-  train = training_estimate(cfg, seq_len, tokens, f.accelerator, num_accelerators=f.num_accelerators,
-                            mfu=f.mfu, method=f.method, price_per_hour=f.price_per_hour)
+  train = training_estimate(cfg, seq_len, tokens, f.accelerator, mfu=f.mfu, method=f.method,
+                            num_accelerators=f.num_accelerators, price_per_hour=f.price_per_hour)
   serve = serving_estimate(cfg, f.accelerator, batch_size=f.batch_size, context=f.context or None,
                            weight_dtype=f.weight_dtype, kv_dtype=f.kv_dtype,
                            num_accelerators=f.serve_accelerators or None,
@@ -271,17 +272,16 @@ def _main(argv) -> None:
 
 
 def _define_flags() -> None:
-  from absl import flags  # pylint: disable=g-import-not-at-top
-  from ml_collections import config_flags  # pylint: disable=g-import-not-at-top
-  config_flags.DEFINE_config_file('config', None, 'A get_config() file, e.g. '
-                                  'experiments/configs/gpt3.py:175b; --config.model.x=... overrides.')
+  """Flags exist only when run as a script: importing the library must not claim global names."""
+  config_flags.DEFINE_config_file('config', None, 'A get_config() file, e.g. experiments/configs/'
+                                  'gpt3.py:175b (--config.model.x=y overrides).')
   flags.DEFINE_float('tokens', 0.0, 'Training tokens; 0 means 20 per parameter (Chinchilla).')
   flags.DEFINE_string('accelerator', 'a100', f'One of {sorted(flops.ACCELERATORS)}.')
   flags.DEFINE_integer('num_accelerators', 1, 'Chips training in parallel.')
   flags.DEFINE_float('mfu', 0.4, 'Model FLOPs utilisation of the training run.')
   flags.DEFINE_enum('method', 'full', list(METHODS), 'FLOP count that time is based on.')
-  flags.DEFINE_float('price_per_hour', None, 'USD per accelerator-hour; default: the table in flops.')
-  flags.DEFINE_string('fit', '', "Chinchilla fit for optimal tokens: 'hoffmann2022' or a JSON file.")
+  flags.DEFINE_float('price_per_hour', None, 'USD per accelerator-hour; default: flops table.')
+  flags.DEFINE_string('fit', '', "L(N, D) fit for optimal tokens: 'hoffmann2022' or a JSON file.")
   flags.DEFINE_integer('batch_size', 1, 'Serving: sequences decoded together.')
   flags.DEFINE_integer('context', 0, 'Serving: tokens in each KV cache; 0 means max_seq_len.')
   flags.DEFINE_enum('weight_dtype', 'bfloat16', list(BYTES_PER_VALUE), 'Serving weight storage.')
@@ -292,6 +292,5 @@ def _define_flags() -> None:
 
 
 if __name__ == '__main__':
-  from absl import app  # pylint: disable=g-import-not-at-top
   _define_flags()
   app.run(_main)

@@ -11,6 +11,9 @@ row's first real token, so a padded row yields exactly the logits of the same pr
   python -m gptjax.generate --workdir=runs/tiny --prompt="def " --max_new_tokens=200 \
       [--temperature=0.8 --top_k=40 --top_p=0.95 --num_beams=1 --seed=0]
 
+The CLI samples through `sample_windowed`, which slides the context window once the prompt and
+output outgrow max_seq_len, so --max_new_tokens is not limited by the model's context.
+
 Shape letters follow `gptjax/model.py`, plus P prompt length (padded) and N new tokens.
 """
 
@@ -22,6 +25,7 @@ from typing import Any, NamedTuple, Sequence
 import jax
 import jax.numpy as jnp
 import numpy as np
+from absl import app, flags
 
 from gptjax.model import GPT, GPTConfig
 from gptjax.sampling import SamplingConfig, select_tokens
@@ -66,7 +70,7 @@ def check_lengths(config: GPTConfig, prompt_len: int, max_new_tokens: int) -> No
 
 
 def init_cache(config: GPTConfig, batch_size: int, length: int) -> Any:
-  """An empty ('cache' collection of zeros) KV cache of `length` slots, built without a forward pass."""
+  """An all-zero 'cache' collection of `length` slots, built from shapes (no forward pass)."""
   model = GPT(config, decode=True)
   shapes = jax.eval_shape(
       lambda: model.init(jax.random.key(0), jnp.zeros((batch_size, length), jnp.int32)))['cache']
@@ -184,9 +188,8 @@ def sample_windowed(params: Any, config: GPTConfig, prompt_ids: Sequence[int], m
 def _main(argv: Sequence[str]) -> None:
   """Loads a run's latest checkpoint and tokenizer, then prints the prompt and its continuation."""
   del argv
-  from absl import flags  # pylint: disable=g-import-not-at-top
   from gptjax import checkpointing, tokenizer as tokenizer_lib  # lazy: the library needs neither
-  from gptjax.beam_search import BeamSearchConfig, beam_search
+  from gptjax.beam_search import BeamSearchConfig, beam_search  # it imports this module
   f = flags.FLAGS
   config, params = checkpointing.restore_params(f.workdir)
   model_config = GPTConfig.from_config(config.model)
@@ -194,6 +197,10 @@ def _main(argv: Sequence[str]) -> None:
   prompt_ids = [int(i) for i in tokenizer.encode(f.prompt)] or [int(tokenizer.eos_id)]
   stop_tokens = (int(tokenizer.eos_id),)
   if f.num_beams > 1:  # beams need the whole output in one cache: no sliding window
+    room = model_config.max_seq_len - len(prompt_ids) + 1
+    if f.max_new_tokens > room:
+      raise app.UsageError(f'Beam search keeps prompt and output in one {model_config.max_seq_len}-'
+                           f'token context: use --max_new_tokens<={room} or sample instead.')
     out = beam_search(params, *left_pad([prompt_ids]), config=model_config,
                       max_new_tokens=f.max_new_tokens, stop_tokens=stop_tokens,
                       beam=BeamSearchConfig(num_beams=f.num_beams, alpha=f.length_penalty))
@@ -206,7 +213,7 @@ def _main(argv: Sequence[str]) -> None:
 
 
 def _define_flags() -> None:
-  from absl import flags  # pylint: disable=g-import-not-at-top
+  """Flags exist only when run as a script: importing the library must not claim global names."""
   flags.DEFINE_string('workdir', None, 'Run directory holding config.json and checkpoints/.')
   flags.DEFINE_string('prompt', '', 'Text to continue; empty starts from the EOS token.')
   flags.DEFINE_integer('max_new_tokens', 200, 'Tokens to generate (fewer if EOS comes first).')
@@ -220,6 +227,5 @@ def _define_flags() -> None:
 
 
 if __name__ == '__main__':
-  from absl import app  # pylint: disable=g-import-not-at-top
   _define_flags()
   app.run(_main)

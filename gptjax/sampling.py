@@ -95,7 +95,7 @@ def filter_logits(logits_BxV: Array, config: SamplingConfig) -> Array:
 
 
 def select_tokens(logits_BxV: Array, key: Array, config: SamplingConfig) -> Array:
-  """Next token per row, int32 [B]. `key` is used (not split) for a sampled config; pass a fresh one."""
+  """Next token per row, int32 [B]. `key` is used as is (not split): pass a fresh one per step."""
   if config.greedy:
     return jnp.argmax(logits_BxV, axis=-1).astype(jnp.int32)
   return jax.random.categorical(key, filter_logits(logits_BxV, config), axis=-1).astype(jnp.int32)

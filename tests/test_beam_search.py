@@ -1,4 +1,4 @@
-"""Beam search: one beam is greedy, wide beams match exhaustive search, scores are true log-probs."""
+"""Beam search: 1 beam is greedy, wide beams match exhaustive search, scores are true log-probs."""
 
 import functools
 import itertools
@@ -26,7 +26,7 @@ def tiny(std: float = 0.5, **overrides) -> tuple[GPTConfig, dict]:
 def _tiny(std: float, overrides: tuple) -> tuple[GPTConfig, dict]:
   cfg = GPTConfig(**{**dict(vocab_size=13, d_model=16, num_layers=1, num_heads=4, max_seq_len=16),
                      **dict(overrides)})
-  # Shapes from a trace, values from NumPy: compiling the flax initialisers costs seconds per config.
+  # Shapes from a trace, values from NumPy: compiling flax's initialisers costs seconds a config.
   shapes = nn.unbox(jax.eval_shape(GPT(cfg).init, jax.random.key(0), jnp.zeros((1, 8), jnp.int32)))
   rng = np.random.default_rng(0)
   params = jax.tree.map(lambda s: jnp.asarray(rng.normal(0.0, std, s.shape), s.dtype),
@@ -143,8 +143,8 @@ def test_exact_stopping_rule():
 
 def test_length_penalties():
   np.testing.assert_allclose(length_penalty(7, BeamSearchConfig(alpha=0.6)), (12 / 6) ** 0.6)
-  np.testing.assert_allclose(length_penalty(7, BeamSearchConfig(alpha=0.6, length_penalty='simple')),
-                             7 ** 0.6)
+  simple = BeamSearchConfig(alpha=0.6, length_penalty='simple')
+  np.testing.assert_allclose(length_penalty(7, simple), 7 ** 0.6)
   with pytest.raises(ValueError, match="length_penalty='x'"):
     BeamSearchConfig(length_penalty='x')
   with pytest.raises(ValueError, match='num_beams=0'):

@@ -32,7 +32,7 @@ def tiny(std: float = 0.5, **overrides) -> tuple[GPTConfig, dict]:
 def _tiny(std: float, overrides: tuple) -> tuple[GPTConfig, dict]:
   cfg = GPTConfig(**{**dict(vocab_size=13, d_model=16, num_layers=2, num_heads=4, max_seq_len=32),
                      **dict(overrides)})
-  # Shapes from a trace, values from NumPy: compiling the flax initialisers costs seconds per config.
+  # Shapes from a trace, values from NumPy: compiling flax's initialisers costs seconds a config.
   shapes = nn.unbox(jax.eval_shape(GPT(cfg).init, jax.random.key(0), jnp.zeros((1, 8), jnp.int32)))
   rng = np.random.default_rng(0)
   params = jax.tree.map(lambda s: jnp.asarray(rng.normal(0.0, std, s.shape), s.dtype),

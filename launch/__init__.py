@@ -1,0 +1,254 @@
+"""Sweeps: what a sweep file is, how its members resolve to configs, and the IsoFLOP design.
+
+A sweep file is a Python file with `get_sweep() -> (base, members)`: `base` is an
+`ml_collections.ConfigDict` every member starts from, and each `Member` is a name plus dotted
+overrides such as `{'model.d_model': 96, 'train.num_steps': 400}`. Launchers (the local runner in
+`launch/sweep.py`; a Cloud TPU VM or SLURM launcher would be the same) only need this module: they
+resolve each member, check it, and start `python -m gptjax.main` with the overrides as flags.
+
+IsoFLOP design (Hoffmann et al. 2022, approach 2): for each compute budget C, several model sizes,
+each trained on D = C / (FLOPs per token) tokens. The FLOPs per token come from `gptjax.flops`,
+the same function that writes the records' `flops_<method>` column, so every member of a budget
+lands on the budget in the records themselves (within one step), and the fit groups them. With
+method='kaplan' (the default) N is Kaplan's non-embedding N and C = (6N + 6·L·T·D_model)·D: the
+attention term is T/(12·d_model) of 6N, which is 5-33% for the small models of a CPU sweep, too
+much to drop with C ≈ 6ND alone.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import importlib.util
+import math
+import os
+import re
+from typing import Any, Mapping, Sequence
+
+import ml_collections
+
+from gptjax import flops, optim, train
+
+PARAMS_KEYS = {'kaplan': 'params_non_embedding', 'full': 'params_total'}
+_NAME = re.compile(r'^[A-Za-z0-9][A-Za-z0-9_.-]*$')
+RESERVED_NAMES = ('fit', 'plots')  # the runner's own sub-directories of a sweep's workdir
+_FLAG_TYPES = (bool, int, float, str)  # what `--config.x=value` can carry
+
+
+@dataclasses.dataclass(frozen=True)
+class Member:
+  """One run of a sweep: its directory name, and dotted overrides of the base config.
+
+  `budget` is the compute the design aimed at (None outside an IsoFLOP design); dry runs show it
+  next to the compute the rounded step count actually gives.
+  """
+
+  name: str
+  overrides: Mapping[str, Any]
+  budget: float | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class Size:
+  """A model shape and the peak learning rate it trains well with."""
+
+  d_model: int
+  num_layers: int
+  num_heads: int
+  learning_rate: float
+
+  @property
+  def name(self) -> str:
+    return f'd{self.d_model}l{self.num_layers}'
+
+
+# ---------------------------------------------------------------- resolving and checking members
+
+
+def _set(config: ml_collections.ConfigDict, key: str, value: Any, member: str) -> None:
+  *sections, field = key.split('.')
+  node = config
+  for depth, section in enumerate(sections + [field]):
+    parent_key = '.'.join(sections[:depth])
+    if not isinstance(node, ml_collections.ConfigDict) or section not in node:
+      have = sorted(node.keys()) if isinstance(node, ml_collections.ConfigDict) else []
+      close = difflib.get_close_matches(section, have, n=1)
+      hint = f" Did you mean '{'.'.join(sections[:depth] + close)}'?" if close else ''
+      raise ValueError(f"Member {member!r} overrides {key!r}, but the base config has no "
+                       f"{section!r} in {parent_key or 'its top level'}.{hint}")
+    if depth < len(sections):
+      node = node[section]
+  if not isinstance(value, _FLAG_TYPES):
+    raise ValueError(f'Member {member!r} sets {key!r} to {value!r} ({type(value).__name__}); '
+                     'overrides travel as --config flags, so they must be bool, int, float or '
+                     'str. Put structured values in the base config.')
+  node[field] = value
+
+
+def _apply(base: ml_collections.ConfigDict, member: Member) -> ml_collections.ConfigDict:
+  config = ml_collections.ConfigDict(base.to_dict())  # a copy: `base` is untouched
+  for key, value in member.overrides.items():
+    _set(config, key, value, member.name)
+  return config
+
+
+def resolve(base: ml_collections.ConfigDict, member: Member) -> ml_collections.ConfigDict:
+  """The member's full config, checked as far as it can be without training: a valid model, a
+  valid learning-rate schedule."""
+  config = _apply(base, member)
+  try:
+    train.model_config(config)
+    optim.learning_rate_schedule(config.train)
+  except ValueError as e:
+    raise ValueError(f'Member {member.name!r}: {e}') from e
+  return config
+
+
+def check_members(base: ml_collections.ConfigDict, members: Sequence[Member]) -> None:
+  """Names usable as directories and unique; every member resolves."""
+  if not members:
+    raise ValueError('The sweep has no members; get_sweep() must return (base, [Member, ...]).')
+  seen: set[str] = set()
+  for member in members:
+    if not _NAME.match(member.name):
+      raise ValueError(f'Member name {member.name!r} is not a plain directory name; use letters, '
+                       'digits, and _ . - (not leading).')
+    if member.name in RESERVED_NAMES:
+      raise ValueError(f'Member name {member.name!r} is reserved for the sweep runner\'s output '
+                       f'({RESERVED_NAMES}); rename the member.')
+    if member.name in seen:
+      raise ValueError(f'Two members are named {member.name!r}; each needs its own workdir.')
+    seen.add(member.name)
+    resolve(base, member)
+
+
+def get_config(sweep_path: str) -> ml_collections.ConfigDict:
+  """The sweep's base config, so `--config=launch/__init__.py:<sweep file>` feeds gptjax.main;
+  each member's overrides follow as `--config.x=y` flags."""
+  return load_sweep_file(sweep_path)[0]
+
+
+def load_sweep_file(path: str) -> tuple[ml_collections.ConfigDict, list[Member]]:
+  """Imports a sweep file and returns its checked `(base, members)`."""
+  if not os.path.isfile(path):
+    raise FileNotFoundError(f'Sweep file {path!r} does not exist; pass --sweep=path/to/sweep.py.')
+  module_name = '_sweep_' + re.sub(r'\W', '_', os.path.abspath(path))
+  spec = importlib.util.spec_from_file_location(module_name, path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  if not hasattr(module, 'get_sweep'):
+    raise ValueError(f'{path} defines no get_sweep(); a sweep file returns (base config, '
+                     'list of launch.Member) from get_sweep().')
+  result = module.get_sweep()
+  if not (isinstance(result, tuple) and len(result) == 2
+          and isinstance(result[0], ml_collections.ConfigDict)):
+    raise ValueError(f'{path}: get_sweep() returned {type(result).__name__}; it must return '
+                     '(ml_collections.ConfigDict, list of launch.Member).')
+  base, members = result[0], list(result[1])
+  check_members(base, members)
+  return base, members
+
+
+# ---------------------------------------------------------------- sizes, tokens and compute
+
+
+@dataclasses.dataclass(frozen=True)
+class Plan:
+  """What one resolved member will do: its size, tokens and compute under `method`."""
+
+  d_model: int
+  num_layers: int
+  num_heads: int
+  params: int  # N under `method`: non-embedding (kaplan) or total (full)
+  params_total: int
+  steps: int
+  tokens: int
+  flops: float
+  flops_per_token: float
+  learning_rate: float
+  method: str
+
+
+def plan(config: ml_collections.ConfigDict, method: str = 'kaplan') -> Plan:
+  if method not in PARAMS_KEYS:
+    raise ValueError(f'method={method!r}; choose one of {tuple(PARAMS_KEYS)}.')
+  cfg = train.model_config(config)
+  counts = flops.param_counts(cfg)
+  tokens = config.train.num_steps * config.data.batch_size * config.data.seq_len
+  per_token = flops.flops_per_token(cfg, config.data.seq_len, method)
+  return Plan(d_model=cfg.d_model, num_layers=cfg.num_layers, num_heads=cfg.num_heads,
+              params=counts.non_embedding if method == 'kaplan' else counts.total,
+              params_total=counts.total, steps=config.train.num_steps, tokens=tokens,
+              flops=per_token * tokens, flops_per_token=per_token,
+              learning_rate=config.train.learning_rate, method=method)
+
+
+def budget_tag(budget: float) -> str:
+  """'1e11', '3e11', '2.15e11': short, and distinct for budgets that differ in 3 digits."""
+  mantissa, exponent = f'{budget:.2e}'.split('e')
+  return f'{float(mantissa):g}e{int(exponent)}'
+
+
+def schedule_overrides(num_steps: int, *, warmup_fraction: float, num_evals: int,
+                       checkpoints: int, log_lines: int) -> dict[str, int]:
+  """Warmup, eval, checkpoint and log intervals in proportion to the run's length.
+
+  The eval interval is a whole number of log intervals (evals land on log lines) and is rounded
+  up, so `num_evals` evals fit in the run with the last at num_steps itself (the loop always evals
+  and saves at the final step; a rounded-down interval would add one just before it).
+  """
+  if num_evals < 1 or checkpoints < 1 or log_lines < 1:
+    raise ValueError(f'num_evals={num_evals}, checkpoints={checkpoints}, log_lines={log_lines} '
+                     'must all be at least 1.')
+  logs_per_eval = max(1, log_lines // num_evals)
+  log_every = math.ceil(num_steps / (num_evals * logs_per_eval))
+  eval_every = log_every * logs_per_eval
+  return {
+      'train.num_steps': num_steps,
+      'train.warmup_steps': max(1, round(warmup_fraction * num_steps)),
+      'train.eval_every': eval_every,
+      'train.checkpoint_every': eval_every * math.ceil(num_evals / checkpoints),
+      'train.log_every': log_every,
+  }
+
+
+def isoflop_members(base: ml_collections.ConfigDict, budgets: Mapping[float, Sequence[Size]], *,
+                    method: str = 'kaplan', warmup_fraction: float = 0.05, num_evals: int = 4,
+                    checkpoints: int = 2, log_lines: int = 8, min_steps: int = 50) -> list[Member]:
+  """For each budget C and each of its sizes, a member trained on D = C / flops_per_token tokens.
+
+  Every member's cosine schedule ends at its own token budget (warmup `warmup_fraction` of its
+  steps); it evaluates `num_evals` times evenly (the last at the final step), so the loss-vs-compute
+  curves have points along each run, and checkpoints `checkpoints` times (resume granularity).
+  A member whose D rounds to fewer than `min_steps` steps raises: its loss would measure warmup and
+  schedule length, not model size.
+  """
+  if not budgets:
+    raise ValueError('isoflop_members() got no budgets; pass {C: [Size, ...], ...}.')
+  tokens_per_step = base.data.batch_size * base.data.seq_len
+  members = []
+  for budget, sizes in budgets.items():
+    if not budget > 0:
+      raise ValueError(f'Compute budget {budget} must be positive (FLOPs).')
+    for size in sizes:
+      name = f'c{budget_tag(budget)}_{size.name}'
+      shape = {'model.d_model': size.d_model, 'model.num_layers': size.num_layers,
+               'model.num_heads': size.num_heads, 'train.learning_rate': size.learning_rate}
+      try:
+        cfg = train.model_config(_apply(base, Member(name, shape)))
+      except ValueError as e:
+        raise ValueError(f'Member {name!r}: {e}') from e
+      per_token = flops.flops_per_token(cfg, base.data.seq_len, method)
+      tokens = budget / per_token
+      steps = round(tokens / tokens_per_step)
+      if steps < min_steps:
+        raise ValueError(
+            f'Member {name!r}: C={budget:.3g} buys {tokens:,.0f} tokens = {steps} steps of '
+            f'{tokens_per_step} tokens, fewer than min_steps={min_steps}. Drop this size from the '
+            'budget (it is far too large for it), raise the budget, or lower data.batch_size.')
+      overrides = {**shape, **schedule_overrides(
+          steps, warmup_fraction=warmup_fraction, num_evals=num_evals, checkpoints=checkpoints,
+          log_lines=log_lines)}
+      members.append(Member(name, overrides, budget=float(budget)))
+  check_members(base, members)
+  return members
