@@ -7,7 +7,8 @@ same random model, and are timed after a compile-and-warm-up call (median of --r
 The uncached decoder keeps a fixed [B, P + N] buffer and runs the full forward over all of it each
 step (one compilation; a shape that grew with the prefix would compile N times), so it does up to
 about twice the work of an exact growing prefix; its cost per step is quadratic in the length
-either way, against the cached decoder's one token of work per step.
+either way, against the cached decoder's one token of work per step. With the defaults it runs
+for 5-8 minutes on 2 CPU cores, nearly all of it in the uncached decoder at batch 8.
 """
 
 from __future__ import annotations

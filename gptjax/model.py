@@ -21,6 +21,8 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
+from gptjax import attention
+
 Array = jax.Array
 
 POSITIONS = ('learned', 'sinusoidal', 'rope')
@@ -28,6 +30,9 @@ MLPS = ('gelu', 'swiglu')
 NORMS = ('layernorm', 'rmsnorm')
 REMATS = ('none', 'full', 'dots')
 DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16, 'float16': jnp.float16}
+ATTENTION_IMPLS = ('', 'xla', 'cudnn', 'blocked')
+# Query block of the 'blocked' attention: at T = 256 four blocks compute 10/16 of the logits.
+ATTENTION_BLOCK = 64
 
 
 @dataclasses.dataclass(frozen=True)
@@ -79,8 +84,8 @@ class GPTConfig:
     check(self.dtype in DTYPES and self.param_dtype in DTYPES,
           f'dtype={self.dtype!r}, param_dtype={self.param_dtype!r}; choose from {tuple(DTYPES)}.')
     check(0.0 <= self.dropout < 1.0, f'dropout={self.dropout} must be in [0, 1).')
-    check(self.attention_impl in ('', 'xla', 'cudnn'),
-          f"attention_impl={self.attention_impl!r}; choose '', 'xla' or 'cudnn'.")
+    check(self.attention_impl in ATTENTION_IMPLS,
+          f'attention_impl={self.attention_impl!r}; choose one of {ATTENTION_IMPLS}.')
 
   @classmethod
   def from_config(cls, model_config: ml_collections.ConfigDict | dict[str, Any]) -> GPTConfig:
@@ -181,6 +186,13 @@ class _HeadProjection(nn.Module):
     return y_BxTxNxH
 
 
+def _training_attention(impl: str) -> str:
+  """'' picks 'blocked' on CPU, where it was measured fastest (BENCHMARKS.md), else JAX's choice."""
+  if impl == '' and jax.default_backend() == 'cpu':
+    return 'blocked'
+  return impl
+
+
 class CausalSelfAttention(nn.Module):
   """Multi-head (or grouped-query) causal attention through `jax.nn.dot_product_attention`.
 
@@ -221,6 +233,8 @@ class CausalSelfAttention(nn.Module):
       out_BxTxNxH = jax.nn.dot_product_attention(
           q_BxTxNxH, k_BxTxKxH, v_BxTxKxH, mask=mask_Bx1xTxT,
           implementation=cfg.attention_impl or None)
+    elif _training_attention(cfg.attention_impl) == 'blocked':
+      out_BxTxNxH = attention.causal_attention(q_BxTxNxH, k_BxTxKxH, v_BxTxKxH, ATTENTION_BLOCK)
     else:
       out_BxTxNxH = jax.nn.dot_product_attention(
           q_BxTxNxH, k_BxTxKxH, v_BxTxKxH, is_causal=True,

@@ -336,8 +336,17 @@ def _fit_isoflop(rows, final, keys, n_bootstrap) -> dict[str, Any]:
   del rows
   result = scaling.isoflop_minima(final, n_bootstrap=n_bootstrap, **keys)
   print('IsoFLOP minima (Chinchilla approach 2; parabola in log N per budget):')
-  for c, n, d, l in zip(result.budgets, result.n_opt, result.d_opt, result.loss_min):
-    print(f'  C={c:.3g}: N_opt={n:,.0f}  D_opt={d:,.0f}  D/N={d / n:.1f}  L_min={l:.4f}')
+  sizes = records.column(final, keys['params_key'])
+  outside = []
+  for c, n, d, l, index in zip(result.budgets, result.n_opt, result.d_opt, result.loss_min,
+                               result.groups):
+    lo, hi = sizes[index].min(), sizes[index].max()
+    where = '' if lo <= n <= hi else f'  <- outside the sizes trained, N in [{lo:,.0f}, {hi:,.0f}]'
+    print(f'  C={c:.3g}: N_opt={n:,.0f}  D_opt={d:,.0f}  D/N={d / n:.3g}  L_min={l:.4f}{where}')
+    outside += [f'{c:.3g}'] if where else []
+  if outside:
+    print(f'  The minima at C={", ".join(outside)} are extrapolated, not measured: add model sizes '
+          'on the side of the minimum so each IsoFLOP curve turns up on both ends.')
   lo, hi = result.n_exponent_ci
   print(f'  N_opt ∝ C^{result.n_exponent:.3f} [{lo:.3f}, {hi:.3f}], D_opt ∝ C^'
         f'{result.d_exponent:.3f} ({100 * result.level:.0f}% bootstrap over runs)')

@@ -85,14 +85,6 @@ def test_cached_logits_match_full_forward_with_left_padding(variant):
     np.testing.assert_allclose(cached_BxStepsxV[row], want, atol=2e-5, rtol=1e-5)
 
 
-def test_prefill_logits_of_padded_row_match_unpadded_prompt():
-  cfg, params = tiny(**VARIANTS['rope_mqa_untied'])
-  prompt_BxP, mask_BxP = left_pad(PROMPTS)
-  logits_BxV, _, _ = jax.jit(prefill, static_argnums=(1, 4))(params, cfg, prompt_BxP, mask_BxP, 1)
-  alone_V = full_forward(params, np.asarray([PROMPTS[1]], np.int32), cfg)[0, -1]
-  np.testing.assert_allclose(logits_BxV[1], alone_V, atol=2e-5, rtol=1e-5)
-
-
 def uncached_greedy(params, cfg, prompts, n):
   """Reference: recompute every row's whole sequence each step and take the argmax at its end."""
   rows = [list(p) for p in prompts]

@@ -1,0 +1,346 @@
+"""Sweeps: the IsoFLOP design's arithmetic, member checks, dry runs, skip/resume/failure handling of
+the runner (with a fake trainer), the fit-and-plot stage on synthetic records, and one real member.
+
+The fake trainer is a few lines of Python that write the records a finished (or half-finished) run
+would, so the runner's bookkeeping is tested in seconds; the one real member proves the command the
+runner builds actually trains with `gptjax.main`.
+"""
+
+import json
+import math
+import os
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+
+import launch
+from launch import sweep as runner
+from gptjax import flops, records, train
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CPU_SWEEP = os.path.join(ROOT, 'experiments', 'sweeps', 'cpu_scaling.py')
+TPU_SWEEP = os.path.join(ROOT, 'experiments', 'sweeps', 'tpu_scaling.py')
+
+
+@pytest.fixture(scope='module')
+def cpu_sweep():
+  return launch.load_sweep_file(CPU_SWEEP)
+
+
+# ---------------------------------------------------------------- design
+
+
+@pytest.mark.parametrize('path', [CPU_SWEEP, TPU_SWEEP])
+def test_isoflop_members_spend_their_budget(path):
+  """C = flops_per_token * D within half a step, and Kaplan's C is 6ND plus the attention term."""
+  base, members = launch.load_sweep_file(path)
+  tokens_per_step = base.data.batch_size * base.data.seq_len
+  budgets = {m.budget for m in members}
+  assert len(budgets) >= 3 and max(budgets) / min(budgets) >= 10
+  for member in members:
+    config = launch.resolve(base, member)
+    plan = launch.plan(config)
+    cfg = train.model_config(config)
+    n, d, t = flops.param_counts(cfg).non_embedding, plan.tokens, config.data.seq_len
+    assert plan.params == n and plan.tokens == plan.steps * tokens_per_step
+    assert plan.flops == pytest.approx(6 * n * d + 6 * cfg.num_layers * t * cfg.d_model * d)
+    assert abs(plan.flops - member.budget) <= plan.flops_per_token * tokens_per_step / 2
+    assert config.train.warmup_steps < config.train.num_steps
+  for budget in budgets:  # several sizes per budget, each trained on fewer tokens as it grows
+    group = sorted((launch.plan(launch.resolve(base, m)) for m in members if m.budget == budget),
+                   key=lambda p: p.params)
+    assert len(group) >= 4
+    assert all(a.tokens > b.tokens for a, b in zip(group, group[1:]))
+
+
+@pytest.mark.parametrize('num_steps', [2, 7, 50, 99, 100, 101, 761, 2417])
+def test_schedule_overrides_put_the_last_eval_on_the_last_step(num_steps):
+  o = launch.schedule_overrides(num_steps, warmup_fraction=0.05, num_evals=4, checkpoints=2,
+                                log_lines=8)
+  evals = [s for s in range(1, num_steps + 1) if s % o['train.eval_every'] == 0 or s == num_steps]
+  assert evals[-1] == num_steps and len(evals) == min(4, num_steps)
+  assert o['train.eval_every'] % o['train.log_every'] == 0  # evals land on log lines
+  assert o['train.checkpoint_every'] % o['train.eval_every'] == 0
+  assert 1 <= o['train.warmup_steps'] < num_steps
+
+
+def _base():
+  base, _ = launch.load_sweep_file(CPU_SWEEP)
+  return base
+
+
+def test_design_errors_name_the_member_and_the_fix():
+  base = _base()
+  with pytest.raises(ValueError, match=r"c1e11_d512l8'.*fewer than min_steps=50.*Drop this size"):
+    launch.isoflop_members(base, {1e11: [launch.Size(512, 8, 8, 1e-3)]})
+  with pytest.raises(ValueError, match=r"c1e12_d30l2'.*d_model=30 is not divisible by num_heads=4"):
+    launch.isoflop_members(base, {1e12: [launch.Size(30, 2, 4, 1e-3)]})
+  with pytest.raises(ValueError, match=r"no 'dmodel' in model\. Did you mean 'model\.d_model'"):
+    launch.resolve(base, launch.Member('m', {'model.dmodel': 8}))
+  with pytest.raises(ValueError, match=r"'mesh.rules'.*must be bool, int, float or str"):
+    launch.resolve(base, launch.Member('m', {'mesh.rules': (('batch', 'data'),)}))
+  with pytest.raises(ValueError, match=r"Member 'm': train.warmup_steps=9 must be in \[0, num"):
+    launch.resolve(base, launch.Member('m', {'train.num_steps': 9, 'train.warmup_steps': 9}))
+  member = launch.Member('a', {})
+  with pytest.raises(ValueError, match="Two members are named 'a'"):
+    launch.check_members(base, [member, member])
+  with pytest.raises(ValueError, match="'plots' is reserved"):
+    launch.check_members(base, [launch.Member('plots', {})])
+
+
+def test_resolve_leaves_the_base_untouched(cpu_sweep):
+  base, members = cpu_sweep
+  before = base.to_json_best_effort()
+  config = launch.resolve(base, members[-1])
+  assert base.to_json_best_effort() == before
+  assert config.model.d_model == members[-1].overrides['model.d_model']
+
+
+def test_member_command_reproduces_the_member_config(cpu_sweep):
+  """The flags the runner passes rebuild, in gptjax.main's own flag parser, the member's config."""
+  from absl import flags
+  from ml_collections import config_flags
+  base, members = cpu_sweep
+  member = members[0]
+  argv = runner.member_command(CPU_SWEEP, member, 'unused')[2:]  # after `python -m`
+  argv = ['gptjax.main'] + [a for a in argv[1:] if not a.startswith('--workdir')]
+  values = flags.FlagValues()
+  config_flags.DEFINE_config_file('config', flag_values=values, sys_argv=argv, lock_config=True)
+  values(argv)
+  assert values.config.to_json_best_effort() == launch.resolve(base, member).to_json_best_effort()
+
+
+# ---------------------------------------------------------------- runner, with a fake trainer
+
+FAKE_TRAINER = textwrap.dedent('''
+    """Writes the records of a run of num_steps; 'fail' prints a traceback and exits 1 instead."""
+    import json, os, sys
+    workdir, num_steps, d_model, mode, calls = sys.argv[1:]
+    num_steps, d_model = int(num_steps), int(d_model)
+    with open(calls, 'a') as f:
+      f.write(os.path.basename(workdir) + '\\n')
+    if mode == 'fail':
+      print('Traceback (most recent call last):\\nFloatingPointError: The training loss became '
+            'nan at step 3.', flush=True)
+      sys.exit(1)
+    os.makedirs(workdir, exist_ok=True)
+    n = 12 * d_model ** 2
+    with open(os.path.join(workdir, 'metrics.jsonl'), 'a') as f:
+      for step in (num_steps // 2, num_steps):
+        d = step * 1000
+        f.write(json.dumps({'step': step, 'tokens_seen': d, 'flops_kaplan': 6.0 * n * d,
+                            'params_non_embedding': n, 'train_loss': 2.0,
+                            'eval_loss': 1.0 + 30 / n ** 0.3 + 40 / d ** 0.3}) + '\\n')
+        print(f'I0 train.py:1] step {step}/{num_steps} | loss 2.0000 | eval 2.0 | 1 tok/s | '
+              '1 ms/step | ETA 0m00s', flush=True)
+''')
+
+TINY_SWEEP = textwrap.dedent('''
+    import launch
+    from experiments.configs import base as base_config
+
+    def get_sweep():
+      config = base_config.get_config()
+      config.model.update(d_model=16, num_layers=1, num_heads=2, max_seq_len=16)
+      config.data.update(seq_len=16, batch_size=2, max_corpus_bytes=60_000)
+      config.train.update(warmup_steps=1, log_every=2, eval_every=4, eval_batches=2,
+                          checkpoint_every=4, async_checkpoints=False)
+      members = [launch.Member(name, {'model.d_model': d, 'train.num_steps': steps})
+                 for name, d, steps in MEMBERS]
+      return config, members
+
+    MEMBERS = %s
+''')
+
+
+def _write_sweep(tmp_path, members) -> str:
+  path = tmp_path / 'tiny_sweep.py'
+  path.write_text(TINY_SWEEP % repr(members))
+  return str(path)
+
+
+def _fake_records(workdir, name, steps, d_model, final=True):
+  os.makedirs(os.path.join(workdir, name), exist_ok=True)
+  last = steps if final else steps // 2
+  with open(os.path.join(workdir, name, 'metrics.jsonl'), 'w') as f:
+    f.write(json.dumps({'step': last, 'tokens_seen': last * 1000, 'eval_loss': 2.5,
+                        'flops_kaplan': 1e9, 'params_non_embedding': 12 * d_model**2}) + '\n')
+
+
+@pytest.fixture
+def fake_trainer(tmp_path, monkeypatch):
+  """Replaces gptjax.main by the fake; returns the file listing the members it was started for."""
+  script, calls = tmp_path / 'fake_trainer.py', tmp_path / 'calls.txt'
+  script.write_text(FAKE_TRAINER)
+  calls.write_text('')
+
+  def command(sweep_path, member, member_dir):
+    del sweep_path
+    mode = 'fail' if member.name.startswith('broken') else 'ok'
+    return [sys.executable, str(script), member_dir, str(member.overrides['train.num_steps']),
+            str(member.overrides['model.d_model']), mode, str(calls)]
+
+  monkeypatch.setattr(runner, 'member_command', command)
+  monkeypatch.setattr(runner, '_POLL_S', 0.05)
+  return calls
+
+
+def test_runner_skips_finished_resumes_unfinished_and_reports_failures(tmp_path, fake_trainer,
+                                                                       capsys):
+  sweep = _write_sweep(tmp_path, [('done', 16, 8), ('half', 16, 8), ('new', 32, 8),
+                                  ('broken', 32, 8)])
+  workdir = str(tmp_path / 'runs')
+  _fake_records(workdir, 'done', 8, 16)
+  _fake_records(workdir, 'half', 8, 16, final=False)
+
+  assert runner.run_sweep(sweep, workdir, parallel=2, n_bootstrap=2) == 1
+  out = capsys.readouterr().out
+  assert sorted(fake_trainer.read_text().split()) == ['broken', 'half', 'new']
+  assert '1 of 4 members already finished; training 3, 2 at a time.' in out
+  assert 'half: step 8/8' in out and 'finished new: eval_loss' in out
+  assert 'FAILED broken: exited with status 1' in out
+  assert 'FloatingPointError: The training loss became nan' in out  # the log's tail
+  assert 'broken: exited with status 1' in out.split('failed and are left out of the fits')[-1]
+  assert 'No isoflop fit: IsoFLOP fit needs at least 2 compute budgets' in out  # no traceback
+  assert 'FloatingPointError' in open(os.path.join(workdir, 'broken', 'log.txt')).read()
+
+  fake_trainer.write_text('')
+  assert runner.run_sweep(sweep, workdir, n_bootstrap=2) == 1
+  assert fake_trainer.read_text().split() == ['broken']  # only the failed member runs again
+  statuses = {name: runner.member_status(os.path.join(workdir, name), config).state
+              for name, config in _configs(sweep).items()}
+  assert statuses == {'done': 'finished', 'half': 'finished', 'new': 'finished', 'broken': 'new'}
+
+
+def _configs(sweep):
+  base, members = launch.load_sweep_file(sweep)
+  return {m.name: launch.resolve(base, m) for m in members}
+
+
+def test_stale_member_is_neither_resumed_nor_fitted(tmp_path, fake_trainer, capsys):
+  sweep = _write_sweep(tmp_path, [('a', 16, 8)])
+  workdir = str(tmp_path / 'runs')
+  config = _configs(sweep)['a']
+  saved = json.loads(config.to_json_best_effort())
+  saved['train']['learning_rate'] = 0.5
+  saved['train']['log_every'] = 999  # reporting fields never make a member stale
+  os.makedirs(os.path.join(workdir, 'a'))
+  with open(os.path.join(workdir, 'a', 'config.json'), 'w') as f:
+    json.dump(saved, f)
+  status = runner.member_status(os.path.join(workdir, 'a'), config)
+  assert status.state == 'stale' and status.detail == 'train.learning_rate: 0.5 -> 0.001'
+  assert runner.run_sweep(sweep, workdir) == 1
+  assert fake_trainer.read_text() == ''
+  assert 'its workdir is stale (train.learning_rate: 0.5 -> 0.001); delete' in capsys.readouterr().out
+
+
+def test_dry_run_lists_members_and_runs_nothing(tmp_path, cpu_sweep, capsys):
+  workdir = tmp_path / 'runs'
+  assert runner.run_sweep(CPU_SWEEP, str(workdir), dry_run=True) == 0
+  lines = capsys.readouterr().out.splitlines()
+  base, members = cpu_sweep
+  assert lines[0].split()[:4] == ['member', 'd_model', 'layers', 'heads']
+  for member, line in zip(members, lines[1:]):
+    plan = launch.plan(launch.resolve(base, member))
+    fields = line.split()
+    assert fields[0] == member.name and fields[-1] == 'new'
+    assert fields[1:8] == [str(plan.d_model), str(plan.num_layers), str(plan.num_heads),
+                           f'{plan.params:,}', f'{plan.tokens:,}', str(plan.steps),
+                           f'{plan.learning_rate:.2g}']
+  assert lines[len(members) + 1].startswith(f'{len(members)} members, ')
+  assert not workdir.exists()
+
+
+def test_only_and_bad_flags_are_clear(tmp_path, fake_trainer, capsys):
+  sweep = _write_sweep(tmp_path, [('a', 16, 8), ('b', 16, 8)])
+  with pytest.raises(ValueError, match=r"--only names \['c'\].*its members: \['a', 'b'\]"):
+    runner.run_sweep(sweep, str(tmp_path / 'runs'), only=['c'])
+  assert runner.run_sweep(sweep, str(tmp_path / 'runs'), only=['b'], n_bootstrap=2) == 0
+  assert fake_trainer.read_text().split() == ['b']
+  assert 'not trained to the end yet, left out of the fits: a.' in capsys.readouterr().out
+  with pytest.raises(FileNotFoundError, match='Sweep file'):
+    runner.run_sweep(str(tmp_path / 'missing.py'), str(tmp_path))
+
+
+# ---------------------------------------------------------------- fits and figures
+
+
+LAW = dict(E=1.2, A=40.0, alpha=0.35, B=90.0, beta=0.3)
+
+
+def _synthetic_sweep(workdir, budgets=(1e11, 1e12, 1e13), unfinished=()):
+  """An IsoFLOP grid from a known L(N, D), 4 evals per run; returns the member names."""
+  names = []
+  for budget in budgets:
+    n_opt = (budget / 6) ** (LAW['beta'] / (LAW['alpha'] + LAW['beta']))
+    for factor in (1 / 8, 1 / 3, 1, 3, 8):
+      n = n_opt * factor
+      d_final = budget / (6 * n)
+      name = f'c{launch.budget_tag(budget)}_n{n:.0f}'
+      os.makedirs(os.path.join(workdir, name))
+      with open(os.path.join(workdir, name, 'metrics.jsonl'), 'w') as f:
+        for quarter in (1, 2, 3, 4) if name not in unfinished else (1, 2):
+          d = d_final * quarter / 4
+          loss = LAW['E'] + LAW['A'] / n**LAW['alpha'] + LAW['B'] / d**LAW['beta']
+          f.write(json.dumps({'step': quarter, 'tokens_seen': d, 'flops_kaplan': 6 * n * d,
+                              'params_non_embedding': n, 'eval_loss': loss}) + '\n')
+      names.append(name)
+  return names
+
+
+def test_fit_and_report_recovers_a_known_law(tmp_path, capsys):
+  workdir = str(tmp_path)
+  names = _synthetic_sweep(workdir)
+  summary = runner.fit_and_report(workdir, names, n_bootstrap=3)
+  out = capsys.readouterr().out
+  a_true = LAW['beta'] / (LAW['alpha'] + LAW['beta'])
+  assert summary['isoflop']['n_exponent'] == pytest.approx(a_true, abs=0.02)
+  assert summary['chinchilla']['alpha'] == pytest.approx(LAW['alpha'], abs=0.01)
+  assert summary['chinchilla']['beta'] == pytest.approx(LAW['beta'], abs=0.01)
+  assert abs(summary['holdout']['max_run_relative_error']) < 0.01
+  assert [row['compute'] for row in summary['allocation']] == pytest.approx([1e13, 1e14, 1e15])
+  for row in summary['allocation']:  # both approaches agree on the compute-optimal size
+    assert row['isoflop_n_opt'] == pytest.approx(row['chinchilla_n_opt'], rel=0.1)
+  for text in ('L(C) on the frontier', 'N_opt ∝ C^', 'L(N, D) (approach 3', 'Holdout',
+               'C=1e+15 (100x)'):
+    assert text in out
+  assert 'outside the sizes trained' not in out
+  for figure in ('loss_vs_compute', 'training_curves', 'isoflops', 'n_opt'):
+    assert os.path.exists(os.path.join(workdir, 'plots', f'{figure}.png'))
+  with open(os.path.join(workdir, 'fit', 'fit.json')) as f:
+    assert json.load(f)['isoflop']['n_exponent'] == summary['isoflop']['n_exponent']
+
+
+def test_fit_leaves_out_unfinished_members_and_explains_missing_fits(tmp_path, capsys):
+  workdir = str(tmp_path)
+  names = _synthetic_sweep(workdir, budgets=(1e11,), unfinished={'c1e11_n4553'})
+  finished = [n for n in names if n != 'c1e11_n4553']
+  runner.fit_and_report(workdir, finished, n_bootstrap=2)
+  out = capsys.readouterr().out
+  assert sorted(os.listdir(os.path.join(workdir, 'fit', 'records'))) == sorted(finished)
+  assert 'No isoflop fit: IsoFLOP fit needs at least 2 compute budgets' in out
+  assert 'No holdout fit: Holding out one budget needs at least 3 budgets' in out
+  assert 'Figures: ' in out  # loss-vs-compute and training curves still drawn
+  runner.fit_and_report(workdir, [], n_bootstrap=2)
+  assert 'No finished members: nothing to fit yet.' in capsys.readouterr().out
+
+
+# ---------------------------------------------------------------- one real member
+
+
+def test_one_real_member_trains_and_is_then_skipped(tmp_path, monkeypatch, capsys):
+  monkeypatch.delenv('XLA_FLAGS', raising=False)  # one CPU device, as a user's shell has
+  sweep = _write_sweep(tmp_path, [('real', 16, 4)])
+  workdir = str(tmp_path / 'runs')
+  assert runner.run_sweep(sweep, workdir, n_bootstrap=2) == 0
+  out = capsys.readouterr().out
+  assert 'real: step 4/4' in out and 'finished real: eval_loss' in out
+  rows = records.load_run(os.path.join(workdir, 'real'))
+  assert rows[-1]['step'] == 4 and math.isfinite(rows[-1]['eval_loss'])
+  with open(os.path.join(workdir, 'real', 'log.txt')) as f:
+    assert '-m gptjax.main --config=' in f.readline()
+  assert runner.run_sweep(sweep, workdir, n_bootstrap=2) == 0
+  assert '1 of 1 members already finished; training 0' in capsys.readouterr().out
+  np.testing.assert_equal(records.load_run(os.path.join(workdir, 'real')), rows)  # untouched
