@@ -60,10 +60,11 @@ def _block_forward(q_BxKxGxCxH: Array, k_BxKxSxH: Array, v_BxKxSxH: Array, start
   c, s = q_BxKxGxCxH.shape[3], k_BxKxSxH.shape[2]
   logits_BxKxGxCxS = jnp.einsum('bkgch,bksh->bkgcs', q_BxKxGxCxH, k_BxKxSxH,
                                 preferred_element_type=jnp.float32)
+  # An additive 0/-inf constant rather than a select, so the max and exp fuse with it.
   visible_CxS = jnp.arange(s)[None, :] <= start + jnp.arange(c)[:, None]
-  masked_BxKxGxCxS = jnp.where(visible_CxS, logits_BxKxGxCxS, -jnp.inf)
-  max_BxKxGxCx1 = jnp.max(masked_BxKxGxCxS, axis=-1, keepdims=True)  # the diagonal is always visible
-  p_BxKxGxCxS = jnp.exp(masked_BxKxGxCxS - max_BxKxGxCx1)
+  logits_BxKxGxCxS = logits_BxKxGxCxS + jnp.where(visible_CxS, 0.0, -jnp.inf)
+  max_BxKxGxCx1 = jnp.max(logits_BxKxGxCxS, axis=-1, keepdims=True)  # the diagonal is always visible
+  p_BxKxGxCxS = jnp.exp(logits_BxKxGxCxS - max_BxKxGxCx1)
   inv_sum_BxKxGxCx1 = 1.0 / jnp.sum(p_BxKxGxCxS, axis=-1, keepdims=True)
   out_BxKxGxCxH = jnp.einsum('bkgcs,bksh->bkgch', p_BxKxGxCxS.astype(v_BxKxSxH.dtype), v_BxKxSxH,
                              preferred_element_type=jnp.float32) * inv_sum_BxKxGxCx1
@@ -96,10 +97,11 @@ def _attention_bwd(block: int, residuals, dout_BxKxGxTxH: Array):
     q_BxKxGxCxH = q_BxKxGxTxH[:, :, :, start:stop]
     k_BxKxSxH, v_BxKxSxH = k_BxKxTxH[:, :, :stop], v_BxKxTxH[:, :, :stop]
     dout_BxKxGxCxH = dout_BxKxGxTxH[:, :, :, start:stop]
+    # dV and dK come out as [H, S]: the contraction over queries then reads the [C, S] tensors in
+    # their stored layout, and only the small [C, H] operands get transposed.
     dv_parts.append(jnp.einsum(
-        'bkgcs,bkgch->bksh', p_BxKxGxCxS.astype(v_BxKxSxH.dtype),
-        (dout_BxKxGxCxH * inv_sum_BxKxGxCx1).astype(v_BxKxSxH.dtype),
-        preferred_element_type=jnp.float32))
+        'bkgch,bkgcs->bkhs', (dout_BxKxGxCxH * inv_sum_BxKxGxCx1).astype(v_BxKxSxH.dtype),
+        p_BxKxGxCxS.astype(v_BxKxSxH.dtype), preferred_element_type=jnp.float32))
     dprobs_BxKxGxCxS = jnp.einsum('bkgch,bksh->bkgcs', dout_BxKxGxCxH, v_BxKxSxH,
                                   preferred_element_type=jnp.float32)
     dlogits_BxKxGxCxS = (p_BxKxGxCxS * inv_sum_BxKxGxCx1
@@ -107,12 +109,12 @@ def _attention_bwd(block: int, residuals, dout_BxKxGxTxH: Array):
     dlogits_BxKxGxCxS = dlogits_BxKxGxCxS.astype(q_BxKxGxTxH.dtype)
     dqs.append(jnp.einsum('bkgcs,bksh->bkgch', dlogits_BxKxGxCxS, k_BxKxSxH,
                           preferred_element_type=jnp.float32))
-    dk_parts.append(jnp.einsum('bkgcs,bkgch->bksh', dlogits_BxKxGxCxS, q_BxKxGxCxH,
+    dk_parts.append(jnp.einsum('bkgch,bkgcs->bkhs', q_BxKxGxCxH, dlogits_BxKxGxCxS,
                                preferred_element_type=jnp.float32))
-  pad = lambda x_BxKxSxH: jnp.pad(x_BxKxSxH, ((0, 0), (0, 0), (0, t - x_BxKxSxH.shape[2]), (0, 0)))
+  pad = lambda x_BxKxHxS: jnp.pad(x_BxKxHxS, ((0, 0), (0, 0), (0, 0), (0, t - x_BxKxHxS.shape[3])))
   dq_BxKxGxTxH = jnp.concatenate(dqs, axis=3).astype(q_BxKxGxTxH.dtype)
-  dk_BxKxTxH = sum(pad(part) for part in dk_parts).astype(k_BxKxTxH.dtype)
-  dv_BxKxTxH = sum(pad(part) for part in dv_parts).astype(v_BxKxTxH.dtype)
+  dk_BxKxTxH = sum(pad(part) for part in dk_parts).transpose(0, 1, 3, 2).astype(k_BxKxTxH.dtype)
+  dv_BxKxTxH = sum(pad(part) for part in dv_parts).transpose(0, 1, 3, 2).astype(v_BxKxTxH.dtype)
   return dq_BxKxGxTxH, dk_BxKxTxH, dv_BxKxTxH
 
 

@@ -66,23 +66,25 @@ class Size:
 
 
 def _set(config: ml_collections.ConfigDict, key: str, value: Any, member: str) -> None:
-  *sections, field = key.split('.')
+  parts = key.split('.')
   node = config
-  for depth, section in enumerate(sections + [field]):
-    parent_key = '.'.join(sections[:depth])
-    if not isinstance(node, ml_collections.ConfigDict) or section not in node:
-      have = sorted(node.keys()) if isinstance(node, ml_collections.ConfigDict) else []
-      close = difflib.get_close_matches(section, have, n=1)
-      hint = f" Did you mean '{'.'.join(sections[:depth] + close)}'?" if close else ''
-      raise ValueError(f"Member {member!r} overrides {key!r}, but the base config has no "
-                       f"{section!r} in {parent_key or 'its top level'}.{hint}")
-    if depth < len(sections):
-      node = node[section]
+  for depth, part in enumerate(parts):
+    if not isinstance(node, ml_collections.ConfigDict) or part not in node:
+      keys = list(node.keys()) if isinstance(node, ml_collections.ConfigDict) else []
+      close = difflib.get_close_matches(part, keys, n=1)
+      hint = f" Did you mean '{'.'.join(parts[:depth] + close)}'?" if close else ''
+      raise ValueError(f'Member {member!r} overrides {key!r}, but the base config has no '
+                       f"{part!r} in {'.'.join(parts[:depth]) or 'its top level'}.{hint}")
+    if depth < len(parts) - 1:
+      node = node[part]
   if not isinstance(value, _FLAG_TYPES):
     raise ValueError(f'Member {member!r} sets {key!r} to {value!r} ({type(value).__name__}); '
                      'overrides travel as --config flags, so they must be bool, int, float or '
                      'str. Put structured values in the base config.')
-  node[field] = value
+  try:
+    node[parts[-1]] = value
+  except TypeError as e:  # ConfigDict keeps each field's type
+    raise ValueError(f'Member {member!r} sets {key!r} to {value!r}: {e}') from e
 
 
 def _apply(base: ml_collections.ConfigDict, member: Member) -> ml_collections.ConfigDict:

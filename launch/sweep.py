@@ -1,7 +1,7 @@
 r"""Runs a sweep locally, then fits and plots its scaling laws.
 
   python -m launch.sweep --sweep=experiments/sweeps/cpu_scaling.py --workdir=runs/cpu_scaling \
-      [--parallel=N] [--dry_run] [--only=name1,name2] [--fit_only]
+      [--parallel=N] [--dry_run] [--commands] [--only=name1,name2] [--fit_only]
 
 Each member trains in `workdir/<member>` as its own process, `python -m gptjax.main
 --config=launch/__init__.py:<sweep file> --config.x=y ...` (`launch.get_config` hands the sweep's
@@ -32,7 +32,8 @@ import warnings
 from typing import Any, Sequence
 
 import ml_collections
-from absl import app, flags
+import numpy as np
+from absl import app, flags, logging
 
 import launch
 from experiments import plot_scaling
@@ -119,15 +120,16 @@ def _duration(seconds: float) -> str:
 def format_table(sweep: Sequence[tuple[launch.Member, launch.Plan, Status]]) -> str:
   method = sweep[0][1].method
   n_name = 'N (non-emb)' if method == 'kaplan' else 'N (total)'
-  lines = [f'{"member":<18} {"d_model":>7} {"layers":>6} {"heads":>5} {n_name:>11} {"tokens":>11} '
-           f'{"steps":>6} {"lr":>7} {"C target":>9} {f"C {method}":>9}  status']
+  width = max(len(member.name) for member, _, _ in sweep)
+  lines = [f'{"member":<{width}} {"d_model":>7} {"layers":>6} {"heads":>5} {n_name:>13} '
+           f'{"tokens":>14} {"steps":>7} {"lr":>7} {"C target":>9} {f"C {method}":>9}  status']
   for member, p, status in sweep:
     target = f'{member.budget:.3g}' if member.budget else '-'
     state = status.state + (f' ({status.detail})' if status.detail else '')
     if status.state == 'partial' and status.step:
       state = f'partial (step {status.step})'
-    lines.append(f'{member.name:<18} {p.d_model:>7} {p.num_layers:>6} {p.num_heads:>5} '
-                 f'{p.params:>11,} {p.tokens:>11,} {p.steps:>6} {p.learning_rate:>7.2g} '
+    lines.append(f'{member.name:<{width}} {p.d_model:>7} {p.num_layers:>6} {p.num_heads:>5} '
+                 f'{p.params:>13,} {p.tokens:>14,} {p.steps:>7} {p.learning_rate:>7.2g} '
                  f'{target:>9} {p.flops:>9.3g}  {state}')
   total = sum(p.flops for _, p, _ in sweep)
   lines.append(f'{len(sweep)} members, {total:.3g} FLOPs ({method}) in all.')
@@ -372,14 +374,40 @@ def _fit_chinchilla(rows, final, keys, n_bootstrap) -> dict[str, Any]:
 
 
 def _fit_holdout(rows, final, keys, n_bootstrap) -> dict[str, Any]:
-  del rows, n_bootstrap
-  h = scaling.holdout_extrapolation(final, **keys)
-  print(f'Holdout (fitted without C={h.budget:.3g}, then predicted): best loss there '
-        f'{h.measured_best_loss:.4f}, L(C) predicted {h.power_law_prediction:.4f} '
-        f'({100 * h.power_law_relative_error:+.2f}%); L(N, D) worst member error '
-        f'{100 * h.max_run_relative_error:.2f}%')
+  """Fits both laws without any record of the largest budget's members, then predicts them.
+
+  Like `scaling.holdout_extrapolation`, except that L(C) is fitted to the frontier of every eval of
+  the other members (as the main L(C) fit is), not only their final ones: with 3-4 budgets the final
+  evals alone leave too few frontier points for a 3-parameter law.
+  """
+  del n_bootstrap
+  compute = records.column(final, keys['compute_key'])
+  groups = scaling.group_budgets(compute)
+  if len(groups) < 3:
+    raise ValueError(f'Holding out one budget needs at least 3 budgets, found {len(groups)}; '
+                     'add compute budgets to the sweep.')
+  held = [final[i] for i in groups[-1]]
+  held_runs = {row['run'] for row in held}
+  rest_rows = [row for row in rows if row['run'] not in held_runs]
+  rest_final = [row for row in final if row['run'] not in held_runs]
+  frontier = scaling.compute_frontier(records.column(rest_rows, keys['compute_key']),
+                                      records.column(rest_rows, records.EVAL_KEY))
+  power_law = scaling.fit_power_law_with_floor(frontier.compute, frontier.loss)
+  law = scaling.fit_chinchilla(*(records.column(rest_final, key) for key in (
+      keys['params_key'], 'tokens_seen', records.EVAL_KEY)))
+  n, d, loss = (records.column(held, key) for key in (keys['params_key'], 'tokens_seen',
+                                                       records.EVAL_KEY))
+  budget = float(np.exp(np.mean(np.log(compute[groups[-1]]))))
+  h = scaling.HoldoutResult(budget=budget, measured_best_loss=float(loss.min()),
+                            power_law_prediction=float(power_law.predict(budget)),
+                            run_params=n, run_loss=loss, run_prediction=law.predict(n, d))
+  print(f'Holdout (fitted without the {len(held)} members at C={budget:.3g}, then predicted): '
+        f'best loss there {h.measured_best_loss:.4f}, L(C) predicted '
+        f'{h.power_law_prediction:.4f} ({100 * h.power_law_relative_error:+.2f}%); L(N, D) '
+        f'worst member error {100 * h.max_run_relative_error:.2f}%')
   return {'budget': h.budget, 'measured_best_loss': h.measured_best_loss,
           'power_law_prediction': h.power_law_prediction,
+          'power_law_relative_error': h.power_law_relative_error,
           'max_run_relative_error': h.max_run_relative_error}
 
 
@@ -435,12 +463,16 @@ def fit_and_report(workdir: str, finished: Sequence[str], *, compute_key: str = 
       except ValueError as e:
         print(f'No {name} fit: {e}')
     allocation = _allocation(fits, float(records.column(final, compute_key).max()))
+    verbosity = logging.get_verbosity()
+    logging.set_verbosity(logging.ERROR)  # make_plots logs its own, final-evals-only, fit summary
     try:
       paths = plot_scaling.make_plots(snapshot, os.path.join(workdir, PLOTS_DIR),
                                       n_bootstrap=n_bootstrap, **keys)
       print('Figures: ' + ', '.join(paths))
     except ValueError as e:
       print(f'No figures: {e}')
+    finally:
+      logging.set_verbosity(verbosity)
   for message in dict.fromkeys(str(w.message) for w in caught):
     print(f'  note: {message}')
   summary = {name: {k: v for k, v in fit.items() if k not in ('law', 'result')}
@@ -466,6 +498,8 @@ def define_flags() -> None:
                       required=True)
   flags.DEFINE_integer('parallel', 1, 'Members trained at once (each is its own process).')
   flags.DEFINE_bool('dry_run', False, 'List the members and their status; run nothing.')
+  flags.DEFINE_bool('commands', False, 'Also print the gptjax.main command of every unfinished '
+                    'member, for a launcher that runs them itself; run nothing.')
   flags.DEFINE_list('only', [], 'Run only these members (comma-separated names).')
   flags.DEFINE_bool('fit_only', False, 'Run nothing; fit and plot the finished members.')
   flags.DEFINE_string('compute_key', 'flops_kaplan', "'flops_kaplan' | 'flops_full'.")
@@ -473,8 +507,8 @@ def define_flags() -> None:
 
 
 def run_sweep(sweep_path: str, workdir: str, *, parallel: int = 1, dry_run: bool = False,
-              only: Sequence[str] = (), fit_only: bool = False, compute_key: str = 'flops_kaplan',
-              n_bootstrap: int = 100) -> int:
+              commands: bool = False, only: Sequence[str] = (), fit_only: bool = False,
+              compute_key: str = 'flops_kaplan', n_bootstrap: int = 100) -> int:
   """The whole command; returns the exit status (1 if a member failed, after fitting the rest)."""
   if parallel < 1:
     raise ValueError(f'--parallel={parallel} must be at least 1.')
@@ -493,7 +527,11 @@ def run_sweep(sweep_path: str, workdir: str, *, parallel: int = 1, dry_run: bool
     status = member_status(directory, config)
     jobs.append((_Job(member, config, launch.plan(config, method), directory, status.step), status))
   print(format_table([(job.member, job.plan, status) for job, status in jobs]), flush=True)
-  if dry_run:
+  if commands:  # for launchers that start each member themselves (multi-host pods, SLURM)
+    for job, status in jobs:
+      if status.state in ('new', 'partial') and (not only or job.member.name in only):
+        print(shlex.join(['python'] + member_command(sweep_path, job.member, job.directory)[1:]))
+  if dry_run or commands:
     return 0
 
   failures = {job.member.name: f'its workdir is stale ({status.detail}); delete {job.directory} '
@@ -531,7 +569,7 @@ def main(argv: Sequence[str]) -> int:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}.')
   try:
     return run_sweep(FLAGS.sweep, os.path.expanduser(FLAGS.workdir), parallel=FLAGS.parallel,
-                     dry_run=FLAGS.dry_run, only=FLAGS.only, fit_only=FLAGS.fit_only,
+                     dry_run=FLAGS.dry_run, commands=FLAGS.commands, only=FLAGS.only, fit_only=FLAGS.fit_only,
                      compute_key=FLAGS.compute_key, n_bootstrap=FLAGS.n_bootstrap)
   except (ValueError, FileNotFoundError) as e:  # a bad sweep file or flag: the message says it all
     print(f'Error: {e}', file=sys.stderr)

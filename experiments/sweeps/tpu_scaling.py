@@ -3,8 +3,8 @@
   python -m launch.sweep --sweep=experiments/sweeps/tpu_scaling.py --workdir=runs/tpu_scaling --dry_run
 
 Chinchilla's IsoFLOP profiles (Hoffmann et al. 2022, figure 3) span 6e18-3e21 FLOPs; this grid
-covers the low end, about 20 v5e-256 slice-hours in all at 40% MFU (the 1e20 budget alone is ~5 of
-them). The same code as the CPU sweep; what changes:
+covers the low end: 7e20 FLOPs in all, about 10 hours of a v5e-256 slice at 40% MFU (the five 1e20
+members take 7 of them). The same code as the CPU sweep; what changes:
 
 - data: GPT-2 BPE token shards (`data.source='tokens'`, `data.paths` -> your shards), not bytes;
 - model: GPT-2 blocks (learned positions, GELU, tied embeddings), 10M to 1.8B non-embedding
