@@ -95,12 +95,13 @@ fi
 port="$("$python" -c 'import socket; s = socket.socket(); s.bind(("localhost", 0)); print(s.getsockname()[1])')"
 mkdir -p "$workdir/logs"
 pids=()
-stop_all() {
+stop_all() {  # $1: the signal
   for pid in ${pids[@]+"${pids[@]}"}; do
-    kill "$pid" 2>/dev/null || true
+    kill "-$1" "$pid" 2>/dev/null || true
   done
 }
-trap stop_all INT TERM
+stopping=0
+trap 'stopping=1; stop_all TERM' INT TERM  # SIGTERM: every process saves a checkpoint and stops
 for ((i = 0; i < processes; i++)); do
   dist=(--config.distributed.enabled=True "--config.distributed.coordinator_address=localhost:$port"
         "--config.distributed.num_processes=$processes" "--config.distributed.process_id=$i")
@@ -114,10 +115,16 @@ for ((i = 0; i < processes; i++)); do
 done
 status=0
 for ((n = 0; n < processes; n++)); do
-  if ! wait -n; then  # the first process to fail stops the rest: they would wait for it forever
-    [[ $status -eq 0 ]] && echo "local.sh: a process failed; see $workdir/logs/ (process 0: above)." >&2
-    status=1
-    stop_all
-  fi
+  wait -n && continue
+  [[ $stopping -eq 1 ]] && break  # interrupted by our trap: the processes are saving
+  [[ $status -eq 1 ]] || echo "local.sh: a process failed; see $workdir/logs/ (process 0: above)." >&2
+  status=1
+  stop_all KILL  # the rest would wait for the failed one in their next collective
 done
+if [[ $stopping -eq 1 ]]; then
+  while [[ -n "$(jobs -rp)" ]]; do
+    wait || true  # until every process has saved its checkpoint and exited
+  done
+  exit 143
+fi
 exit "$status"

@@ -202,7 +202,8 @@ def test_two_processes_train_like_one(tmp_path):
                     'processes each process would load different rows for the same batch shard')
 def test_tensor_axis_across_processes(tmp_path):
   """One device per process and tensor=2, as with one process per GPU: both load the same rows."""
-  overrides = (*OVERRIDES[:-2], '--config.mesh.data=1', '--config.mesh.tensor=2')
+  overrides = (*(o for o in OVERRIDES if not o.startswith('--config.mesh.')),
+               '--config.mesh.data=1', '--config.mesh.tensor=2')
   runs = {'single': (1, 2), 'multi': (2, 1)}  # processes, devices per process
   _wait(*(_start(tmp_path / name, tmp_path, name, processes=p, devices=d, steps=EVERY,
                  overrides=overrides) for name, (p, d) in runs.items()))

@@ -1,6 +1,27 @@
-"""IsoFLOP sweep small enough for a 2-core CPU: 3 compute budgets x 5 model sizes.
+"""The first scaling sweep: 3 compute budgets x 5 model sizes, about 10 minutes on a 2-core CPU.
 
   python -m launch.sweep --sweep=experiments/sweeps/cpu_scaling.py --workdir=runs/cpu_scaling
+
+Byte-level GPTs of 2 layers, d_model 12 to 96 (3.7K to 222K non-embedding parameters), trained on
+the embedded stdlib corpus at C = 1e11, 3e11 and 1e12 FLOPs (Kaplan's C, attention included).
+Each budget's sizes straddle its IsoFLOP minimum, which moves from d_model ~16-24 at 1e11 to
+~32-48 at 1e12. The choices below were measured on 2 cores at C = 3e11:
+
+- 4 sequences of 128 bytes per step (512 tokens). With 16 per step the same tokens came in 4x fewer
+  steps and d_model=32 ended at 2.19 nats instead of 1.87: at that batch these models are limited
+  by optimizer steps, not tokens, so the smallest model (the most steps) wins every budget and no
+  IsoFLOP curve has a minimum. At 2 per step the loss got worse again (1.95).
+- Learning rate 8e-3 up to d_model=32, then 8e-3 * 32/d_model. d_model=32 ended at 2.07 / 1.87 /
+  1.79 / 1.78 with 2e-3 / 4e-3 / 8e-3 / 1.2e-2; d_model=48 at 2.06 / 1.99 with 3.3e-3 / 5.2e-3;
+  d_model=16 at 1.89 / 1.92 with 5.7e-3 / 1.6e-2; d_model=64 at 2.19 / 2.20 with 2.8e-3 / 5.7e-3.
+  A too-low rate for one size would tilt its IsoFLOP curve and move the minimum.
+- Warmup 5% of each member's steps, then cosine decay to 10% at its own last step, so every member
+  is a finished run of its token budget (Hoffmann et al.: a schedule longer than the run inflates
+  the loss of the shorter runs).
+- 200 eval batches = 102K tokens, the same windows for every member, so the noise of a difference
+  between members is far below the 0.02-0.4 nat differences along an IsoFLOP curve.
+- `data.max_corpus_bytes` = 12 MB: 11.4M training tokens, more than any member reads (at most
+  8.1M), so no member sees a token twice; it also keeps each member's token cache small.
 """
 
 import ml_collections
@@ -8,29 +29,34 @@ import ml_collections
 import launch
 from experiments.configs import base as base_config
 
-Size = launch.Size
+D_MODELS = (12, 16, 24, 32, 48, 64, 96)
+BUDGETS = {  # compute (FLOPs) -> the d_model of its sizes
+    1e11: (12, 16, 24, 32, 48),
+    3e11: (16, 24, 32, 48, 64),
+    1e12: (24, 32, 48, 64, 96),
+}
 
-def _lr(d_model: int) -> float:
-  return 2e-3 * (128 / d_model) ** 0.5
 
-SIZES = {name: Size(d, l, h, _lr(d)) for name, (d, l, h) in {
-    'd16': (16, 2, 2), 'd24': (24, 2, 2), 'd32': (32, 2, 2), 'd48': (48, 2, 4), 'd64': (64, 2, 4),
-    'd64l3': (64, 3, 4), 'd96': (96, 3, 4), 'd128': (128, 3, 4), 'd128l4': (128, 4, 4),
-    'd192': (192, 4, 6)}.items()}
+def learning_rate(d_model: int) -> float:
+  return 8e-3 * min(1.0, 32 / d_model)
+
+
+def size(d_model: int) -> launch.Size:
+  return launch.Size(d_model=d_model, num_layers=2, num_heads=2 if d_model < 48 else 4,
+                     learning_rate=learning_rate(d_model))
 
 
 def get_base() -> ml_collections.ConfigDict:
   config = base_config.get_config()
   config.model.max_seq_len = 128
-  config.data.update(source='stdlib', tokenizer='byte', seq_len=128, batch_size=16,
-                     max_corpus_bytes=8_000_000)
-  config.train.update(eval_batches=24, async_checkpoints=False)
+  config.data.update(source='stdlib', tokenizer='byte', seq_len=128, batch_size=4,
+                     max_corpus_bytes=12_000_000)
+  config.train.update(eval_batches=200, async_checkpoints=False)
   return config
 
 
 def get_sweep():
   base = get_base()
-  names = ['d16', 'd24', 'd32', 'd48', 'd64', 'd64l3', 'd96', 'd128']
-  budgets = {1e11: names[:5], 1e12: names[2:]}
-  members = launch.isoflop_members(base, {c: [SIZES[n] for n in ns] for c, ns in budgets.items()})
-  return base, members
+  budgets = {c: [size(d) for d in d_models] for c, d_models in BUDGETS.items()}
+  return base, launch.isoflop_members(base, budgets, warmup_fraction=0.05, num_evals=4,
+                                      checkpoints=2, log_lines=8)
