@@ -9,6 +9,7 @@ corruption, a partial copy) is set aside with a warning in favour of the newest 
 
 from __future__ import annotations
 
+import glob
 import json
 import os
 import time
@@ -58,6 +59,13 @@ def _set_aside(manager: ocp.CheckpointManager, step: int) -> str:
   return target
 
 
+def _saved_process_count(manager: ocp.CheckpointManager, step: int) -> int | None:
+  """How many processes saved their data-iterator position in `step` (None: no such files)."""
+  names = glob.glob(os.path.join(str(manager.directory), str(step), 'data', 'process_*-of-*.json'))
+  counts = {int(os.path.basename(name).rsplit('-of-', 1)[1].split('.')[0]) for name in names}
+  return counts.pop() if len(counts) == 1 else None
+
+
 def restore_latest(manager: ocp.CheckpointManager, abstract_state: Any, data_iter: Any | None,
                    *, set_aside_unreadable: bool = True) -> tuple[int, Any] | None:
   """Restores the newest readable checkpoint (state placed per `abstract_state`'s shardings).
@@ -71,9 +79,22 @@ def restore_latest(manager: ocp.CheckpointManager, abstract_state: Any, data_ite
     items = {'state': ocp.args.StandardRestore(abstract_state)}
     if data_iter is not None:
       items['data'] = grain.checkpoint.CheckpointRestore(data_iter)
+      saved = _saved_process_count(manager, step)
+      if saved is not None and saved != jax.process_count():  # readable, but not by this topology
+        raise CheckpointError(
+            f'The checkpoint at step {step} in {manager.directory} was written by {saved} '
+            f'process(es), but this run has {jax.process_count()}; each process resumes its own '
+            f'data-iterator position. Resume with {saved} process(es) (the same TPU slice size or '
+            'number of SLURM tasks), or start a new --workdir.')
     try:
       restored = manager.restore(step, args=ocp.args.Composite(**items))
     except Exception as error:  # orbax raises many types for unreadable files  # noqa: BLE001
+      if jax.process_count() > 1:  # falling back alone would leave the processes on different steps
+        raise CheckpointError(
+            f'The checkpoint at step {step} in {manager.directory} could not be restored '
+            f'({type(error).__name__}: {str(error)[:300]}). With several processes the run stops '
+            f'rather than fall back on one of them: move that step directory to {UNREADABLE_DIR}/ '
+            'and rerun to resume from the previous checkpoint.') from error
       where = 'left in place'
       if set_aside_unreadable and jax.process_index() == 0:
         where = f'moved to {_set_aside(manager, step)}'

@@ -21,7 +21,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-from gptjax import attention
+from gptjax import attention, layers
 
 Array = jax.Array
 
@@ -154,11 +154,11 @@ def apply_rope(x_BxTxNxH: Array, positions_BxT: Array, theta: float) -> Array:
 
 
 def _norm(config: GPTConfig, name: str) -> nn.Module:
-  common = dict(dtype=config.compute_dtype, param_dtype=config.weights_dtype, name=name,
-                scale_init=_ones(('embed',)))
-  if config.norm == 'rmsnorm':
-    return nn.RMSNorm(epsilon=1e-6, **common)
-  return nn.LayerNorm(epsilon=1e-5, use_bias=config.use_bias, bias_init=_zeros(('embed',)), **common)
+  rms = config.norm == 'rmsnorm'
+  return layers.Norm(epsilon=1e-6 if rms else 1e-5, center=not rms,
+                     use_bias=config.use_bias and not rms, dtype=config.compute_dtype,
+                     param_dtype=config.weights_dtype, scale_init=_ones(('embed',)),
+                     bias_init=_zeros(('embed',)), name=name)
 
 
 class _HeadProjection(nn.Module):
@@ -312,7 +312,7 @@ class MLP(nn.Module):
       up_BxTxF = dense(f, ('embed', 'mlp'), cfg.init_std, 'up')(x_BxTxD)
       h_BxTxF = nn.silu(gate_BxTxF) * up_BxTxF
     else:
-      h_BxTxF = nn.gelu(dense(f, ('embed', 'mlp'), cfg.init_std, 'up')(x_BxTxD), approximate=True)
+      h_BxTxF = layers.gelu_tanh(dense(f, ('embed', 'mlp'), cfg.init_std, 'up')(x_BxTxD))
     h_BxTxF = nn.with_logical_constraint(h_BxTxF, ('batch', 'length', 'act_mlp'))
     out_std = cfg.init_std / math.sqrt(2 * cfg.num_layers)
     return dense(cfg.d_model, ('mlp', 'embed'), out_std, 'down')(h_BxTxF)

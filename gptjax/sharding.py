@@ -7,6 +7,7 @@ heads and MLP width). `config.mesh.rules` maps each logical axis name the model 
 
 from __future__ import annotations
 
+import collections
 import math
 from typing import Any, Sequence
 
@@ -80,6 +81,29 @@ def logical_shardings(boxed_tree: Any, mesh: Mesh, rules: Rules) -> Any:
 
 def batch_sharding(mesh: Mesh) -> NamedSharding:
   return NamedSharding(mesh, PartitionSpec(BATCH_AXES, None))
+
+
+def process_batch_block(batch_sharding: NamedSharding, global_batch: int,
+                        row_length: int) -> tuple[int, int]:
+  """(block, num_blocks): this process loads block `block` of `num_blocks` equal parts of a batch.
+
+  When the batch is split over every process, the block is the process index. Processes whose
+  devices hold the same rows (a 'tensor' axis that spans processes, as with one process per GPU and
+  tensor=2) must feed identical data, so they share a block; giving each its own rows would train
+  the two halves of a layer on different inputs. jax.make_array_from_process_local_data then places
+  the block's rows on the process's devices.
+  """
+  rows = collections.defaultdict(set)
+  for device, index in batch_sharding.devices_indices_map((global_batch, row_length)).items():
+    rows[device.process_index].update(range(*index[0].indices(global_batch)))
+  blocks = sorted({tuple(sorted(r)) for r in rows.values()})
+  covered = [row for block in blocks for row in block]
+  if len(set(covered)) != len(covered) or len({len(block) for block in blocks}) != 1:
+    raise ValueError(
+        f'The mesh {dict(batch_sharding.mesh.shape)} gives processes overlapping but different '
+        'rows of the global batch, which per-process loading cannot feed. Keep the tensor axis '
+        'within a host, or make data x fsdp a multiple of the number of processes.')
+  return blocks.index(tuple(sorted(rows[jax.process_index()]))), len(blocks)
 
 
 def replicated(mesh: Mesh) -> NamedSharding:

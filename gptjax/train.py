@@ -20,12 +20,14 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 from absl import logging
+from jax.experimental import multihost_utils
 from jax.sharding import Mesh
 
 from gptjax import checkpointing, data as data_lib, evaluate, flops, metrics as metrics_lib, optim
 from gptjax import sharding
 from gptjax.model import GPT, GPTConfig
 from gptjax.steps import TrainState, eval_step, train_step
+from gptjax.tokenizer import load_or_train_tokenizer
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -87,18 +89,35 @@ def jit_steps(config: ml_collections.ConfigDict, mesh: Mesh, rules: sharding.Rul
   return jit_train, jit_eval
 
 
-def _global_batch(local_batch: np.ndarray, batch_sharding: jax.sharding.NamedSharding) -> jax.Array:
-  return jax.make_array_from_process_local_data(batch_sharding, np.asarray(local_batch, np.int32))
+def _global_batch(local_batch: np.ndarray, batch_sharding: jax.sharding.NamedSharding,
+                  global_shape: tuple[int, int]) -> jax.Array:
+  return jax.make_array_from_process_local_data(batch_sharding, np.asarray(local_batch, np.int32),
+                                                global_shape)
 
 
 @dataclasses.dataclass
 class _Preemption:
-  """Set by SIGTERM: the loop saves a checkpoint at the next step boundary and exits."""
+  """A SIGTERM stops the run at a step boundary after saving a checkpoint.
+
+  A single process catches SIGTERM itself. With several, each would see the signal at a different
+  step, save alone and leave the others blocked in the next step's collectives (the run hangs with
+  no checkpoint); instead jax.distributed's preemption service, which catches SIGTERM on any host
+  and tells the others, picks one step at which all of them save.
+  """
 
   requested: bool = False
 
   def install(self) -> None:
-    signal.signal(signal.SIGTERM, self._handle)
+    if jax.process_count() == 1:
+      signal.signal(signal.SIGTERM, self._handle)
+
+  def reached(self, step: int) -> bool:
+    """Whether to save and stop after `step`; every process must call it after every step."""
+    if (not self.requested and jax.process_count() > 1 and
+        multihost_utils.reached_preemption_sync_point(step)):
+      logging.warning('Preemption notice: every process saves a checkpoint at step %d.', step)
+      self.requested = True
+    return self.requested
 
   def _handle(self, signum, frame) -> None:
     del signum, frame
@@ -117,20 +136,28 @@ def _check_finite(loss: float, step: int) -> None:
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   """Trains `config` in `workdir`, resuming from its latest checkpoint; returns the final record."""
   is_main = jax.process_index() == 0
-  data = data_lib.build_data(config, workdir, process_index=jax.process_index(),
-                             process_count=jax.process_count())
+  if jax.process_count() > 1:
+    # Process 0 alone writes the tokenizer and token cache into the shared workdir; the others wait,
+    # then only read. Concurrent writers would each tokenize the corpus, could train differing BPEs,
+    # and replace files that other hosts have memory-mapped (stale file handles on NFS).
+    if is_main:
+      data_lib.token_streams(config, load_or_train_tokenizer(config, workdir), workdir)
+    multihost_utils.sync_global_devices('gptjax: tokenizer and token cache written')
+  mesh = sharding.make_mesh(config.mesh)
+  sharding.check_batch_divisible(config.data.batch_size, mesh, config.train.grad_accum_steps)
+  batch_sharding = sharding.batch_sharding(mesh)
+  batch_shape = (config.data.batch_size, config.data.seq_len + 1)  # windows: inputs + next token
+  block, num_blocks = sharding.process_batch_block(batch_sharding, *batch_shape)
+  data = data_lib.build_data(config, workdir, process_index=block, process_count=num_blocks)
   config = ml_collections.ConfigDict(config.to_dict())  # unlocked copy; the caller's is untouched
   if config.data.source != 'tokens':  # token shards carry ids of the user's stated vocabulary
     config.model.vocab_size = data.tokenizer.vocab_size
   if is_main:
     checkpointing.write_config(workdir, config)
 
-  mesh = sharding.make_mesh(config.mesh)
   rules = sharding.logical_rules(config.mesh)
-  sharding.check_batch_divisible(config.data.batch_size, mesh, config.train.grad_accum_steps)
   cfg = model_config(config)
   state, state_shardings = create_train_state(config, mesh, rules)
-  batch_sharding = sharding.batch_sharding(mesh)
 
   manager = checkpointing.make_manager(
       workdir, save_every=config.train.checkpoint_every, keep=config.train.keep_checkpoints,
@@ -156,7 +183,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   tokens_per_step = seq_len * batch_size
   full_flops_per_token = flops.flops_per_token(cfg, seq_len, method='full')
   peak = flops.device_peak_flops(jax.devices()[0].device_kind, cfg.compute_dtype)
-  to_global = functools.partial(_global_batch, batch_sharding=batch_sharding)
+  to_global = functools.partial(_global_batch, batch_sharding=batch_sharding,
+                                global_shape=batch_shape)
   tokens_per_byte = data.val_tokens / data.val_bytes if data.val_bytes else 0.0
   writer = metrics_lib.MetricsWriter(workdir, enabled=is_main)
   progress = metrics_lib.Progress(config.train.num_steps, start_step, tokens_per_step)
@@ -179,10 +207,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
       step += 1
       previous = (step, step_metrics)
 
+      stop = preemption.reached(step)
       is_last = step == config.train.num_steps
       do_eval = step % config.train.eval_every == 0 or is_last
       do_log = step % config.train.log_every == 0 or do_eval
-      do_save = step % config.train.checkpoint_every == 0 or is_last or preemption.requested
+      do_save = step % config.train.checkpoint_every == 0 or is_last or stop
       if not (do_log or do_save):
         continue
       host_metrics = jax.device_get(step_metrics)
@@ -205,7 +234,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
           logging.info(progress.line(record))
       if do_save:
         checkpointing.save(manager, step, state, data.train_iter, force=True)
-      if preemption.requested:
+      if stop:
         logging.warning('Stopped at step %d after saving a checkpoint; rerun the same command to '
                         'resume.', step)
         break

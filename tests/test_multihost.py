@@ -52,12 +52,6 @@ OVERRIDES = (
     '--config.mesh.data=2',
     '--config.mesh.fsdp=4',
 )
-# SIGTERM on one host of a multi-host run hangs every process unless train.py agrees on the step
-# to stop at (jax's preemption sync point). Until that fix is in, the run is stopped by num_steps.
-MULTIHOST_SIGTERM = 'reached_preemption_sync_point' in (ROOT / 'gptjax' / 'train.py').read_text()
-# A tensor axis across processes needs every process of a tensor group to load the same rows.
-TENSOR_ACROSS_PROCESSES = 'def process_batch_block' in (ROOT / 'gptjax' / 'sharding.py').read_text()
-
 
 def _free_port() -> int:
   with socket.socket() as s:
@@ -182,24 +176,18 @@ def test_two_processes_train_like_one(tmp_path):
   single, multi = tmp_path / 'single', tmp_path / 'multi'
   # The one-process baseline runs beside the first multi-host launch: they share no files.
   baseline = _start(single, tmp_path, 'single', processes=1, devices=8, steps=STEPS)
-  if MULTIHOST_SIGTERM:  # preempt process 1 only; both must save at one step and exit 0
-    _, first = _wait(baseline, _start(multi, tmp_path, 'multi_preempted', processes=2, devices=4,
-                                      steps=STEPS, sigterm_process=1))
-    stops = [re.findall(r'Stopped at step (\d+)', log) for log in first]
-    assert stops[0] == stops[1] and len(stops[0]) == 1, f'processes stopped at {stops}'
-    stop = int(stops[0][0])
-    assert stop < STEPS, f'SIGTERM came too late to test resuming (stopped at {stop})'
-  else:
-    _wait(baseline, _start(multi, tmp_path, 'multi_first', processes=2, devices=4, steps=EVERY))
-    stop = EVERY
+  # preempt process 1 only: both must agree on one step, save there and exit 0
+  _, first = _wait(baseline, _start(multi, tmp_path, 'multi_preempted', processes=2, devices=4,
+                                    steps=STEPS, sigterm_process=1))
+  stops = [re.findall(r'Stopped at step (\d+)', log) for log in first]
+  assert stops[0] == stops[1] and len(stops[0]) == 1, f'processes stopped at {stops}'
+  stop = int(stops[0][0])
+  assert stop < STEPS, f'SIGTERM came too late to test resuming (stopped at {stop})'
   [resumed] = _wait(_start(multi, tmp_path, 'multi_resumed', processes=2, devices=4, steps=STEPS))
   _check_losses_match(_records(multi), _records(single))
   _check_shared_workdir(multi, stop, resumed)
 
 
-@pytest.mark.skipif(not TENSOR_ACROSS_PROCESSES,
-                    reason='gptjax/sharding.py has no process_batch_block: with a tensor axis across '
-                    'processes each process would load different rows for the same batch shard')
 def test_tensor_axis_across_processes(tmp_path):
   """One device per process and tensor=2, as with one process per GPU: both load the same rows."""
   overrides = (*(o for o in OVERRIDES if not o.startswith('--config.mesh.')),
