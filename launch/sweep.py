@@ -5,15 +5,15 @@ r"""Runs a sweep locally, then fits and plots its scaling laws.
 
 Each member trains in `workdir/<member>` as its own process, `python -m gptjax.main
 --config=launch/__init__.py:<sweep file> --config.x=y ...` (`launch.get_config` hands the sweep's
-base config to `gptjax.main`): a fresh JAX per run, and a crash, OOM or NaN in one member cannot take
-the others down. Its output goes to `workdir/<member>/log.txt`.
+base config to `gptjax.main`): a fresh JAX per run, and a crash, OOM or NaN in one member cannot
+take the others down. Its output goes to `workdir/<member>/log.txt`.
 
 Rerunning the command skips finished members (final step reached, final eval recorded) and resumes
 unfinished ones from their checkpoints. Ctrl-C stops the running members after they save a
 checkpoint. Then the fits run on the finished members: the L(C) frontier power law, IsoFLOP minima
 (Chinchilla approach 2), L(N, D) with bootstrap intervals (approach 3), the holdout check of the
-largest budget, and the compute-optimal N and D at the largest budget and 10x and 100x it. Figures go
-to `workdir/plots`, the numbers to `workdir/fit/fit.json`.
+largest budget, and the compute-optimal N and D at the largest budget and 10x and 100x it. Figures
+go to `workdir/plots`, the numbers to `workdir/fit/fit.json`.
 """
 
 from __future__ import annotations
@@ -33,6 +33,7 @@ from typing import Any, Sequence
 
 import ml_collections
 import numpy as np
+import scipy.optimize
 from absl import app, flags, logging
 
 import launch
@@ -157,14 +158,6 @@ class _Job:
   def flops(self, steps: float) -> float:
     return self.plan.flops * steps / self.plan.steps
 
-  @property
-  def remaining(self) -> float:
-    """FLOPs still to train."""
-    if self.state == 'ended':
-      return 0.0
-    step = self.last[1] if self.last else self.start_step
-    return self.flops(self.plan.steps - step)
-
 
 def _start(job: _Job, sweep_path: str, env: dict[str, str]) -> None:
   os.makedirs(job.directory, exist_ok=True)
@@ -198,33 +191,46 @@ def _tail(job: _Job) -> str:
 
 
 class _Board:
-  """Counts and the sweep's ETA from two measured quantities: a member's FLOPs per second between
-  its progress lines (steady training) and its start-up seconds before the first line (JAX import,
-  data, compilation), which dominate the small members of a CPU sweep."""
+  """Counts, and the sweep's ETA from a time model fitted to the progress lines seen so far.
+
+  A step costs `per_step` seconds (dispatch, input pipeline: what the tiny models of a CPU sweep
+  are bound by) plus `per_flop` seconds per FLOP (what large models are bound by), and a member
+  spends `startup` seconds before its first line (JAX import, data, compilation). FLOPs alone, or
+  steps alone, misjudged the CPU sweep's remaining time by 2-3x.
+  """
 
   def __init__(self, jobs: Sequence[_Job], total: int, finished_before: int, parallel: int):
     self.jobs, self.total, self.finished, self.parallel = jobs, total, finished_before, parallel
-    self.work = sum(job.remaining for job in jobs) or 1.0
+    self.start = time.monotonic()
 
   def eta(self) -> float | None:
     timed = [job for job in self.jobs if job.first and job.last[0] > job.first[0]]
     if not timed:
       return None
-    rate = (sum(job.flops(job.last[1] - job.first[1]) for job in timed)
-            / sum(job.last[0] - job.first[0] for job in timed))
-    startup = [job.first[0] - job.started - job.flops(job.first[1] - job.start_step) / rate
-               for job in timed]
-    waiting = sum(job.state == 'waiting' for job in self.jobs)
-    seconds = (sum(job.remaining for job in self.jobs) / rate
-               + max(sum(startup) / len(startup), 0.0) * waiting)
-    return seconds / min(self.parallel, max(waiting + sum(job.state == 'running'
-                                                         for job in self.jobs), 1))
+    steps = np.array([job.last[1] - job.first[1] for job in timed], np.float64)
+    work_JxC = np.stack([steps, [job.flops(s) for job, s in zip(timed, steps)]], axis=1)
+    scale_C = work_JxC.max(axis=0)
+    seconds = np.array([job.last[0] - job.first[0] for job in timed])
+    per_step, per_flop = scipy.optimize.nnls(work_JxC / scale_C, seconds)[0] / scale_C
+
+    def cost(job: _Job, steps: float) -> float:
+      return per_step * steps + per_flop * job.flops(steps)
+
+    startup = max(0.0, float(np.mean([job.first[0] - job.started - cost(job, job.first[1] -
+                                                                        job.start_step)
+                                       for job in timed])))
+    left = [job for job in self.jobs if job.state != 'ended']
+    seconds_left = sum(cost(job, job.plan.steps - (job.last[1] if job.last else job.start_step))
+                       + (startup if job.state == 'waiting' else 0.0) for job in left)
+    return seconds_left / max(min(self.parallel, len(left)), 1)
 
   def prefix(self) -> str:
     eta = self.eta()
-    done = 1 - sum(job.remaining for job in self.jobs) / self.work
-    return (f'[{self.finished}/{self.total} done, {100 * done:3.0f}% ETA '
-            f'{"?" if eta is None else _duration(eta)}]')
+    if eta is None:
+      return f'[{self.finished}/{self.total} done, ETA ?]'
+    elapsed = time.monotonic() - self.start
+    return (f'[{self.finished}/{self.total} done, {100 * elapsed / (elapsed + eta):3.0f}% ETA '
+            f'{_duration(eta)}]')
 
 
 def _progress(job: _Job, board: _Board) -> None:
@@ -319,6 +325,10 @@ def _snapshot(workdir: str, finished: Sequence[str]) -> str:
   return target
 
 
+def _count(x: float) -> str:
+  return f'{x:,.0f}' if x < 1e12 else f'{x:.3g}'
+
+
 def _interval(fit: Any, name: str) -> str:
   lo, hi = fit.intervals.get(name, (float('nan'),) * 2)
   return f'[{lo:.4g}, {hi:.4g}]'
@@ -331,6 +341,9 @@ def _fit_power_law(rows, final, keys, n_bootstrap) -> dict[str, Any]:
   law = scaling.fit_power_law_with_floor(frontier.compute, frontier.loss)
   print(f'L(C) on the frontier ({len(frontier.loss)} of {len(rows)} eval points): '
         f'L = {law.E:.4f} + {law.A:.4g}·C^-{law.alpha:.4f}')
+  if law.E < 1e-6 * frontier.loss.min():
+    print('  The floor E sits at its bound 0: over this range the loss falls at least as fast as '
+          'a pure power law, so E is not measured; larger budgets would pin it.')
   return {'law': law, 'E': law.E, 'A': law.A, 'alpha': law.alpha}
 
 
@@ -344,7 +357,8 @@ def _fit_isoflop(rows, final, keys, n_bootstrap) -> dict[str, Any]:
                                result.groups):
     lo, hi = sizes[index].min(), sizes[index].max()
     where = '' if lo <= n <= hi else f'  <- outside the sizes trained, N in [{lo:,.0f}, {hi:,.0f}]'
-    print(f'  C={c:.3g}: N_opt={n:,.0f}  D_opt={d:,.0f}  D/N={d / n:.3g}  L_min={l:.4f}{where}')
+    print(f'  C={c:.3g}: N_opt={_count(n)}  D_opt={_count(d)}  D/N={d / n:.3g}  L_min={l:.4f}'
+          f'{where}')
     outside += [f'{c:.3g}'] if where else []
   if outside:
     print(f'  The minima at C={", ".join(outside)} are extrapolated, not measured: add model sizes '
@@ -414,19 +428,19 @@ def _fit_holdout(rows, final, keys, n_bootstrap) -> dict[str, Any]:
 def _allocation(fits: dict[str, Any], largest: float) -> list[dict[str, float]]:
   """N_opt and D_opt at the largest budget trained and 10x, 100x it, from each law available."""
   table = []
-  print(f'Compute-optimal allocation (D = C / (6 N)):')
+  print('Compute-optimal allocation (D = C / (6 N)):')
   for scale in _SCALE_UPS:
     c = largest * scale
     row, parts = {'compute': c}, []
     if 'isoflop' in fits:
       n = float(fits['isoflop']['result'].predict_n_opt(c))
       row.update(isoflop_n_opt=n, isoflop_d_opt=c / (6 * n))
-      parts.append(f'approach 2: N={n:,.0f} D={c / (6 * n):,.0f}')
+      parts.append(f'approach 2: N={_count(n)} D={_count(c / (6 * n))}')
     if 'chinchilla' in fits:
       law = fits['chinchilla']['law']
       n, d = (float(x) for x in law.compute_optimal(c))
       row.update(chinchilla_n_opt=n, chinchilla_d_opt=d, chinchilla_loss=float(law.predict(n, d)))
-      parts.append(f'approach 3: N={n:,.0f} D={d:,.0f} L={row["chinchilla_loss"]:.4f}')
+      parts.append(f'approach 3: N={_count(n)} D={_count(d)} L={row["chinchilla_loss"]:.4f}')
     if 'power_law' in fits:
       row['power_law_loss'] = float(fits['power_law']['law'].predict(c))
       parts.append(f'L(C)={row["power_law_loss"]:.4f}')
@@ -498,8 +512,8 @@ def define_flags() -> None:
                       required=True)
   flags.DEFINE_integer('parallel', 1, 'Members trained at once (each is its own process).')
   flags.DEFINE_bool('dry_run', False, 'List the members and their status; run nothing.')
-  flags.DEFINE_bool('commands', False, 'Also print the gptjax.main command of every unfinished '
-                    'member, for a launcher that runs them itself; run nothing.')
+  flags.DEFINE_bool('commands', False, 'Print the gptjax.main command of every unfinished member, '
+                    'one per line, for a launcher that runs them itself; run nothing.')
   flags.DEFINE_list('only', [], 'Run only these members (comma-separated names).')
   flags.DEFINE_bool('fit_only', False, 'Run nothing; fit and plot the finished members.')
   flags.DEFINE_string('compute_key', 'flops_kaplan', "'flops_kaplan' | 'flops_full'.")
@@ -526,12 +540,13 @@ def run_sweep(sweep_path: str, workdir: str, *, parallel: int = 1, dry_run: bool
     directory = os.path.join(workdir, member.name)
     status = member_status(directory, config)
     jobs.append((_Job(member, config, launch.plan(config, method), directory, status.step), status))
-  print(format_table([(job.member, job.plan, status) for job, status in jobs]), flush=True)
-  if commands:  # for launchers that start each member themselves (multi-host pods, SLURM)
+  if commands:  # one per line, for launchers that start members themselves (multi-host, SLURM)
     for job, status in jobs:
       if status.state in ('new', 'partial') and (not only or job.member.name in only):
         print(shlex.join(['python'] + member_command(sweep_path, job.member, job.directory)[1:]))
-  if dry_run or commands:
+    return 0
+  print(format_table([(job.member, job.plan, status) for job, status in jobs]), flush=True)
+  if dry_run:
     return 0
 
   failures = {job.member.name: f'its workdir is stale ({status.detail}); delete {job.directory} '
@@ -569,8 +584,9 @@ def main(argv: Sequence[str]) -> int:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}.')
   try:
     return run_sweep(FLAGS.sweep, os.path.expanduser(FLAGS.workdir), parallel=FLAGS.parallel,
-                     dry_run=FLAGS.dry_run, commands=FLAGS.commands, only=FLAGS.only, fit_only=FLAGS.fit_only,
-                     compute_key=FLAGS.compute_key, n_bootstrap=FLAGS.n_bootstrap)
+                     dry_run=FLAGS.dry_run, commands=FLAGS.commands, only=FLAGS.only,
+                     fit_only=FLAGS.fit_only, compute_key=FLAGS.compute_key,
+                     n_bootstrap=FLAGS.n_bootstrap)
   except (ValueError, FileNotFoundError) as e:  # a bad sweep file or flag: the message says it all
     print(f'Error: {e}', file=sys.stderr)
     return 2

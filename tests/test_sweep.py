@@ -98,6 +98,7 @@ def test_resolve_leaves_the_base_untouched(cpu_sweep):
   assert config.model.d_model == members[-1].overrides['model.d_model']
 
 
+@pytest.mark.filterwarnings('ignore:the load_module')  # ml_collections' own config loader
 def test_member_command_reproduces_the_member_config(cpu_sweep):
   """The flags the runner passes rebuild, in gptjax.main's own flag parser, the member's config."""
   from absl import flags
@@ -110,18 +111,29 @@ def test_member_command_reproduces_the_member_config(cpu_sweep):
   config_flags.DEFINE_config_file('config', flag_values=values, sys_argv=argv, lock_config=True)
   values(argv)
   expected = launch.resolve(base, member)
-  assert json.loads(values.config.to_json_best_effort()) == json.loads(expected.to_json_best_effort())
+  as_dict = lambda config: json.loads(config.to_json_best_effort())  # noqa: E731
+  assert as_dict(values.config) == as_dict(expected)
 
 
 # ---------------------------------------------------------------- runner, with a fake trainer
 
 FAKE_TRAINER = textwrap.dedent('''
-    """Writes the records of a run of num_steps; 'fail' prints a traceback and exits 1 instead."""
-    import json, os, sys
+    """Writes the records of a run of num_steps; 'fail' prints a traceback and exits 1 instead;
+    'slow' waits for SIGTERM and exits, as a real member does once it has saved a checkpoint."""
+    import json, os, signal, sys, time
     workdir, num_steps, d_model, mode, calls = sys.argv[1:]
     num_steps, d_model = int(num_steps), int(d_model)
     with open(calls, 'a') as f:
       f.write(os.path.basename(workdir) + '\\n')
+    if mode == 'slow':
+      def stop(signum, frame):
+        with open(os.path.join(workdir, 'stopped'), 'w') as f:
+          f.write(signal.Signals(signum).name)
+        sys.exit(0)
+      signal.signal(signal.SIGTERM, stop)
+      open(os.path.join(workdir, 'ready'), 'w').close()
+      time.sleep(60)
+      sys.exit(3)
     if mode == 'fail':
       print('Traceback (most recent call last):\\nFloatingPointError: The training loss became '
             'nan at step 3.', flush=True)
@@ -179,7 +191,7 @@ def fake_trainer(tmp_path, monkeypatch):
 
   def command(sweep_path, member, member_dir):
     del sweep_path
-    mode = 'fail' if member.name.startswith('broken') else 'ok'
+    mode = next((m for m in ('fail', 'slow') if member.name.startswith(m)), 'ok')
     return [sys.executable, str(script), member_dir, str(member.overrides['train.num_steps']),
             str(member.overrides['model.d_model']), mode, str(calls)]
 
@@ -191,28 +203,47 @@ def fake_trainer(tmp_path, monkeypatch):
 def test_runner_skips_finished_resumes_unfinished_and_reports_failures(tmp_path, fake_trainer,
                                                                        capsys):
   sweep = _write_sweep(tmp_path, [('done', 16, 8), ('half', 16, 8), ('new', 32, 8),
-                                  ('broken', 32, 8)])
+                                  ('failing', 32, 8)])
   workdir = str(tmp_path / 'runs')
   _fake_records(workdir, 'done', 8, 16)
   _fake_records(workdir, 'half', 8, 16, final=False)
 
   assert runner.run_sweep(sweep, workdir, parallel=2, n_bootstrap=2) == 1
   out = capsys.readouterr().out
-  assert sorted(fake_trainer.read_text().split()) == ['broken', 'half', 'new']
+  assert sorted(fake_trainer.read_text().split()) == ['failing', 'half', 'new']
   assert '1 of 4 members already finished; training 3, 2 at a time.' in out
   assert 'half: step 8/8' in out and 'finished new: eval_loss' in out
-  assert 'FAILED broken: exited with status 1' in out
+  assert 'FAILED failing: exited with status 1' in out
   assert 'FloatingPointError: The training loss became nan' in out  # the log's tail
-  assert 'broken: exited with status 1' in out.split('failed and are left out of the fits')[-1]
+  assert 'failing: exited with status 1' in out.split('failed and are left out of the fits')[-1]
   assert 'No isoflop fit: IsoFLOP fit needs at least 2 compute budgets' in out  # no traceback
-  assert 'FloatingPointError' in open(os.path.join(workdir, 'broken', 'log.txt')).read()
+  assert 'FloatingPointError' in open(os.path.join(workdir, 'failing', 'log.txt')).read()
 
   fake_trainer.write_text('')
   assert runner.run_sweep(sweep, workdir, n_bootstrap=2) == 1
-  assert fake_trainer.read_text().split() == ['broken']  # only the failed member runs again
+  assert fake_trainer.read_text().split() == ['failing']  # only the failed member runs again
   statuses = {name: runner.member_status(os.path.join(workdir, name), config).state
               for name, config in _configs(sweep).items()}
-  assert statuses == {'done': 'finished', 'half': 'finished', 'new': 'finished', 'broken': 'new'}
+  assert statuses == {'done': 'finished', 'half': 'finished', 'new': 'finished', 'failing': 'new'}
+
+
+def test_ctrl_c_stops_running_members_with_sigterm(tmp_path, fake_trainer, monkeypatch, capsys):
+  """SIGTERM, not SIGINT: gptjax's train loop saves a checkpoint on SIGTERM before it exits."""
+  sweep = _write_sweep(tmp_path, [('slow', 16, 8), ('never', 16, 8)])
+  workdir = str(tmp_path / 'runs')
+  progress = runner._progress
+
+  def interrupt_when_ready(job, board):
+    progress(job, board)
+    if os.path.exists(os.path.join(job.directory, 'ready')):
+      raise KeyboardInterrupt
+
+  monkeypatch.setattr(runner, '_progress', interrupt_when_ready)
+  assert runner.run_sweep(sweep, workdir) == 130
+  with open(os.path.join(workdir, 'slow', 'stopped')) as f:
+    assert f.read() == 'SIGTERM'
+  assert fake_trainer.read_text().split() == ['slow']
+  assert 'Interrupted: stopping 1 running member(s)' in capsys.readouterr().out
 
 
 def _configs(sweep):
@@ -234,7 +265,8 @@ def test_stale_member_is_neither_resumed_nor_fitted(tmp_path, fake_trainer, caps
   assert status.state == 'stale' and status.detail == 'train.learning_rate: 0.5 -> 0.001'
   assert runner.run_sweep(sweep, workdir) == 1
   assert fake_trainer.read_text() == ''
-  assert 'its workdir is stale (train.learning_rate: 0.5 -> 0.001); delete' in capsys.readouterr().out
+  out = capsys.readouterr().out
+  assert 'its workdir is stale (train.learning_rate: 0.5 -> 0.001); delete' in out
 
 
 def test_dry_run_lists_members_and_runs_nothing(tmp_path, cpu_sweep, capsys):

@@ -1,17 +1,19 @@
 """The CPU sweep's design at pod scale: 5 budgets from 1e18 to 1e20 FLOPs, 5 GPT sizes each.
 
-  python -m launch.sweep --sweep=experiments/sweeps/tpu_scaling.py --workdir=runs/tpu_scaling --dry_run
+  python -m launch.sweep --sweep=experiments/sweeps/tpu_scaling.py --workdir=runs/tpu --dry_run
 
 Chinchilla's IsoFLOP profiles (Hoffmann et al. 2022, figure 3) span 6e18-3e21 FLOPs; this grid
-covers the low end: 7e20 FLOPs in all, about 10 hours of a v5e-256 slice at 40% MFU (the five 1e20
-members take 7 of them). The same code as the CPU sweep; what changes:
+covers the low end: 7e20 FLOPs in Kaplan's count, 9e20 in full (`flops.py`), about 12 hours of a
+v5e-256 slice at 40% MFU, 8 of them for the five 1e20 members. The same code as the CPU sweep;
+what changes:
 
 - data: GPT-2 BPE token shards (`data.source='tokens'`, `data.paths` -> your shards), not bytes;
 - model: GPT-2 blocks (learned positions, GELU, tied embeddings), 10M to 1.8B non-embedding
   parameters, bfloat16 compute, layers under `nn.scan` so compile time does not grow with depth;
 - batch: 256 x 2048 = 0.5M tokens per step (GPT-3's batch for its small models), so the
   smallest budget still gives its largest size over a thousand steps;
-- mesh: FSDP over every chip (`mesh.fsdp=-1`), so the 1.2B model's Adam state fits;
+- mesh: FSDP over every chip (`mesh.fsdp=-1`), so the 1.8B model's Adam state fits, and
+  `jax.distributed` on, one process per host;
 - learning rates from GPT-3's table 2.1, interpolated in log N;
 - more evals per run (8) and checkpoints (4): runs take hours and get preempted.
 
@@ -53,6 +55,7 @@ def get_base() -> ml_collections.ConfigDict:
                      batch_size=BATCH)
   config.train.update(eval_batches=40, keep_checkpoints=2)
   config.mesh.update(data=1, fsdp=-1, tensor=1)
+  config.distributed.enabled = True  # one process per host; Cloud TPU VMs are auto-detected
   return config
 
 
