@@ -4,15 +4,16 @@ A sweep file is a Python file with `get_sweep() -> (base, members)`: `base` is a
 `ml_collections.ConfigDict` every member starts from, and each `Member` is a name plus dotted
 overrides such as `{'model.d_model': 96, 'train.num_steps': 400}`. Launchers (the local runner in
 `launch/sweep.py`; a Cloud TPU VM or SLURM launcher would be the same) only need this module: they
-resolve each member, check it, and start `python -m gptjax.main` with the overrides as flags.
+resolve each member, check it, and start `python -m gptjax.main` with the overrides as flags,
+`--config=launch/__init__.py:<sweep file>` (this module's `get_config` returns the sweep's base).
 
 IsoFLOP design (Hoffmann et al. 2022, approach 2): for each compute budget C, several model sizes,
 each trained on D = C / (FLOPs per token) tokens. The FLOPs per token come from `gptjax.flops`,
 the same function that writes the records' `flops_<method>` column, so every member of a budget
 lands on the budget in the records themselves (within one step), and the fit groups them. With
-method='kaplan' (the default) N is Kaplan's non-embedding N and C = (6N + 6·L·T·D_model)·D: the
-attention term is T/(12·d_model) of 6N, which is 5-33% for the small models of a CPU sweep, too
-much to drop with C ≈ 6ND alone.
+method='kaplan' (the default) N is Kaplan's non-embedding N and C = (6N + 6·L·T·d_model)·D: the
+attention term is about T/(12·d_model) of 6N, 11-81% for the CPU sweep's models, too much to drop
+as C ≈ 6ND does.
 """
 
 from __future__ import annotations

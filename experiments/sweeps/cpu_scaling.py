@@ -1,11 +1,16 @@
-"""The first scaling sweep: 3 compute budgets x 5 model sizes, about 10 minutes on a 2-core CPU.
+r"""The first scaling sweep: 3 compute budgets x 5 model sizes, about 8 minutes on 2 CPU cores.
 
-  python -m launch.sweep --sweep=experiments/sweeps/cpu_scaling.py --workdir=runs/cpu_scaling
+  python -m launch.sweep --sweep=experiments/sweeps/cpu_scaling.py --workdir=runs/cpu_scaling \
+      --parallel=2
 
-Byte-level GPTs of 2 layers, d_model 12 to 96 (3.7K to 222K non-embedding parameters), trained on
+(8m18s with --parallel=2 and 14m24s one member at a time, both with other jobs loading the 2 cores
+to a load average of 6-7; 12 CPU-minutes either way.)
+
+Byte-level GPTs of 2 layers, d_model 12 to 96 (3.7K to 224K non-embedding parameters), trained on
 the embedded stdlib corpus at C = 1e11, 3e11 and 1e12 FLOPs (Kaplan's C, attention included).
-Each budget's sizes straddle its IsoFLOP minimum, which moves from d_model ~16-24 at 1e11 to
-~32-48 at 1e12. The choices below were measured on 2 cores at C = 3e11:
+Each budget's sizes straddle its IsoFLOP minimum, which moves from N = 6K (d_model 16) at 1e11
+to 41K (between d_model 32 and 48) at 1e12. The choices below were measured at C = 3e11 (with an
+8 MB corpus cap, whose validation split differs: compare these losses with each other only):
 
 - 4 sequences of 128 bytes per step (512 tokens). With 16 per step the same tokens came in 4x fewer
   steps and d_model=32 ended at 2.19 nats instead of 1.87: at that batch these models are limited
@@ -18,8 +23,10 @@ Each budget's sizes straddle its IsoFLOP minimum, which moves from d_model ~16-2
 - Warmup 5% of each member's steps, then cosine decay to 10% at its own last step, so every member
   is a finished run of its token budget (Hoffmann et al.: a schedule longer than the run inflates
   the loss of the shorter runs).
-- 200 eval batches = 102K tokens, the same windows for every member, so the noise of a difference
-  between members is far below the 0.02-0.4 nat differences along an IsoFLOP curve.
+- 200 eval batches = 102K tokens, the same windows for every member: the standard error of a
+  difference between two members is 0.003 nats (paired over batches), against differences of
+  0.04-0.4 nats along an IsoFLOP curve. (XLA's CPU reductions are not bit-reproducible: two runs
+  of the sweep ended 0.001-0.024 nats apart, the longest runs most.)
 - `data.max_corpus_bytes` = 12 MB: 11.4M training tokens, more than any member reads (at most
   8.1M), so no member sees a token twice; it also keeps each member's token cache small.
 """
@@ -29,7 +36,6 @@ import ml_collections
 import launch
 from experiments.configs import base as base_config
 
-D_MODELS = (12, 16, 24, 32, 48, 64, 96)
 BUDGETS = {  # compute (FLOPs) -> the d_model of its sizes
     1e11: (12, 16, 24, 32, 48),
     3e11: (16, 24, 32, 48, 64),
