@@ -90,8 +90,9 @@ def _attention_bwd(block: int, residuals, dout_BxKxGxTxH: Array):
   q_BxKxGxTxH, k_BxKxTxH, v_BxKxTxH, out_BxKxGxTxH, probs, inv_sums = residuals
   t = q_BxKxGxTxH.shape[3]
   # rowsum(dP ∘ P) for the softmax backward, from the [T, H] output instead of the [T, S] probs.
-  delta_BxKxGxTx1 = jnp.sum(dout_BxKxGxTxH.astype(jnp.float32) * out_BxKxGxTxH.astype(jnp.float32),
-                            axis=-1, keepdims=True)
+  # Written as a contraction: XLA's CPU reduce over a 32-wide minor axis ran 8x slower than this.
+  delta_BxKxGxTx1 = jnp.einsum('bkgth,bkgth->bkgt', dout_BxKxGxTxH, out_BxKxGxTxH,
+                               preferred_element_type=jnp.float32)[..., None]
   dqs, dk_parts, dv_parts = [], [], []
   for (start, stop), p_BxKxGxCxS, inv_sum_BxKxGxCx1 in zip(_row_blocks(t, block), probs, inv_sums):
     q_BxKxGxCxH = q_BxKxGxTxH[:, :, :, start:stop]

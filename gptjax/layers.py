@@ -22,11 +22,15 @@ import jax.numpy as jnp
 Array = jax.Array
 
 
+def _row_mean(x: Array) -> Array:
+  return jnp.mean(x, axis=-1, keepdims=True)
+
+
 def _stats(x_f32: Array, eps: float, center: bool) -> tuple[Array | None, Array]:
   """Mean (None without centering) and 1/sqrt(variance + eps) over the last axis, kept as [..., 1]."""
-  mean = jnp.mean(x_f32, axis=-1, keepdims=True) if center else None
+  mean = _row_mean(x_f32) if center else None
   centred = x_f32 - mean if center else x_f32
-  inv_std = jax.lax.rsqrt(jnp.mean(centred * centred, axis=-1, keepdims=True) + eps)
+  inv_std = jax.lax.rsqrt(_row_mean(centred * centred) + eps)
   return mean, inv_std
 
 
@@ -52,9 +56,9 @@ def _normalize_bwd(eps: float, center: bool, residuals, dy: Array):
   dy_f32 = dy.astype(jnp.float32)
   dx_hat = dy_f32 * scale_D.astype(jnp.float32)
   # d/dx of x_hat: project out the mean (if centred) and the x_hat direction, then rescale.
-  dx = dx_hat - x_hat * jnp.mean(dx_hat * x_hat, axis=-1, keepdims=True)
+  dx = dx_hat - x_hat * _row_mean(dx_hat * x_hat)
   if center:
-    dx = dx - jnp.mean(dx_hat, axis=-1, keepdims=True)
+    dx = dx - _row_mean(dx_hat)
   leading = tuple(range(x.ndim - 1))
   dscale_D = jnp.sum(dy_f32 * x_hat, axis=leading).astype(scale_D.dtype)
   dbias_D = None if bias_D is None else jnp.sum(dy_f32, axis=leading).astype(bias_D.dtype)
