@@ -3,7 +3,6 @@
 import functools
 import itertools
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -11,6 +10,7 @@ import pytest
 
 from gptjax.beam_search import BeamSearchConfig, _beam_step, _BeamState, beam_search, length_penalty
 from gptjax.generate import generate, left_pad
+from random_models import random_model
 from gptjax.model import GPT, GPTConfig
 from gptjax.sampling import SamplingConfig
 
@@ -19,19 +19,9 @@ PROMPTS = ([1, 2, 3], [4])
 
 def tiny(std: float = 0.5, **overrides) -> tuple[GPTConfig, dict]:
   """A random model; a large std makes its next-token distributions far from uniform."""
-  return _tiny(std, tuple(sorted(overrides.items())))
-
-
-@functools.lru_cache(maxsize=None)
-def _tiny(std: float, overrides: tuple) -> tuple[GPTConfig, dict]:
-  cfg = GPTConfig(**{**dict(vocab_size=13, d_model=16, num_layers=1, num_heads=4, max_seq_len=16),
-                     **dict(overrides)})
-  # Shapes from a trace, values from NumPy: compiling flax's initialisers costs seconds a config.
-  shapes = nn.unbox(jax.eval_shape(GPT(cfg).init, jax.random.key(0), jnp.zeros((1, 8), jnp.int32)))
-  rng = np.random.default_rng(0)
-  params = jax.tree.map(lambda s: jnp.asarray(rng.normal(0.0, std, s.shape), s.dtype),
-                        shapes['params'])
-  return cfg, params
+  defaults = (('vocab_size', 13), ('d_model', 16), ('num_layers', 1), ('num_heads', 4),
+              ('max_seq_len', 16))
+  return random_model(std, defaults, tuple(sorted(overrides.items())))
 
 
 @functools.partial(jax.jit, static_argnames='cfg')

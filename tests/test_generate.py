@@ -2,13 +2,13 @@
 
 import functools
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
 from gptjax.generate import decode_apply, generate, left_pad, prefill, sample_windowed
+from random_models import random_model
 from gptjax.model import GPT, GPTConfig
 from gptjax.sampling import SamplingConfig
 
@@ -25,19 +25,9 @@ VARIANTS = {
 
 def tiny(std: float = 0.5, **overrides) -> tuple[GPTConfig, dict]:
   """A random model; a large std makes its next-token distributions far from uniform."""
-  return _tiny(std, tuple(sorted(overrides.items())))
-
-
-@functools.lru_cache(maxsize=None)
-def _tiny(std: float, overrides: tuple) -> tuple[GPTConfig, dict]:
-  cfg = GPTConfig(**{**dict(vocab_size=13, d_model=16, num_layers=2, num_heads=4, max_seq_len=32),
-                     **dict(overrides)})
-  # Shapes from a trace, values from NumPy: compiling flax's initialisers costs seconds a config.
-  shapes = nn.unbox(jax.eval_shape(GPT(cfg).init, jax.random.key(0), jnp.zeros((1, 8), jnp.int32)))
-  rng = np.random.default_rng(0)
-  params = jax.tree.map(lambda s: jnp.asarray(rng.normal(0.0, std, s.shape), s.dtype),
-                        shapes['params'])
-  return cfg, params
+  defaults = (('vocab_size', 13), ('d_model', 16), ('num_layers', 2), ('num_heads', 4),
+              ('max_seq_len', 32))
+  return random_model(std, defaults, tuple(sorted(overrides.items())))
 
 
 def right_padded(rows: list[np.ndarray], pad_id: int = 0) -> np.ndarray:
