@@ -32,7 +32,8 @@ _DEVICES = flags.DEFINE_list('devices', ['1'], 'Device counts to time each confi
 _STEPS = flags.DEFINE_integer('steps', 20, 'Timed steps per config (after warm-up).')
 _WARMUP = flags.DEFINE_integer('warmup', 3, 'Untimed steps first (compilation, caches).')
 _DTYPE = flags.DEFINE_string('dtype', 'float32', "Compute dtype: 'float32' or 'bfloat16'.")
-_ATTENTION = flags.DEFINE_string('attention_impl', '', "'' (JAX picks), 'xla' or 'cudnn'.")
+_ATTENTION = flags.DEFINE_string('attention_impl', '',
+                                 "'' (blocked on CPU, else JAX picks), 'xla', 'cudnn' or 'blocked'.")
 _BATCH = flags.DEFINE_integer('batch_size', 0, 'Override the batch size of every config.')
 _SEQ = flags.DEFINE_integer('seq_len', 0, 'Override the sequence length of every config.')
 _OVERRIDES = flags.DEFINE_list('set', [], 'Extra config overrides, e.g. model.scan_layers=True.')

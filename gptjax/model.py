@@ -21,6 +21,8 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
+from gptjax import attention
+
 Array = jax.Array
 
 POSITIONS = ('learned', 'sinusoidal', 'rope')
@@ -28,6 +30,9 @@ MLPS = ('gelu', 'swiglu')
 NORMS = ('layernorm', 'rmsnorm')
 REMATS = ('none', 'full', 'dots')
 DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16, 'float16': jnp.float16}
+ATTENTION_IMPLS = ('', 'xla', 'cudnn', 'blocked')
+# Query block of the 'blocked' attention: at T = 256 four blocks compute 10/16 of the logits.
+ATTENTION_BLOCK = 64
 
 
 @dataclasses.dataclass(frozen=True)
@@ -79,8 +84,8 @@ class GPTConfig:
     check(self.dtype in DTYPES and self.param_dtype in DTYPES,
           f'dtype={self.dtype!r}, param_dtype={self.param_dtype!r}; choose from {tuple(DTYPES)}.')
     check(0.0 <= self.dropout < 1.0, f'dropout={self.dropout} must be in [0, 1).')
-    check(self.attention_impl in ('', 'xla', 'cudnn'),
-          f"attention_impl={self.attention_impl!r}; choose '', 'xla' or 'cudnn'.")
+    check(self.attention_impl in ATTENTION_IMPLS,
+          f'attention_impl={self.attention_impl!r}; choose one of {ATTENTION_IMPLS}.')
 
   @classmethod
   def from_config(cls, model_config: ml_collections.ConfigDict | dict[str, Any]) -> GPTConfig:
@@ -157,10 +162,11 @@ def _norm(config: GPTConfig, name: str) -> nn.Module:
 
 
 class _HeadProjection(nn.Module):
-  """x [B, T, D] -> [B, T, heads, H] with a [D, heads, H] kernel.
+  """The [D, heads, H] kernel and [heads, H] bias (or None) of one of the query/key/value maps.
 
   A 3-D kernel (rather than nn.DenseGeneral's flattened one) keeps the heads axis visible to the
-  sharding rules, so 'heads' can be split over the tensor axis.
+  sharding rules, so 'heads' can be split over the tensor axis. The module only owns the weights:
+  `CausalSelfAttention` applies them, so that it can stack all three into a single matmul.
   """
 
   config: GPTConfig
@@ -168,17 +174,29 @@ class _HeadProjection(nn.Module):
   heads_axis: str
 
   @nn.compact
-  def __call__(self, x_BxTxD: Array) -> Array:
+  def __call__(self) -> tuple[Array, Array | None]:
     cfg = self.config
     kernel_DxNxH = self.param('kernel', _init(cfg.init_std, ('embed', self.heads_axis, 'head_dim')),
                               (cfg.d_model, self.heads, cfg.head_dim), cfg.weights_dtype)
-    y_BxTxNxH = jnp.einsum('btd,dnh->btnh', x_BxTxD.astype(cfg.compute_dtype),
-                           kernel_DxNxH.astype(cfg.compute_dtype))
+    bias_NxH = None
     if cfg.use_bias:
       bias_NxH = self.param('bias', _zeros((self.heads_axis, 'head_dim')), (self.heads, cfg.head_dim),
                             cfg.weights_dtype)
-      y_BxTxNxH = y_BxTxNxH + bias_NxH.astype(cfg.compute_dtype)[None, None]
-    return y_BxTxNxH
+    return kernel_DxNxH, bias_NxH
+
+
+def _project(x_BxTxD: Array, kernel_DxNxH: Array, bias_NxH: Array | None, dtype: Any) -> Array:
+  y_BxTxNxH = jnp.einsum('btd,dnh->btnh', x_BxTxD.astype(dtype), kernel_DxNxH.astype(dtype))
+  if bias_NxH is not None:
+    y_BxTxNxH = y_BxTxNxH + bias_NxH.astype(dtype)[None, None]
+  return y_BxTxNxH
+
+
+def _training_attention(impl: str) -> str:
+  """'' picks 'blocked' on CPU, where it was measured fastest (BENCHMARKS.md), else JAX's choice."""
+  if impl == '' and jax.default_backend() == 'cpu':
+    return 'blocked'
+  return impl
 
 
 class CausalSelfAttention(nn.Module):
@@ -197,9 +215,7 @@ class CausalSelfAttention(nn.Module):
   def __call__(self, x_BxTxD: Array, positions_BxT: Array, kv_mask_BxS: Array | None) -> Array:
     cfg = self.config
     n, k, h = cfg.num_heads, cfg.kv_heads, cfg.head_dim
-    q_BxTxNxH = _HeadProjection(cfg, n, 'heads', name='query')(x_BxTxD)
-    k_BxTxKxH = _HeadProjection(cfg, k, 'kv_heads', name='key')(x_BxTxD)
-    v_BxTxKxH = _HeadProjection(cfg, k, 'kv_heads', name='value')(x_BxTxD)
+    q_BxTxNxH, k_BxTxKxH, v_BxTxKxH = self._project_qkv(x_BxTxD)
     if cfg.position == 'rope':
       q_BxTxNxH = apply_rope(q_BxTxNxH, positions_BxT, cfg.rope_theta)
       k_BxTxKxH = apply_rope(k_BxTxKxH, positions_BxT, cfg.rope_theta)
@@ -221,6 +237,8 @@ class CausalSelfAttention(nn.Module):
       out_BxTxNxH = jax.nn.dot_product_attention(
           q_BxTxNxH, k_BxTxKxH, v_BxTxKxH, mask=mask_Bx1xTxT,
           implementation=cfg.attention_impl or None)
+    elif _training_attention(cfg.attention_impl) == 'blocked':
+      out_BxTxNxH = attention.causal_attention(q_BxTxNxH, k_BxTxKxH, v_BxTxKxH, ATTENTION_BLOCK)
     else:
       out_BxTxNxH = jax.nn.dot_product_attention(
           q_BxTxNxH, k_BxTxKxH, v_BxTxKxH, is_causal=True,
@@ -234,6 +252,27 @@ class CausalSelfAttention(nn.Module):
       bias_D = self.param('out_bias', _zeros(('embed',)), (cfg.d_model,), cfg.weights_dtype)
       y_BxTxD = y_BxTxD + bias_D.astype(cfg.compute_dtype)[None, None]
     return y_BxTxD
+
+  def _project_qkv(self, x_BxTxD: Array) -> tuple[Array, Array, Array]:
+    """Queries, keys and values; with as many key/value heads as query heads, in one matmul.
+
+    Stacking the three kernels on a new axis gives one [D, 3·N·H] product, which ran faster on a
+    CPU than three [D, N·H] ones (BENCHMARKS.md), and leaves the sharded 'embed' and 'heads' axes
+    where they were.
+    """
+    cfg = self.config
+    n, k = cfg.num_heads, cfg.kv_heads
+    weights = [_HeadProjection(cfg, heads, axis, name=name)() for name, heads, axis in
+               (('query', n, 'heads'), ('key', k, 'kv_heads'), ('value', k, 'kv_heads'))]
+    dtype = cfg.compute_dtype
+    if n != k:
+      return tuple(_project(x_BxTxD, kernel, bias, dtype) for kernel, bias in weights)
+    kernel_Dx3xNxH = jnp.stack([kernel.astype(dtype) for kernel, _ in weights], axis=1)
+    y_BxTx3xNxH = jnp.einsum('btd,dsnh->btsnh', x_BxTxD.astype(dtype), kernel_Dx3xNxH)
+    if cfg.use_bias:
+      bias_3xNxH = jnp.stack([bias.astype(dtype) for _, bias in weights])
+      y_BxTx3xNxH = y_BxTx3xNxH + bias_3xNxH[None, None]
+    return y_BxTx3xNxH[:, :, 0], y_BxTx3xNxH[:, :, 1], y_BxTx3xNxH[:, :, 2]
 
   def _update_cache(self, k_BxTxKxH: Array, v_BxTxKxH: Array, kv_mask_BxS: Array | None):
     """Writes this call's keys/values into the cache; returns the whole cache and its mask."""

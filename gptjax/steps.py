@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import flax.struct
@@ -13,6 +14,9 @@ from gptjax.model import GPT
 
 Array = jax.Array
 Metrics = dict[str, Array]
+
+# Tokens per device in one forward+backward pass of a CPU step; see `sequential_passes`.
+CPU_TOKENS_PER_PASS = 512
 
 
 @flax.struct.dataclass
@@ -38,24 +42,57 @@ def loss_fn(params: Any, model: GPT, batch_BxT1: Array, dropout_key: Array | Non
   return cross_entropy(logits_BxTxV, targets_BxT)
 
 
+def sequential_passes(batch_BxT1: Array, grad_accum_steps: int) -> int:
+  """How many micro-batches `train_step` runs one after another: at least `grad_accum_steps`.
+
+  On a CPU each of those is split further into the fewest equal parts of at most
+  CPU_TOKENS_PER_PASS tokens per device, whole sequences each. A pass that small keeps its
+  activations in cache between the forward and backward of each layer, which made the reference
+  configs 1.2-1.4x faster than one pass over the batch (BENCHMARKS.md, issue 6). Elsewhere the
+  batch runs as configured.
+  """
+  rows = batch_BxT1.shape[0] // grad_accum_steps
+  if jax.default_backend() != 'cpu':
+    return grad_accum_steps
+  tokens_per_row = batch_BxT1.shape[1] - 1
+  rows_per_device = max(rows // _batch_shards(batch_BxT1), 1)
+  split = next(s for s in range(1, rows_per_device + 1)
+               if rows_per_device % s == 0 and rows_per_device // s * tokens_per_row <= CPU_TOKENS_PER_PASS
+               or s == rows_per_device)
+  return grad_accum_steps * split
+
+
+def _batch_shards(batch_BxT1: Array) -> int:
+  """Devices the batch rows are split over (1 when unsharded), read from the traced type."""
+  sharding = jax.typeof(batch_BxT1).sharding
+  spec = getattr(sharding, 'spec', None)
+  if not spec or spec[0] is None:
+    return 1
+  axes = (spec[0],) if isinstance(spec[0], str) else spec[0]
+  return math.prod(sharding.mesh.shape[axis] for axis in axes)
+
+
 def train_step(state: TrainState, batch_BxT1: Array, *, model: GPT,
                optimizer: optax.GradientTransformation, schedule: optax.Schedule,
                grad_accum_steps: int = 1, dropout_seed: int | None = None) -> tuple[TrainState, Metrics]:
-  """One optimizer step on a global batch, averaged over `grad_accum_steps` micro-batches.
+  """One optimizer step on a global batch, averaged over `sequential_passes` micro-batches.
 
   Micro-batches run in a `lax.scan` so memory holds one micro-batch of activations at a time, and
-  the update equals the one a single large batch would give (up to float rounding).
+  the update equals the one a single large batch would give (up to float rounding). With dropout,
+  each micro-batch draws its own mask from the step's key.
   """
   dropout_key = None
   if dropout_seed is not None:
     dropout_key = jax.random.fold_in(jax.random.key(dropout_seed), state.step)
   grad_fn = jax.value_and_grad(loss_fn)
+  passes = sequential_passes(batch_BxT1, grad_accum_steps)
 
-  if grad_accum_steps == 1:
+  if passes == 1:
     loss, grads = grad_fn(state.params, model, batch_BxT1, dropout_key)
   else:
     b = batch_BxT1.shape[0]
-    micro_AxMxT1 = batch_BxT1.reshape(grad_accum_steps, b // grad_accum_steps, -1)
+    # Pass i takes rows i, i + passes, ...: every pass keeps an equal share on each data shard.
+    micro_AxMxT1 = batch_BxT1.reshape(b // passes, passes, -1).swapaxes(0, 1)
 
     def accumulate(carry, inputs):
       loss_sum, grad_sum = carry
@@ -66,10 +103,9 @@ def train_step(state: TrainState, batch_BxT1: Array, *, model: GPT,
 
     zeros = jax.tree.map(jnp.zeros_like, state.params)
     (loss_sum, grad_sum), _ = jax.lax.scan(
-        accumulate, (jnp.zeros((), jnp.float32), zeros),
-        (jnp.arange(grad_accum_steps), micro_AxMxT1))
-    loss = loss_sum / grad_accum_steps
-    grads = jax.tree.map(lambda g: g / grad_accum_steps, grad_sum)
+        accumulate, (jnp.zeros((), jnp.float32), zeros), (jnp.arange(passes), micro_AxMxT1))
+    loss = loss_sum / passes
+    grads = jax.tree.map(lambda g: g / passes, grad_sum)
 
   updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
   params = optax.apply_updates(state.params, updates)

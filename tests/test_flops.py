@@ -69,13 +69,16 @@ def xla_forward_flops(cfg: GPTConfig, batch: int, seq_len: int) -> float:
   return float(cost['flops'])
 
 
+# XLA's attention computes the full T×T square that the 'full' count assumes; the CPU default,
+# 'blocked', skips the masked blocks above the diagonal (see gptjax/attention.py).
 XLA_CONFIGS = {
-    'gelu': GPTConfig(vocab_size=512, d_model=256, num_layers=2, num_heads=4, max_seq_len=128),
+    'gelu': GPTConfig(vocab_size=512, d_model=256, num_layers=2, num_heads=4, max_seq_len=128,
+                      attention_impl='xla'),
     'swiglu_gqa_rope': GPTConfig(vocab_size=512, d_model=256, num_layers=2, num_heads=4,
                                  num_kv_heads=2, mlp='swiglu', position='rope', norm='rmsnorm',
-                                 use_bias=False, max_seq_len=128),
+                                 use_bias=False, max_seq_len=128, attention_impl='xla'),
     'untied_long_context': GPTConfig(vocab_size=1024, d_model=128, num_layers=1, num_heads=2,
-                                     tie_embeddings=False, max_seq_len=256),
+                                     tie_embeddings=False, max_seq_len=256, attention_impl='xla'),
 }
 
 
