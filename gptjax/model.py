@@ -162,11 +162,10 @@ def _norm(config: GPTConfig, name: str) -> nn.Module:
 
 
 class _HeadProjection(nn.Module):
-  """The [D, heads, H] kernel and [heads, H] bias (or None) of one of the query/key/value maps.
+  """x [B, T, D] -> [B, T, heads, H] with a [D, heads, H] kernel.
 
   A 3-D kernel (rather than nn.DenseGeneral's flattened one) keeps the heads axis visible to the
-  sharding rules, so 'heads' can be split over the tensor axis. The module only owns the weights:
-  `CausalSelfAttention` applies them, so that it can stack all three into a single matmul.
+  sharding rules, so 'heads' can be split over the tensor axis.
   """
 
   config: GPTConfig
@@ -174,22 +173,17 @@ class _HeadProjection(nn.Module):
   heads_axis: str
 
   @nn.compact
-  def __call__(self) -> tuple[Array, Array | None]:
+  def __call__(self, x_BxTxD: Array) -> Array:
     cfg = self.config
     kernel_DxNxH = self.param('kernel', _init(cfg.init_std, ('embed', self.heads_axis, 'head_dim')),
                               (cfg.d_model, self.heads, cfg.head_dim), cfg.weights_dtype)
-    bias_NxH = None
+    y_BxTxNxH = jnp.einsum('btd,dnh->btnh', x_BxTxD.astype(cfg.compute_dtype),
+                           kernel_DxNxH.astype(cfg.compute_dtype))
     if cfg.use_bias:
       bias_NxH = self.param('bias', _zeros((self.heads_axis, 'head_dim')), (self.heads, cfg.head_dim),
                             cfg.weights_dtype)
-    return kernel_DxNxH, bias_NxH
-
-
-def _project(x_BxTxD: Array, kernel_DxNxH: Array, bias_NxH: Array | None, dtype: Any) -> Array:
-  y_BxTxNxH = jnp.einsum('btd,dnh->btnh', x_BxTxD.astype(dtype), kernel_DxNxH.astype(dtype))
-  if bias_NxH is not None:
-    y_BxTxNxH = y_BxTxNxH + bias_NxH.astype(dtype)[None, None]
-  return y_BxTxNxH
+      y_BxTxNxH = y_BxTxNxH + bias_NxH.astype(cfg.compute_dtype)[None, None]
+    return y_BxTxNxH
 
 
 def _training_attention(impl: str) -> str:
@@ -199,8 +193,17 @@ def _training_attention(impl: str) -> str:
   return impl
 
 
+def _jax_attention_impl(impl: str) -> str | None:
+  """The `implementation=` for `jax.nn.dot_product_attention`: 'blocked' has no masked or cached
+  form, so those calls (padding masks, decoding) go through JAX's own choice."""
+  return impl if impl in ('xla', 'cudnn') else None
+
+
 class CausalSelfAttention(nn.Module):
-  """Multi-head (or grouped-query) causal attention through `jax.nn.dot_product_attention`.
+  """Multi-head (or grouped-query) causal attention.
+
+  Training on a CPU uses the blocked attention of `gptjax.attention`; padded batches, decoding and
+  other devices use `jax.nn.dot_product_attention`.
 
   With `decode=True` the keys and values live in a 'cache' collection sized by the sequence the
   module was initialised with; each call writes its T new positions at `cache_index` and attends to
@@ -215,7 +218,9 @@ class CausalSelfAttention(nn.Module):
   def __call__(self, x_BxTxD: Array, positions_BxT: Array, kv_mask_BxS: Array | None) -> Array:
     cfg = self.config
     n, k, h = cfg.num_heads, cfg.kv_heads, cfg.head_dim
-    q_BxTxNxH, k_BxTxKxH, v_BxTxKxH = self._project_qkv(x_BxTxD)
+    q_BxTxNxH = _HeadProjection(cfg, n, 'heads', name='query')(x_BxTxD)
+    k_BxTxKxH = _HeadProjection(cfg, k, 'kv_heads', name='key')(x_BxTxD)
+    v_BxTxKxH = _HeadProjection(cfg, k, 'kv_heads', name='value')(x_BxTxD)
     if cfg.position == 'rope':
       q_BxTxNxH = apply_rope(q_BxTxNxH, positions_BxT, cfg.rope_theta)
       k_BxTxKxH = apply_rope(k_BxTxKxH, positions_BxT, cfg.rope_theta)
@@ -227,7 +232,7 @@ class CausalSelfAttention(nn.Module):
         mask_Bx1xTxS = jnp.tril(jnp.ones((q_BxTxNxH.shape[1],) * 2, bool))[None, None]
       out_BxTxNxH = jax.nn.dot_product_attention(
           q_BxTxNxH, k_BxSxKxH, v_BxSxKxH, mask=mask_Bx1xTxS,
-          implementation=cfg.attention_impl or None)
+          implementation=_jax_attention_impl(cfg.attention_impl))
     elif kv_mask_BxS is not None:
       t = x_BxTxD.shape[1]
       causal_TxT = jnp.tril(jnp.ones((t, t), bool))
@@ -236,13 +241,13 @@ class CausalSelfAttention(nn.Module):
                       | jnp.eye(t, dtype=bool)[None, None])
       out_BxTxNxH = jax.nn.dot_product_attention(
           q_BxTxNxH, k_BxTxKxH, v_BxTxKxH, mask=mask_Bx1xTxT,
-          implementation=cfg.attention_impl or None)
+          implementation=_jax_attention_impl(cfg.attention_impl))
     elif _training_attention(cfg.attention_impl) == 'blocked':
       out_BxTxNxH = attention.causal_attention(q_BxTxNxH, k_BxTxKxH, v_BxTxKxH, ATTENTION_BLOCK)
     else:
       out_BxTxNxH = jax.nn.dot_product_attention(
           q_BxTxNxH, k_BxTxKxH, v_BxTxKxH, is_causal=True,
-          implementation=cfg.attention_impl or None)
+          implementation=_jax_attention_impl(cfg.attention_impl))
 
     out_std = cfg.init_std / math.sqrt(2 * cfg.num_layers)
     kernel_NxHxD = self.param('out_kernel', _init(out_std, ('heads', 'head_dim', 'embed')),
@@ -252,27 +257,6 @@ class CausalSelfAttention(nn.Module):
       bias_D = self.param('out_bias', _zeros(('embed',)), (cfg.d_model,), cfg.weights_dtype)
       y_BxTxD = y_BxTxD + bias_D.astype(cfg.compute_dtype)[None, None]
     return y_BxTxD
-
-  def _project_qkv(self, x_BxTxD: Array) -> tuple[Array, Array, Array]:
-    """Queries, keys and values; with as many key/value heads as query heads, in one matmul.
-
-    Stacking the three kernels on a new axis gives one [D, 3·N·H] product, which ran faster on a
-    CPU than three [D, N·H] ones (BENCHMARKS.md), and leaves the sharded 'embed' and 'heads' axes
-    where they were.
-    """
-    cfg = self.config
-    n, k = cfg.num_heads, cfg.kv_heads
-    weights = [_HeadProjection(cfg, heads, axis, name=name)() for name, heads, axis in
-               (('query', n, 'heads'), ('key', k, 'kv_heads'), ('value', k, 'kv_heads'))]
-    dtype = cfg.compute_dtype
-    if n != k:
-      return tuple(_project(x_BxTxD, kernel, bias, dtype) for kernel, bias in weights)
-    kernel_Dx3xNxH = jnp.stack([kernel.astype(dtype) for kernel, _ in weights], axis=1)
-    y_BxTx3xNxH = jnp.einsum('btd,dsnh->btsnh', x_BxTxD.astype(dtype), kernel_Dx3xNxH)
-    if cfg.use_bias:
-      bias_3xNxH = jnp.stack([bias.astype(dtype) for _, bias in weights])
-      y_BxTx3xNxH = y_BxTx3xNxH + bias_3xNxH[None, None]
-    return y_BxTx3xNxH[:, :, 0], y_BxTx3xNxH[:, :, 1], y_BxTx3xNxH[:, :, 2]
 
   def _update_cache(self, k_BxTxKxH: Array, v_BxTxKxH: Array, kv_mask_BxS: Array | None):
     """Writes this call's keys/values into the cache; returns the whole cache and its mask."""

@@ -18,6 +18,10 @@ VARIANTS = {
                                 use_bias=False, tie_embeddings=False),
     'scan_remat': dict(scan_layers=True, remat='full'),
     'scan_dots_rope': dict(scan_layers=True, remat='dots', position='rope', num_kv_heads=1),
+    # '' trains with the blocked attention on a CPU; these name each path, and decoding with
+    # 'blocked' named goes through JAX's attention.
+    'xla_attention': dict(attention_impl='xla'),
+    'blocked_attention_gqa': dict(attention_impl='blocked', num_kv_heads=2),
 }
 
 
