@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import flax.struct
@@ -42,57 +41,48 @@ def loss_fn(params: Any, model: GPT, batch_BxT1: Array, dropout_key: Array | Non
   return cross_entropy(logits_BxTxV, targets_BxT)
 
 
-def sequential_passes(batch_BxT1: Array, grad_accum_steps: int) -> int:
-  """How many micro-batches `train_step` runs one after another: at least `grad_accum_steps`.
+def sequential_passes(batch_size: int, seq_len: int, grad_accum_steps: int, batch_shards: int,
+                      platform: str) -> int:
+  """How many micro-batches a step should run one after another: at least `grad_accum_steps`.
 
-  On a CPU each of those is split further into the fewest equal parts of at most
+  On a CPU each accumulation micro-batch is split further into the fewest equal parts of at most
   CPU_TOKENS_PER_PASS tokens per device, whole sequences each. A pass that small keeps its
   activations in cache between the forward and backward of each layer, which made the reference
-  configs 1.2-1.4x faster than one pass over the batch (BENCHMARKS.md, issue 6). Elsewhere the
-  batch runs as configured.
+  configs 1.2-1.4x faster than one pass over the batch (BENCHMARKS.md, issue 6). `batch_shards`
+  is the number of devices the batch rows are split over: a pass must still give every one of them
+  whole rows, or the devices would compute the same rows. Other platforms run the batch as
+  configured.
   """
-  rows = batch_BxT1.shape[0] // grad_accum_steps
-  if jax.default_backend() != 'cpu':
+  if platform != 'cpu':
     return grad_accum_steps
-  tokens_per_row = batch_BxT1.shape[1] - 1
-  rows_per_device = max(rows // _batch_shards(batch_BxT1), 1)
+  rows_per_device = max(batch_size // (grad_accum_steps * batch_shards), 1)
   split = next(s for s in range(1, rows_per_device + 1)
-               if rows_per_device % s == 0 and rows_per_device // s * tokens_per_row <= CPU_TOKENS_PER_PASS
+               if rows_per_device % s == 0 and rows_per_device // s * seq_len <= CPU_TOKENS_PER_PASS
                or s == rows_per_device)
   return grad_accum_steps * split
-
-
-def _batch_shards(batch_BxT1: Array) -> int:
-  """Devices the batch rows are split over (1 when unsharded), read from the traced type."""
-  sharding = jax.typeof(batch_BxT1).sharding
-  spec = getattr(sharding, 'spec', None)
-  if not spec or spec[0] is None:
-    return 1
-  axes = (spec[0],) if isinstance(spec[0], str) else spec[0]
-  return math.prod(sharding.mesh.shape[axis] for axis in axes)
 
 
 def train_step(state: TrainState, batch_BxT1: Array, *, model: GPT,
                optimizer: optax.GradientTransformation, schedule: optax.Schedule,
                grad_accum_steps: int = 1, dropout_seed: int | None = None) -> tuple[TrainState, Metrics]:
-  """One optimizer step on a global batch, averaged over `sequential_passes` micro-batches.
+  """One optimizer step on a global batch, averaged over `grad_accum_steps` micro-batches.
 
   Micro-batches run in a `lax.scan` so memory holds one micro-batch of activations at a time, and
   the update equals the one a single large batch would give (up to float rounding). With dropout,
-  each micro-batch draws its own mask from the step's key.
+  each micro-batch draws its own mask from the step's key. `train.jit_steps` sets the count from
+  the config and `sequential_passes`.
   """
   dropout_key = None
   if dropout_seed is not None:
     dropout_key = jax.random.fold_in(jax.random.key(dropout_seed), state.step)
   grad_fn = jax.value_and_grad(loss_fn)
-  passes = sequential_passes(batch_BxT1, grad_accum_steps)
 
-  if passes == 1:
+  if grad_accum_steps == 1:
     loss, grads = grad_fn(state.params, model, batch_BxT1, dropout_key)
   else:
-    b = batch_BxT1.shape[0]
-    # Pass i takes rows i, i + passes, ...: every pass keeps an equal share on each data shard.
-    micro_AxMxT1 = batch_BxT1.reshape(b // passes, passes, -1).swapaxes(0, 1)
+    a, b = grad_accum_steps, batch_BxT1.shape[0]
+    # Micro-batch i takes rows i, i + a, i + 2a, ...: each keeps an equal share on every data shard.
+    micro_AxMxT1 = batch_BxT1.reshape(b // a, a, -1).swapaxes(0, 1)
 
     def accumulate(carry, inputs):
       loss_sum, grad_sum = carry
@@ -103,9 +93,9 @@ def train_step(state: TrainState, batch_BxT1: Array, *, model: GPT,
 
     zeros = jax.tree.map(jnp.zeros_like, state.params)
     (loss_sum, grad_sum), _ = jax.lax.scan(
-        accumulate, (jnp.zeros((), jnp.float32), zeros), (jnp.arange(passes), micro_AxMxT1))
-    loss = loss_sum / passes
-    grads = jax.tree.map(lambda g: g / passes, grad_sum)
+        accumulate, (jnp.zeros((), jnp.float32), zeros), (jnp.arange(a), micro_AxMxT1))
+    loss = loss_sum / a
+    grads = jax.tree.map(lambda g: g / a, grad_sum)
 
   updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
   params = optax.apply_updates(state.params, updates)

@@ -26,7 +26,7 @@ from jax.sharding import Mesh
 from gptjax import checkpointing, data as data_lib, evaluate, flops, metrics as metrics_lib, optim
 from gptjax import sharding
 from gptjax.model import GPT, GPTConfig
-from gptjax.steps import TrainState, eval_step, train_step
+from gptjax.steps import TrainState, eval_step, sequential_passes, train_step
 from gptjax.tokenizer import load_or_train_tokenizer
 
 
@@ -74,10 +74,13 @@ def jit_steps(config: ml_collections.ConfigDict, mesh: Mesh, rules: sharding.Rul
   """The train and eval steps jitted with explicit shardings; the train state is donated."""
   cfg = model_config(config)
   model = GPT(cfg)
+  passes = sequential_passes(config.data.batch_size, config.data.seq_len,
+                             config.train.grad_accum_steps,
+                             batch_shards=math.prod(mesh.shape[a] for a in sharding.BATCH_AXES),
+                             platform=mesh.devices.flat[0].platform)
   step_fn = functools.partial(
       train_step, model=model, optimizer=optim.make_optimizer(config.train),
-      schedule=optim.learning_rate_schedule(config.train),
-      grad_accum_steps=config.train.grad_accum_steps,
+      schedule=optim.learning_rate_schedule(config.train), grad_accum_steps=passes,
       dropout_seed=config.seed if cfg.dropout > 0 else None)
   batch_sharding = sharding.batch_sharding(mesh)
   replicated = sharding.replicated(mesh)

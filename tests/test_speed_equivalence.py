@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 
 from experiments.configs import base
-from gptjax import attention, optim
+from gptjax import attention, optim, sharding, train
 from gptjax.model import ATTENTION_BLOCK, GPT, GPTConfig
 from gptjax.steps import CPU_TOKENS_PER_PASS, TrainState, sequential_passes, train_step
 
@@ -76,8 +76,10 @@ def test_twenty_steps_follow_the_plain_reference(num_kv_heads, seq_len, batch):
                   max_seq_len=seq_len)
   tx = optim.make_optimizer(_train_config())
   params = nn.unbox(GPT(cfg).init(jax.random.key(0), jnp.zeros((1, seq_len), jnp.int32))['params'])
+  passes = sequential_passes(batch, seq_len, 1, batch_shards=1, platform='cpu')
   fast_step = jax.jit(functools.partial(train_step, model=GPT(cfg), optimizer=tx,
-                                        schedule=optim.learning_rate_schedule(_train_config())))
+                                        schedule=optim.learning_rate_schedule(_train_config()),
+                                        grad_accum_steps=passes))
 
   @jax.jit
   def reference_step(params, opt_state, batch_BxT1):
@@ -107,11 +109,32 @@ def test_twenty_steps_follow_the_plain_reference(num_kv_heads, seq_len, batch):
 
 def test_cpu_step_splits_the_batch_into_cache_sized_passes():
   assert CPU_TOKENS_PER_PASS == 512
-  assert sequential_passes(jnp.zeros((16, 129), jnp.int32), 1) == 4  # the 16 x 128 case above
-  assert sequential_passes(jnp.zeros((16, 257), jnp.int32), 1) == 8  # the reference configs
-  assert sequential_passes(jnp.zeros((16, 257), jnp.int32), 4) == 8  # 4 accumulation steps, split 2
-  assert sequential_passes(jnp.zeros((4, 101), jnp.int32), 1) == 1
-  assert sequential_passes(jnp.zeros((3, 2049), jnp.int32), 1) == 3  # at least one row per pass
+  passes = functools.partial(sequential_passes, batch_shards=1, platform='cpu')
+  assert passes(16, 128, 1) == 4  # the 16 x 128 case above
+  assert passes(16, 256, 1) == 8  # the reference configs
+  assert passes(16, 256, 4) == 8  # 4 accumulation steps, each split in 2
+  assert passes(4, 100, 1) == 1
+  assert passes(3, 2048, 1) == 3  # at least one row per pass
+  # Split over 8 devices, 16 x 256 is already 512 tokens per device: one pass, or the devices
+  # would each compute every row of a pass smaller than the mesh.
+  assert sequential_passes(16, 256, 1, batch_shards=8, platform='cpu') == 1
+  assert sequential_passes(64, 256, 1, batch_shards=8, platform='cpu') == 4
+  assert sequential_passes(16, 256, 2, batch_shards=1, platform='gpu') == 2  # as configured
+
+
+def test_data_parallel_cpu_step_gives_each_device_its_own_rows():
+  """On 8 devices each one trains on its own rows: no pass gathers the batch onto every device."""
+  config = base.get_config()
+  config.model.update(d_model=32, num_layers=1, num_heads=2, max_seq_len=256)
+  config.data.batch_size, config.data.seq_len = 16, 256
+  config.mesh.data, config.mesh.fsdp, config.mesh.tensor = 8, 1, 1
+  mesh = sharding.make_mesh(config.mesh, jax.devices()[:8])
+  rules = sharding.logical_rules(config.mesh)
+  state, shardings = train.create_train_state(config, mesh, rules)
+  jit_train, _ = train.jit_steps(config, mesh, rules, shardings)
+  batch = jax.ShapeDtypeStruct((16, 257), jnp.int32, sharding=sharding.batch_sharding(mesh))
+  hlo = jit_train.lower(state, batch).compile().as_text()
+  assert 'all-gather' not in hlo and 'all-reduce' in hlo  # gradients are reduced, rows stay put
 
 
 def test_cpu_training_uses_the_blocked_attention():
