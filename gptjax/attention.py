@@ -2,8 +2,9 @@
 
 `jax.nn.dot_product_attention`'s XLA path computes all T×T logits and masks half of them, keeps the
 probabilities twice (once for the forward product, once for the backward) and differentiates the
-softmax through a reduction over the whole [B, N, T, T] tensor. On a CPU those passes over memory,
-not the matmuls, were 44% of a small model's train step (BENCHMARKS.md, issue 6). Here:
+softmax through a reduction over the whole [B, N, T, T] tensor. On a CPU, at the reference
+configs' shapes, its forward and backward took 2-3x as long as this version's (BENCHMARKS.md,
+issue 6). Here:
 
   * query block i (rows [iC, (i+1)C)) attends only to keys [0, (i+1)C): the blocks above the
     diagonal, which the causal mask would zero anyway, are never computed (10 of 16 blocks at T = 4C);
