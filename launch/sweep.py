@@ -23,22 +23,20 @@ import json
 import os
 import re
 import shlex
-import shutil
 import signal
 import subprocess
 import sys
 import time
-import warnings
 from typing import Any, Sequence
 
 import ml_collections
 import numpy as np
 import scipy.optimize
-from absl import app, flags, logging
+from absl import app, flags
 
 import launch
-from experiments import plot_scaling
-from gptjax import records, scaling
+from gptjax import records
+from launch import fit
 
 LOG_FILE = 'log.txt'
 _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -304,201 +302,6 @@ def _stop(running: Sequence[_Job]) -> None:
       job.process.kill()
 
 
-# ---------------------------------------------------------------- fits, allocation, figures
-
-FIT_DIR, PLOTS_DIR = 'fit', 'plots'
-_SCALE_UPS = (1, 10, 100)
-
-
-def _snapshot(workdir: str, finished: Sequence[str]) -> str:
-  """Copies the finished members' metrics files to `workdir/fit/records/<member>/`.
-
-  The fits and `plot_scaling.make_plots` both read this directory, so the figures show exactly what
-  was fitted, and a half-trained member's last eval never poses as a final IsoFLOP point.
-  """
-  target = os.path.join(workdir, FIT_DIR, 'records')
-  shutil.rmtree(target, ignore_errors=True)
-  for name in finished:
-    os.makedirs(os.path.join(target, name))
-    shutil.copy(os.path.join(workdir, name, records.METRICS_FILE),
-                os.path.join(target, name, records.METRICS_FILE))
-  return target
-
-
-def _count(x: float) -> str:
-  return f'{x:,.0f}' if x < 1e12 else f'{x:.3g}'
-
-
-def _interval(fit: Any, name: str) -> str:
-  lo, hi = fit.intervals.get(name, (float('nan'),) * 2)
-  return f'[{lo:.4g}, {hi:.4g}]'
-
-
-def _fit_power_law(rows, final, keys, n_bootstrap) -> dict[str, Any]:
-  del final, n_bootstrap
-  frontier = scaling.compute_frontier(records.column(rows, keys['compute_key']),
-                                      records.column(rows, records.EVAL_KEY))
-  law = scaling.fit_power_law_with_floor(frontier.compute, frontier.loss)
-  print(f'L(C) on the frontier ({len(frontier.loss)} of {len(rows)} eval points): '
-        f'L = {law.E:.4f} + {law.A:.4g}·C^-{law.alpha:.4f}')
-  if law.E < 1e-6 * frontier.loss.min():
-    print('  The floor E sits at its bound 0: over this range the loss falls at least as fast as '
-          'a pure power law, so E is not measured; larger budgets would pin it.')
-  return {'law': law, 'E': law.E, 'A': law.A, 'alpha': law.alpha}
-
-
-def _fit_isoflop(rows, final, keys, n_bootstrap) -> dict[str, Any]:
-  del rows
-  result = scaling.isoflop_minima(final, n_bootstrap=n_bootstrap, **keys)
-  print('IsoFLOP minima (Chinchilla approach 2; parabola in log N per budget):')
-  sizes = records.column(final, keys['params_key'])
-  outside = []
-  for c, n, d, l, index in zip(result.budgets, result.n_opt, result.d_opt, result.loss_min,
-                               result.groups):
-    lo, hi = sizes[index].min(), sizes[index].max()
-    where = '' if lo <= n <= hi else f'  <- outside the sizes trained, N in [{lo:,.0f}, {hi:,.0f}]'
-    print(f'  C={c:.3g}: N_opt={_count(n)}  D_opt={_count(d)}  D/N={d / n:.3g}  L_min={l:.4f}'
-          f'{where}')
-    outside += [f'{c:.3g}'] if where else []
-  if outside:
-    print(f'  The minima at C={", ".join(outside)} are extrapolated, not measured: add model sizes '
-          'on the side of the minimum so each IsoFLOP curve turns up on both ends.')
-  lo, hi = result.n_exponent_ci
-  print(f'  N_opt ∝ C^{result.n_exponent:.3f} [{lo:.3f}, {hi:.3f}], D_opt ∝ C^'
-        f'{result.d_exponent:.3f} ({100 * result.level:.0f}% bootstrap over runs)')
-  return {'result': result, 'budgets': result.budgets.tolist(), 'n_opt': result.n_opt.tolist(),
-          'd_opt': result.d_opt.tolist(), 'loss_min': result.loss_min.tolist(),
-          'n_exponent': result.n_exponent, 'n_exponent_ci': [lo, hi]}
-
-
-def _fit_chinchilla(rows, final, keys, n_bootstrap) -> dict[str, Any]:
-  del rows
-  law = scaling.fit_chinchilla(records.column(final, keys['params_key']),
-                               records.column(final, 'tokens_seen'),
-                               records.column(final, records.EVAL_KEY), n_bootstrap=n_bootstrap)
-  print(f'L(N, D) (approach 3, final evals): L = {law.E:.4f} + {law.A:.4g}/N^{law.alpha:.4f} + '
-        f'{law.B:.4g}/D^{law.beta:.4f}')
-  if law.intervals:
-    print('  95% bootstrap: ' + ', '.join(f'{name} {_interval(law, name)}'
-                                         for name in scaling.CHINCHILLA_PARAMS))
-  print(f'  N_opt ∝ C^{law.n_exponent:.3f} {_interval(law, "n_exponent")}, D_opt ∝ C^'
-        f'{law.d_exponent:.3f} {_interval(law, "d_exponent")}')
-  return {'law': law, **{name: getattr(law, name) for name in scaling.CHINCHILLA_PARAMS},
-          'n_exponent': law.n_exponent, 'intervals': dict(law.intervals)}
-
-
-def _fit_holdout(rows, final, keys, n_bootstrap) -> dict[str, Any]:
-  """Fits both laws without any record of the largest budget's members, then predicts them.
-
-  Like `scaling.holdout_extrapolation`, except that L(C) is fitted to the frontier of every eval of
-  the other members (as the main L(C) fit is), not only their final ones: with 3-4 budgets the final
-  evals alone leave too few frontier points for a 3-parameter law.
-  """
-  del n_bootstrap
-  compute = records.column(final, keys['compute_key'])
-  groups = scaling.group_budgets(compute)
-  if len(groups) < 3:
-    raise ValueError(f'Holding out one budget needs at least 3 budgets, found {len(groups)}; '
-                     'add compute budgets to the sweep.')
-  held = [final[i] for i in groups[-1]]
-  held_runs = {row['run'] for row in held}
-  rest_rows = [row for row in rows if row['run'] not in held_runs]
-  rest_final = [row for row in final if row['run'] not in held_runs]
-  frontier = scaling.compute_frontier(records.column(rest_rows, keys['compute_key']),
-                                      records.column(rest_rows, records.EVAL_KEY))
-  power_law = scaling.fit_power_law_with_floor(frontier.compute, frontier.loss)
-  law = scaling.fit_chinchilla(*(records.column(rest_final, key) for key in (
-      keys['params_key'], 'tokens_seen', records.EVAL_KEY)))
-  n, d, loss = (records.column(held, key) for key in (keys['params_key'], 'tokens_seen',
-                                                       records.EVAL_KEY))
-  budget = float(np.exp(np.mean(np.log(compute[groups[-1]]))))
-  h = scaling.HoldoutResult(budget=budget, measured_best_loss=float(loss.min()),
-                            power_law_prediction=float(power_law.predict(budget)),
-                            run_params=n, run_loss=loss, run_prediction=law.predict(n, d))
-  print(f'Holdout (fitted without the {len(held)} members at C={budget:.3g}, then predicted): '
-        f'best loss there {h.measured_best_loss:.4f}, L(C) predicted '
-        f'{h.power_law_prediction:.4f} ({100 * h.power_law_relative_error:+.2f}%); L(N, D) '
-        f'worst member error {100 * h.max_run_relative_error:.2f}%')
-  return {'budget': h.budget, 'measured_best_loss': h.measured_best_loss,
-          'power_law_prediction': h.power_law_prediction,
-          'power_law_relative_error': h.power_law_relative_error,
-          'max_run_relative_error': h.max_run_relative_error}
-
-
-def _allocation(fits: dict[str, Any], largest: float) -> list[dict[str, float]]:
-  """N_opt and D_opt at the largest budget trained and 10x, 100x it, from each law available."""
-  table = []
-  print('Compute-optimal allocation (D = C / (6 N)):')
-  for scale in _SCALE_UPS:
-    c = largest * scale
-    row, parts = {'compute': c}, []
-    if 'isoflop' in fits:
-      n = float(fits['isoflop']['result'].predict_n_opt(c))
-      row.update(isoflop_n_opt=n, isoflop_d_opt=c / (6 * n))
-      parts.append(f'approach 2: N={_count(n)} D={_count(c / (6 * n))}')
-    if 'chinchilla' in fits:
-      law = fits['chinchilla']['law']
-      n, d = (float(x) for x in law.compute_optimal(c))
-      row.update(chinchilla_n_opt=n, chinchilla_d_opt=d, chinchilla_loss=float(law.predict(n, d)))
-      parts.append(f'approach 3: N={_count(n)} D={_count(d)} L={row["chinchilla_loss"]:.4f}')
-    if 'power_law' in fits:
-      row['power_law_loss'] = float(fits['power_law']['law'].predict(c))
-      parts.append(f'L(C)={row["power_law_loss"]:.4f}')
-    label = 'largest budget' if scale == 1 else f'{scale}x'
-    print(f'  C={c:.3g} ({label}): ' + ('; '.join(parts) or 'no law fitted'))
-    table.append(row)
-  return table
-
-
-_STAGES = (('power_law', _fit_power_law), ('isoflop', _fit_isoflop),
-           ('chinchilla', _fit_chinchilla), ('holdout', _fit_holdout))
-
-
-def fit_and_report(workdir: str, finished: Sequence[str], *, compute_key: str = 'flops_kaplan',
-                   params_key: str = 'params_non_embedding', n_bootstrap: int = 100
-                   ) -> dict[str, Any]:
-  """Every fit the finished members support, printed; a fit they cannot support is skipped with
-  the scaling module's reason. Writes `fit/fit.json` and the figures; returns the numbers."""
-  if not finished:
-    print('\nNo finished members: nothing to fit yet. Run the sweep (without --fit_only).')
-    return {}
-  keys = {'compute_key': compute_key, 'params_key': params_key}
-  snapshot = _snapshot(workdir, finished)
-  rows = records.load_sweep(snapshot)
-  final = records.final_records(rows)
-  print(f'\nFits on {len(finished)} finished members (C: {compute_key}, N: {params_key}, '
-        f'D: tokens_seen, L: {records.EVAL_KEY}):')
-  fits: dict[str, Any] = {}
-  with warnings.catch_warnings(record=True) as caught:
-    warnings.simplefilter('always')
-    for name, stage in _STAGES:
-      try:
-        fits[name] = stage(rows, final, keys, n_bootstrap)
-      except ValueError as e:
-        print(f'No {name} fit: {e}')
-    allocation = _allocation(fits, float(records.column(final, compute_key).max()))
-    verbosity = logging.get_verbosity()
-    logging.set_verbosity(logging.ERROR)  # make_plots logs its own, final-evals-only, fit summary
-    try:
-      paths = plot_scaling.make_plots(snapshot, os.path.join(workdir, PLOTS_DIR),
-                                      n_bootstrap=n_bootstrap, **keys)
-      print('Figures: ' + ', '.join(paths))
-    except ValueError as e:
-      print(f'No figures: {e}')
-    finally:
-      logging.set_verbosity(verbosity)
-  for message in dict.fromkeys(str(w.message) for w in caught):
-    print(f'  note: {message}')
-  summary = {name: {k: v for k, v in fit.items() if k not in ('law', 'result')}
-             for name, fit in fits.items()}
-  summary.update(members=list(finished), allocation=allocation, **keys)
-  path = os.path.join(workdir, FIT_DIR, 'fit.json')
-  with open(path, 'w') as f:
-    json.dump(summary, f, indent=1, default=float)
-  print(f'Numbers in {path}.')
-  return summary
-
-
 # ---------------------------------------------------------------- the command
 
 
@@ -566,8 +369,8 @@ def run_sweep(sweep_path: str, workdir: str, *, parallel: int = 1, dry_run: bool
   states = {job.member.name: member_status(job.directory, job.config).state for job, _ in jobs}
   finished = [name for name, state in states.items() if state == 'finished']
   unfinished = [name for name in names if name not in finished and name not in failures]
-  fit_and_report(workdir, finished, compute_key=compute_key,
-                 params_key=launch.PARAMS_KEYS[method], n_bootstrap=n_bootstrap)
+  fit.fit_and_report(workdir, finished, compute_key=compute_key,
+                     params_key=launch.PARAMS_KEYS[method], n_bootstrap=n_bootstrap)
   if unfinished:
     print(f'\n{len(unfinished)} member(s) not trained to the end yet, left out of the fits: '
           f'{", ".join(unfinished)}.')

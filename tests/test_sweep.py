@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 
 import launch
+from launch import fit
 from launch import sweep as runner
 from gptjax import flops, records, train
 
@@ -326,7 +327,7 @@ def _synthetic_sweep(workdir, budgets=(1e11, 1e12, 1e13), unfinished=()):
 def test_fit_and_report_recovers_a_known_law(tmp_path, capsys):
   workdir = str(tmp_path)
   names = _synthetic_sweep(workdir)
-  summary = runner.fit_and_report(workdir, names, n_bootstrap=3)
+  summary = fit.fit_and_report(workdir, names, n_bootstrap=3)
   out = capsys.readouterr().out
   a_true = LAW['beta'] / (LAW['alpha'] + LAW['beta'])
   assert summary['isoflop']['n_exponent'] == pytest.approx(a_true, abs=0.02)
@@ -350,13 +351,13 @@ def test_fit_leaves_out_unfinished_members_and_explains_missing_fits(tmp_path, c
   workdir = str(tmp_path)
   names = _synthetic_sweep(workdir, budgets=(1e11,), unfinished={'c1e11_n4553'})
   finished = [n for n in names if n != 'c1e11_n4553']
-  runner.fit_and_report(workdir, finished, n_bootstrap=2)
+  fit.fit_and_report(workdir, finished, n_bootstrap=2)
   out = capsys.readouterr().out
   assert sorted(os.listdir(os.path.join(workdir, 'fit', 'records'))) == sorted(finished)
   assert 'No isoflop fit: IsoFLOP fit needs at least 2 compute budgets' in out
   assert 'No holdout fit: Holding out one budget needs at least 3 budgets' in out
   assert 'Figures: ' in out  # loss-vs-compute and training curves still drawn
-  runner.fit_and_report(workdir, [], n_bootstrap=2)
+  fit.fit_and_report(workdir, [], n_bootstrap=2)
   assert 'No finished members: nothing to fit yet.' in capsys.readouterr().out
 
 
