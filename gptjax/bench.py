@@ -4,6 +4,7 @@
   python -m gptjax.bench --configs=gpt2_124m --dtype=bfloat16 --attention_impl=cudnn   # a GPU
   XLA_FLAGS=--xla_force_host_platform_device_count=8 python -m gptjax.bench \
       --configs=small --devices=1,8                       # 1 device vs 8 simulated CPU devices
+  python -m gptjax.bench --configs=small --profile_dir=/tmp/prof   # + where the step's time goes
 
 The matmul peak of the device is measured first, so MFU is against what this machine can actually
 do, not only against a datasheet. Achieved FLOP/s uses the full FLOPs count of `gptjax.flops`
@@ -14,6 +15,7 @@ from __future__ import annotations
 
 import ast
 import json
+import os
 import statistics
 import time
 from typing import Any
@@ -24,7 +26,7 @@ import numpy as np
 from absl import app, flags, logging
 
 from experiments.configs import base
-from gptjax import flops, sharding, train
+from gptjax import flops, profiling, sharding, train
 
 _CONFIGS = flags.DEFINE_list('configs', ['small', 'medium', 'tiny'],
                              f'Which of {sorted(("small", "medium", "tiny", "gpt2_124m"))} to time.')
@@ -38,6 +40,10 @@ _BATCH = flags.DEFINE_integer('batch_size', 0, 'Override the batch size of every
 _SEQ = flags.DEFINE_integer('seq_len', 0, 'Override the sequence length of every config.')
 _OVERRIDES = flags.DEFINE_list('set', [], 'Extra config overrides, e.g. model.scan_layers=True.')
 _JSON = flags.DEFINE_string('json', '', 'Also write the results to this JSON file.')
+_PROFILE_DIR = flags.DEFINE_string('profile_dir', '', 'Also trace 2 steps of each config into '
+                                   'this directory and print the op kinds that take the time.')
+
+_PROFILE_ROWS = 12  # op kinds printed per config with --profile_dir
 
 # The reference configs of the speed issue: byte vocabulary, tied embeddings, GELU MLP of 4*d_model.
 REFERENCE = {
@@ -78,7 +84,7 @@ def _literal(text: str) -> Any:
 
 
 def time_train_step(config: ml_collections.ConfigDict, devices: list[jax.Device], steps: int,
-                    warmup: int) -> dict[str, Any]:
+                    warmup: int, profile_dir: str = '') -> dict[str, Any]:
   """Median wall time of the jitted train step, each step synchronised before the next starts."""
   config.mesh.data, config.mesh.fsdp, config.mesh.tensor = len(devices), 1, 1
   mesh = sharding.make_mesh(config.mesh, devices)
@@ -104,6 +110,9 @@ def time_train_step(config: ml_collections.ConfigDict, devices: list[jax.Device]
     times.append(time.perf_counter() - start)
   if not np.isfinite(float(metrics['train_loss'])):
     raise FloatingPointError('The benchmarked step produced a non-finite loss.')
+  op_kinds = []
+  if profile_dir:
+    state, op_kinds = profiling.trace_steps(jit_train, state, batches[0], 2, profile_dir)
   cfg = train.model_config(config)
   tokens = config.data.batch_size * config.data.seq_len
   step_time = statistics.median(times)
@@ -117,6 +126,7 @@ def time_train_step(config: ml_collections.ConfigDict, devices: list[jax.Device]
       'flops_per_s': tokens * flops.flops_per_token(cfg, config.data.seq_len, 'full') / step_time,
       'flops_per_s_kaplan': tokens * flops.flops_per_token(cfg, config.data.seq_len, 'kaplan')
                             / step_time,
+      'op_kinds': [op._asdict() for op in op_kinds],
   }
 
 
@@ -139,8 +149,9 @@ def main(argv):
       if count > jax.device_count():
         raise ValueError(f'--devices asks for {count} devices but {jax.device_count()} are '
                          'visible; on CPU set XLA_FLAGS=--xla_force_host_platform_device_count=N.')
+      profile_dir = _PROFILE_DIR.value and os.path.join(_PROFILE_DIR.value, f'{name}_{count}')
       result = time_train_step(bench_config(name), jax.devices()[:count], _STEPS.value,
-                               _WARMUP.value)
+                               _WARMUP.value, profile_dir)
       per_device = result['flops_per_s'] / count
       result.update(config=name, dtype=dtype, measured_peak=peak, datasheet_peak=datasheet,
                     mfu_measured=per_device / peak,
@@ -150,6 +161,8 @@ def main(argv):
       print(f'{name:<10} {count:>3} {result["params"]:>11,} {1e3 * result["step_time_s"]:>9.1f} '
             f'{result["tokens_per_s"]:>11,.0f} {result["flops_per_s"] / 1e9:>10,.1f} '
             f'{100 * result["mfu_measured"]:>8.1f}% {sheet} {result["compile_s"]:>9.1f}', flush=True)
+      for op in result['op_kinds'][:_PROFILE_ROWS]:
+        print(f'    {op["ms_per_step"]:9.1f} ms/step {op["calls_per_step"]:7.0f} calls  {op["name"]}')
   if _JSON.value:
     with open(_JSON.value, 'w') as f:
       json.dump({'device': device.device_kind, 'results': results}, f, indent=2)

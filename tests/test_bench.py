@@ -1,0 +1,57 @@
+"""The training-step benchmark's arithmetic and its profile summary."""
+
+import gzip
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from gptjax import profiling
+
+_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def test_summary_groups_ops_by_kind_per_step_and_skips_wrappers(tmp_path):
+  events = [
+      {'ph': 'X', 'name': 'ynn_fusion.3', 'dur': 300.0},
+      {'ph': 'X', 'name': 'ynn_fusion.17', 'dur': 500.0},
+      {'ph': 'X', 'name': 'dot.2', 'dur': 200.0},
+      {'ph': 'X', 'name': 'ThunkExecutor::Execute', 'dur': 5000.0},  # wraps the ops above
+      {'ph': 'X', 'name': '$api.py:2479 block_until_ready', 'dur': 5000.0},
+      {'ph': 'i', 'name': 'dot.9', 'dur': 999.0},  # an instant, not a duration
+  ]
+  path = tmp_path / 'perfetto_trace.json.gz'
+  with gzip.open(path, 'wt') as f:
+    json.dump({'traceEvents': events}, f)
+  kinds = profiling.summarize(str(path), steps=2)
+  assert [op.name for op in kinds] == ['ynn_fusion', 'dot']
+  assert kinds[0].ms_per_step == pytest.approx(0.4) and kinds[0].calls_per_step == 1
+  assert kinds[1].ms_per_step == pytest.approx(0.1) and kinds[1].calls_per_step == 0.5
+
+
+def test_bench_reports_consistent_rates_and_a_profile(tmp_path):
+  out_json, profile_dir = tmp_path / 'bench.json', tmp_path / 'profile'
+  env = {**os.environ, 'XLA_FLAGS': '', 'JAX_PLATFORMS': 'cpu'}
+  run = subprocess.run(
+      [sys.executable, '-m', 'gptjax.bench', '--configs=tiny', '--steps=3', '--warmup=1',
+       '--batch_size=4', '--seq_len=64', f'--json={out_json}', f'--profile_dir={profile_dir}'],
+      cwd=_ROOT, env=env, capture_output=True, text=True, timeout=600)
+  assert run.returncode == 0, run.stderr[-3000:]
+  result = json.loads(out_json.read_text())['results'][0]
+  tokens = 4 * 64
+  assert result['tokens_per_s'] == pytest.approx(tokens / result['step_time_s'])
+  # tiny: d_model 128, 4 layers, byte vocabulary 256 tied; the full count by hand, per token:
+  # 2x the 12 d^2 matmuls per layer and the 4 T d attention products, forward, and the head 2 d V,
+  # then x3 for forward + backward.
+  d, layers, t, vocab = 128, 4, 64, 256
+  per_token = 3 * (layers * (2 * 12 * d * d + 4 * t * d) + 2 * d * vocab)
+  assert result['flops_per_s'] == pytest.approx(tokens * per_token / result['step_time_s'],
+                                                rel=1e-6)
+  assert result['mfu_measured'] == pytest.approx(result['flops_per_s'] / result['measured_peak'])
+  kinds = {op['name']: op for op in result['op_kinds']}
+  assert kinds and all(op['ms_per_step'] >= 0 for op in kinds.values())
+  assert any('fusion' in name or 'dot' in name for name in kinds)
+  assert list(profile_dir.glob('tiny_1/**/perfetto_trace.json.gz'))
+  assert 'ms/step' in run.stdout
