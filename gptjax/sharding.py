@@ -83,6 +83,11 @@ def batch_sharding(mesh: Mesh) -> NamedSharding:
   return NamedSharding(mesh, PartitionSpec(BATCH_AXES, None))
 
 
+def batch_shards(mesh: Mesh) -> int:
+  """How many parts the batch rows are split into: the product of the data-parallel axes."""
+  return math.prod(mesh.shape[a] for a in BATCH_AXES)
+
+
 def process_batch_block(batch_sharding: NamedSharding, global_batch: int,
                         row_length: int) -> tuple[int, int]:
   """(block, num_blocks): this process loads block `block` of `num_blocks` equal parts of a batch.
@@ -131,7 +136,7 @@ def check_divisible(abstract_tree: Any, shardings: Any, mesh: Mesh) -> None:
 
 
 def check_batch_divisible(global_batch: int, mesh: Mesh, grad_accum_steps: int = 1) -> None:
-  ways = math.prod(mesh.shape[a] for a in BATCH_AXES)
+  ways = batch_shards(mesh)
   if global_batch % (ways * grad_accum_steps):
     raise ValueError(
         f'data.batch_size={global_batch} must be divisible by the data-parallel mesh size '

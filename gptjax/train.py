@@ -76,7 +76,7 @@ def jit_steps(config: ml_collections.ConfigDict, mesh: Mesh, rules: sharding.Rul
   model = GPT(cfg)
   passes = sequential_passes(config.data.batch_size, config.data.seq_len,
                              config.train.grad_accum_steps,
-                             batch_shards=math.prod(mesh.shape[a] for a in sharding.BATCH_AXES),
+                             batch_shards=sharding.batch_shards(mesh),
                              platform=mesh.devices.flat[0].platform)
   step_fn = functools.partial(
       train_step, model=model, optimizer=optim.make_optimizer(config.train),
