@@ -25,11 +25,25 @@ class TrainState:
   opt_state: Any
 
 
+def token_nll(logits_BxTxV: Array, targets_BxT: Array) -> Array:
+  """Per-token negative log-likelihood [B, T] in float32, without a gather over the vocabulary.
+
+  The label's logit is picked by a masked sum rather than `take_along_axis`: a gather (and the
+  scatter-add of its gradient) cannot fuse with the float32 upcast, so on a GPU it forced the whole
+  [B, T, V] logits to be written once more in float32 (BENCHMARKS.md, GPU). As masked reductions
+  and elementwise ops, the upcast, log-sum-exp, label pick and their gradients all fuse.
+  """
+  logits_BxTxV = logits_BxTxV.astype(jnp.float32)
+  log_normalizer_BxT = jax.nn.logsumexp(logits_BxTxV, axis=-1)
+  vocab_ids_V = jnp.arange(logits_BxTxV.shape[-1], dtype=targets_BxT.dtype)
+  is_label_BxTxV = vocab_ids_V[None, None, :] == targets_BxT[..., None]
+  label_logit_BxT = jnp.sum(jnp.where(is_label_BxTxV, logits_BxTxV, 0.0), axis=-1)
+  return log_normalizer_BxT - label_logit_BxT
+
+
 def cross_entropy(logits_BxTxV: Array, targets_BxT: Array) -> Array:
   """Mean next-token negative log-likelihood in nats, computed in float32."""
-  losses_BxT = optax.softmax_cross_entropy_with_integer_labels(
-      logits_BxTxV.astype(jnp.float32), targets_BxT)
-  return losses_BxT.mean()
+  return token_nll(logits_BxTxV, targets_BxT).mean()
 
 
 def loss_fn(params: Any, model: GPT, batch_BxT1: Array, dropout_key: Array | None) -> Array:
@@ -112,5 +126,5 @@ def eval_step(params: Any, batch_BxT1: Array, *, model: GPT) -> Array:
   """Summed token NLL and token count, so batches of any size average exactly."""
   inputs_BxT, targets_BxT = batch_BxT1[:, :-1], batch_BxT1[:, 1:]
   logits_BxTxV = model.apply({'params': params}, inputs_BxT, deterministic=True)
-  losses_BxT = optax.softmax_cross_entropy_with_integer_labels(logits_BxTxV, targets_BxT)
+  losses_BxT = token_nll(logits_BxTxV, targets_BxT)
   return jnp.stack([losses_BxT.sum(), jnp.asarray(losses_BxT.size, jnp.float32)])

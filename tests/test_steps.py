@@ -11,7 +11,7 @@ import optax
 from experiments.configs import base
 from gptjax import optim
 from gptjax.model import GPT, GPTConfig
-from gptjax.steps import TrainState, cross_entropy, eval_step, train_step
+from gptjax.steps import TrainState, cross_entropy, eval_step, token_nll, train_step
 
 
 def test_cross_entropy_matches_hand_computation():
@@ -30,6 +30,34 @@ def test_uniform_logits_give_log_vocab():
   logits = jnp.zeros((2, 5, 37))
   targets = jnp.zeros((2, 5), jnp.int32)
   np.testing.assert_allclose(float(cross_entropy(logits, targets)), np.log(37), rtol=1e-6)
+
+
+def test_token_nll_and_its_gradient_match_float64_softmax():
+  rng = np.random.default_rng(0)
+  logits = rng.normal(0, 3, (2, 5, 11))
+  targets = rng.integers(0, 11, (2, 5))
+  targets[0, :2] = [0, 10]  # both ends of the vocabulary
+  shifted = logits - logits.max(-1, keepdims=True)
+  log_probs = shifted - np.log(np.exp(shifted).sum(-1, keepdims=True))
+  onehot = np.eye(11)[targets]
+  expected_nll = -(log_probs * onehot).sum(-1)
+  expected_grad = (np.exp(log_probs) - onehot) / targets.size  # d mean(nll) / d logits
+
+  nll = token_nll(jnp.asarray(logits, jnp.float32), jnp.asarray(targets))
+  grad = jax.grad(cross_entropy)(jnp.asarray(logits, jnp.float32), jnp.asarray(targets))
+  np.testing.assert_allclose(np.asarray(nll), expected_nll, rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(np.asarray(grad), expected_grad, rtol=1e-5, atol=1e-7)
+
+  # bfloat16 logits (the GPU training dtype) are upcast before the softmax: the gradient matches
+  # the float64 one of the same rounded logits to bfloat16's own rounding, and comes back in bfloat16.
+  logits_bf16 = jnp.asarray(logits, jnp.bfloat16)
+  rounded = np.asarray(logits_bf16, np.float64)
+  rounded_probs = np.exp(rounded - rounded.max(-1, keepdims=True))
+  rounded_probs /= rounded_probs.sum(-1, keepdims=True)
+  grad_bf16 = jax.grad(cross_entropy)(logits_bf16, jnp.asarray(targets))
+  assert grad_bf16.dtype == jnp.bfloat16
+  np.testing.assert_allclose(np.asarray(grad_bf16, np.float64),
+                             (rounded_probs - onehot) / targets.size, rtol=2 ** -8, atol=1e-7)
 
 
 def _setup(accum=1, dropout=0.0):
