@@ -2,7 +2,6 @@
 
 import hashlib
 import logging
-import os
 import sysconfig
 
 import numpy as np
