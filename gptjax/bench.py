@@ -41,9 +41,10 @@ _SEQ = flags.DEFINE_integer('seq_len', 0, 'Override the sequence length of every
 _OVERRIDES = flags.DEFINE_list('set', [], 'Extra config overrides, e.g. model.scan_layers=True.')
 _JSON = flags.DEFINE_string('json', '', 'Also write the results to this JSON file.')
 _PROFILE_DIR = flags.DEFINE_string('profile_dir', '', 'Also trace 2 steps of each config into '
-                                   'this directory and print the op kinds that take the time.')
+                                   'this directory and print the op kinds and the model '
+                                   'operations that take the time.')
 
-_PROFILE_ROWS = 12  # op kinds printed per config with --profile_dir
+_PROFILE_ROWS = 12  # rows of each profile table printed per config with --profile_dir
 
 # The reference configs of the speed issue: byte vocabulary, tied embeddings, GELU MLP of 4*d_model.
 REFERENCE = {
@@ -110,9 +111,12 @@ def time_train_step(config: ml_collections.ConfigDict, devices: list[jax.Device]
     times.append(time.perf_counter() - start)
   if not np.isfinite(float(metrics['train_loss'])):
     raise FloatingPointError('The benchmarked step produced a non-finite loss.')
-  op_kinds = []
+  op_kinds, op_sources = [], []
   if profile_dir:
-    state, op_kinds = profiling.trace_steps(jit_train, state, batches[0], 2, profile_dir)
+    hlo_text = jit_train.lower(state, batches[0]).compile().as_text()
+    state, trace_path = profiling.trace_steps(jit_train, state, batches[0], 2, profile_dir)
+    op_kinds = profiling.summarize(trace_path, 2)
+    op_sources = profiling.summarize_by_source(trace_path, 2, hlo_text)
   cfg = train.model_config(config)
   tokens = config.data.batch_size * config.data.seq_len
   step_time = statistics.median(times)
@@ -127,6 +131,7 @@ def time_train_step(config: ml_collections.ConfigDict, devices: list[jax.Device]
       'flops_per_s_kaplan': tokens * flops.flops_per_token(cfg, config.data.seq_len, 'kaplan')
                             / step_time,
       'op_kinds': [op._asdict() for op in op_kinds],
+      'op_sources': [op._asdict() for op in op_sources],
   }
 
 
@@ -161,8 +166,12 @@ def main(argv):
       print(f'{name:<10} {count:>3} {result["params"]:>11,} {1e3 * result["step_time_s"]:>9.1f} '
             f'{result["tokens_per_s"]:>11,.0f} {result["flops_per_s"] / 1e9:>10,.1f} '
             f'{100 * result["mfu_measured"]:>8.1f}% {sheet} {result["compile_s"]:>9.1f}', flush=True)
-      for op in result['op_kinds'][:_PROFILE_ROWS]:
-        print(f'    {op["ms_per_step"]:9.1f} ms/step {op["calls_per_step"]:7.0f} calls  {op["name"]}')
+      for title, ops in (('by kind', result['op_kinds']), ('by source', result['op_sources'])):
+        if ops:
+          print(f'  compiled ops {title}:')
+        for op in ops[:_PROFILE_ROWS]:
+          print(f'    {op["ms_per_step"]:9.1f} ms/step {op["calls_per_step"]:7.0f} calls  '
+                f'{op["name"]}')
   if _JSON.value:
     with open(_JSON.value, 'w') as f:
       json.dump({'device': device.device_kind, 'results': results}, f, indent=2)

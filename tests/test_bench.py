@@ -31,6 +31,29 @@ def test_summary_groups_ops_by_kind_per_step_and_skips_wrappers(tmp_path):
   assert kinds[1].ms_per_step == pytest.approx(0.1) and kinds[1].calls_per_step == 0.5
 
 
+def test_summary_by_source_names_the_model_operation_and_folds_layers(tmp_path):
+  hlo_text = """
+  %copy_fusion.4 = f32[2,4,256,32]{3,2,1,0} fusion(%p), kind=kLoop, calls=%c, metadata={op_name="jit(train_step)/while/body/closed_call/jvp(GPT)/block_0/attn/transpose" stack_frame_id=1}
+  %copy_fusion.9 = f32[2,4,256,32]{3,2,1,0} fusion(%p), kind=kLoop, calls=%c, metadata={op_name="jit(train_step)/while/body/closed_call/jvp(GPT)/block_3/attn/transpose"}
+  ROOT %dot.2 = f32[512,128]{1,0} dot(%a, %b), metadata={op_name="jit(train_step)/transpose(jvp(GPT))/block_1/mlp/up/dot_general;jit(train_step)/transpose(jvp(GPT))/block_1/mlp/add"}
+  """
+  events = [
+      {'ph': 'X', 'name': 'copy_fusion.4', 'dur': 100.0},
+      {'ph': 'X', 'name': 'copy_fusion.9', 'dur': 300.0},
+      {'ph': 'X', 'name': 'dot.2', 'dur': 50.0},
+      {'ph': 'X', 'name': 'cudnn_flash_bprop_kernel', 'dur': 20.0},  # not in the HLO
+  ]
+  path = tmp_path / 'perfetto_trace.json.gz'
+  with gzip.open(path, 'wt') as f:
+    json.dump(events, f)
+  rows = profiling.summarize_by_source(str(path), steps=1, hlo_text=hlo_text)
+  assert [(op.name, op.ms_per_step, op.calls_per_step) for op in rows] == [
+      ('copy_fusion <- forward block_*/attn/transpose', 0.4, 2),
+      ('dot <- backward block_*/mlp/up/dot_general', 0.05, 1),
+      ('cudnn_flash_bprop_kernel', 0.02, 1),
+  ]
+
+
 def test_bench_reports_consistent_rates_and_a_profile(tmp_path):
   out_json, profile_dir = tmp_path / 'bench.json', tmp_path / 'profile'
   env = {**os.environ, 'XLA_FLAGS': '', 'JAX_PLATFORMS': 'cpu'}
