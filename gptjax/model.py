@@ -186,11 +186,25 @@ class _HeadProjection(nn.Module):
     return y_BxTxNxH
 
 
-def _training_attention(impl: str) -> str:
-  """'' picks 'blocked' on CPU, where it was measured fastest (BENCHMARKS.md), else JAX's choice."""
-  if impl == '' and jax.default_backend() == 'cpu':
+def _training_attention(impl: str, compute_dtype: jnp.dtype, head_dim: int,
+                        device: jax.Device | None = None) -> str:
+  """The causal attention for unpadded training and scoring; '' picks the fastest measured.
+
+  On a CPU that is the blocked attention. On an NVIDIA GPU of compute capability 8.0 or later,
+  in 16-bit compute with a head size cuDNN's flash kernel takes, it is cuDNN: JAX's own default
+  there is its XLA path, which materialises the [B, N, T, T] scores and made the GPT-2 124M
+  step 1.9x slower (BENCHMARKS.md, GPU). Elsewhere JAX chooses.
+  """
+  if impl:
+    return impl
+  device = device or jax.devices()[0]
+  if device.platform == 'cpu':
     return 'blocked'
-  return impl
+  if (device.platform == 'gpu' and device.device_kind.startswith('NVIDIA')
+      and float(getattr(device, 'compute_capability', 0)) >= 8.0
+      and compute_dtype in (jnp.bfloat16, jnp.float16) and head_dim % 8 == 0 and head_dim <= 128):
+    return 'cudnn'
+  return ''
 
 
 def _jax_attention_impl(impl: str) -> str | None:
@@ -202,8 +216,9 @@ def _jax_attention_impl(impl: str) -> str | None:
 class CausalSelfAttention(nn.Module):
   """Multi-head (or grouped-query) causal attention.
 
-  Training on a CPU uses the blocked attention of `gptjax.attention`; padded batches, decoding and
-  other devices use `jax.nn.dot_product_attention`.
+  Unpadded training and scoring use `_training_attention`'s choice: the blocked attention of
+  `gptjax.attention` on a CPU, cuDNN's flash attention on recent NVIDIA GPUs in 16-bit compute.
+  Padded batches and decoding use `jax.nn.dot_product_attention`'s own choice.
 
   With `decode=True` the keys and values live in a 'cache' collection sized by the sequence the
   module was initialised with; each call writes its T new positions at `cache_index` and attends to
@@ -242,12 +257,11 @@ class CausalSelfAttention(nn.Module):
       out_BxTxNxH = jax.nn.dot_product_attention(
           q_BxTxNxH, k_BxTxKxH, v_BxTxKxH, mask=mask_Bx1xTxT,
           implementation=_jax_attention_impl(cfg.attention_impl))
-    elif _training_attention(cfg.attention_impl) == 'blocked':
+    elif (impl := _training_attention(cfg.attention_impl, cfg.compute_dtype, h)) == 'blocked':
       out_BxTxNxH = attention.causal_attention(q_BxTxNxH, k_BxTxKxH, v_BxTxKxH, ATTENTION_BLOCK)
     else:
       out_BxTxNxH = jax.nn.dot_product_attention(
-          q_BxTxNxH, k_BxTxKxH, v_BxTxKxH, is_causal=True,
-          implementation=_jax_attention_impl(cfg.attention_impl))
+          q_BxTxNxH, k_BxTxKxH, v_BxTxKxH, is_causal=True, implementation=_jax_attention_impl(impl))
 
     out_std = cfg.init_std / math.sqrt(2 * cfg.num_layers)
     kernel_NxHxD = self.param('out_kernel', _init(out_std, ('heads', 'head_dim', 'embed')),

@@ -1,6 +1,7 @@
 """GPT model: shapes, causality, position encodings and attention against float64 NumPy references."""
 
 import functools
+import types
 
 import flax.linen as nn
 import jax
@@ -8,6 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from gptjax import model as model_lib
 from gptjax.model import (GPT, CausalSelfAttention, GPTConfig, apply_rope, sinusoidal_positions)
 
 SMALL = dict(vocab_size=37, d_model=32, num_layers=2, num_heads=4, max_seq_len=16)
@@ -130,6 +132,34 @@ def test_attention_matches_naive_float64(kv_heads, position):
   out = np.einsum('bnqk,bknh->bqnh', weights, v)
   expected = np.einsum('bqnh,nhd->bqd', out, p['out_kernel']) + p['out_bias']
   np.testing.assert_allclose(got, expected, rtol=2e-4, atol=2e-5)
+
+
+def _fake_device(platform, kind, capability=None):
+  device = types.SimpleNamespace(platform=platform, device_kind=kind)
+  if capability:
+    device.compute_capability = capability
+  return device
+
+
+@pytest.mark.parametrize('impl, device, dtype, head_dim, expected', [
+    ('', _fake_device('cpu', 'cpu'), jnp.float32, 64, 'blocked'),
+    ('', _fake_device('gpu', 'NVIDIA H100 80GB HBM3', '9.0'), jnp.bfloat16, 64, 'cudnn'),
+    ('', _fake_device('gpu', 'NVIDIA A100-SXM4-40GB', '8.0'), jnp.float16, 128, 'cudnn'),
+    # JAX chooses where cuDNN's flash kernel would refuse: float32, an odd or large head, an
+    # older GPU, another vendor, a TPU.
+    ('', _fake_device('gpu', 'NVIDIA H100 80GB HBM3', '9.0'), jnp.float32, 64, ''),
+    ('', _fake_device('gpu', 'NVIDIA H100 80GB HBM3', '9.0'), jnp.bfloat16, 36, ''),
+    ('', _fake_device('gpu', 'NVIDIA H100 80GB HBM3', '9.0'), jnp.bfloat16, 256, ''),
+    ('', _fake_device('gpu', 'Tesla V100-SXM2-16GB', '7.0'), jnp.bfloat16, 64, ''),
+    ('', _fake_device('gpu', 'AMD Instinct MI300X'), jnp.bfloat16, 64, ''),
+    ('', _fake_device('tpu', 'TPU v5 lite'), jnp.bfloat16, 128, ''),
+    # A named implementation is always kept.
+    ('xla', _fake_device('gpu', 'NVIDIA H100 80GB HBM3', '9.0'), jnp.bfloat16, 64, 'xla'),
+    ('xla', _fake_device('cpu', 'cpu'), jnp.float32, 64, 'xla'),
+])
+def test_default_training_attention_is_the_platforms_fastest(impl, device, dtype, head_dim,
+                                                             expected):
+  assert model_lib._training_attention(impl, jnp.dtype(dtype), head_dim, device) == expected
 
 
 @pytest.mark.parametrize('variant', VARIANTS)
