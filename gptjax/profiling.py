@@ -107,7 +107,8 @@ def _group(durations: list[tuple[str, float]], steps: int,
   micros: dict[str, float] = collections.defaultdict(float)
   calls: dict[str, int] = collections.defaultdict(int)
   for name, dur in durations:
-    micros[key(name)] += dur
-    calls[key(name)] += 1
+    group = key(name)
+    micros[group] += dur
+    calls[group] += 1
   return sorted((OpKind(group, micros[group] / 1e3 / steps, calls[group] / steps)
                  for group in micros), key=lambda op: -op.ms_per_step)
