@@ -2,8 +2,7 @@
 
   python -m gptjax.bench                                  # small, medium, tiny on this device
   python -m gptjax.bench --configs=gpt2_124m --dtype=bfloat16 --attention_impl=cudnn   # a GPU
-  XLA_FLAGS=--xla_force_host_platform_device_count=8 python -m gptjax.bench \
-      --configs=small --devices=1,8                       # 1 device vs 8 simulated CPU devices
+  python -m gptjax.bench --configs=small --cpu_devices=2 --devices=1,2   # the host as 1 or 2 devices
   python -m gptjax.bench --configs=small --profile_dir=/tmp/prof   # + where the step's time goes
 
 The matmul peak of the device is measured first, so MFU is against what this machine can actually
@@ -26,7 +25,7 @@ import numpy as np
 from absl import app, flags, logging
 
 from experiments.configs import base
-from gptjax import flops, profiling, sharding, train
+from gptjax import distributed, flops, profiling, sharding, train
 
 _CONFIGS = flags.DEFINE_list('configs', ['small', 'medium', 'tiny'],
                              f'Which of {sorted(("small", "medium", "tiny", "gpt2_124m"))} to time.')
@@ -35,7 +34,10 @@ _STEPS = flags.DEFINE_integer('steps', 20, 'Timed steps per config (after warm-u
 _WARMUP = flags.DEFINE_integer('warmup', 3, 'Untimed steps first (compilation, caches).')
 _DTYPE = flags.DEFINE_string('dtype', 'float32', "Compute dtype: 'float32' or 'bfloat16'.")
 _ATTENTION = flags.DEFINE_string('attention_impl', '',
-                                 "'' (blocked on CPU, else JAX picks), 'xla', 'cudnn' or 'blocked'.")
+                                 "'' (blocked on CPU, cuDNN on recent NVIDIA GPUs in bf16, else "
+                                 "JAX picks), 'xla', 'cudnn' or 'blocked'.")
+_CPU_DEVICES = flags.DEFINE_integer('cpu_devices', 0, 'Split a CPU host into this many XLA devices '
+                                    'first (mesh.cpu_devices); --devices picks how many to use.')
 _BATCH = flags.DEFINE_integer('batch_size', 0, 'Override the batch size of every config.')
 _SEQ = flags.DEFINE_integer('seq_len', 0, 'Override the sequence length of every config.')
 _OVERRIDES = flags.DEFINE_list('set', [], 'Extra config overrides, e.g. model.scan_layers=True.')
@@ -137,6 +139,7 @@ def time_train_step(config: ml_collections.ConfigDict, devices: list[jax.Device]
 
 def main(argv):
   del argv
+  distributed.configure_cpu_devices(_CPU_DEVICES.value)
   device = jax.devices()[0]
   dtype = _DTYPE.value
   # 8192^3 on accelerators: a smaller product is dispatch-bound there and understates the peak.
@@ -157,7 +160,8 @@ def main(argv):
       profile_dir = _PROFILE_DIR.value and os.path.join(_PROFILE_DIR.value, f'{name}_{count}')
       result = time_train_step(bench_config(name), jax.devices()[:count], _STEPS.value,
                                _WARMUP.value, profile_dir)
-      per_device = result['flops_per_s'] / count
+      # The CPU devices of one process share the host, whose whole peak was measured above.
+      per_device = result['flops_per_s'] / (1 if device.platform == 'cpu' else count)
       result.update(config=name, dtype=dtype, measured_peak=peak, datasheet_peak=datasheet,
                     mfu_measured=per_device / peak,
                     mfu_datasheet=per_device / datasheet if datasheet else None)

@@ -32,6 +32,7 @@ def main(argv):
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}; use --config.x.y=value for overrides.')
   logging.get_absl_handler().addFilter(_QuietLibraries())
   config = _CONFIG.value
+  distributed.configure_cpu_devices(config.mesh.cpu_devices)
   distributed.initialize(config.distributed)
   workdir = os.path.expanduser(_WORKDIR.value)
   logging.info('JAX %s on %d process(es), %d device(s): %s', jax.__version__, jax.process_count(),

@@ -59,10 +59,14 @@ def test_bench_reports_consistent_rates_and_a_profile(tmp_path):
   env = {**os.environ, 'XLA_FLAGS': '', 'JAX_PLATFORMS': 'cpu'}
   run = subprocess.run(
       [sys.executable, '-m', 'gptjax.bench', '--configs=tiny', '--steps=3', '--warmup=1',
-       '--batch_size=4', '--seq_len=64', f'--json={out_json}', f'--profile_dir={profile_dir}'],
+       '--batch_size=4', '--seq_len=64', '--cpu_devices=2', '--devices=1,2',
+       f'--json={out_json}', f'--profile_dir={profile_dir}'],
       cwd=_ROOT, env=env, capture_output=True, text=True, timeout=600)
   assert run.returncode == 0, run.stderr[-3000:]
-  result = json.loads(out_json.read_text())['results'][0]
+  result, split = json.loads(out_json.read_text())['results']
+  assert (result['devices'], split['devices']) == (1, 2)
+  # Both CPU devices share the host whose whole peak was measured: MFU is not divided by 2.
+  assert split['mfu_measured'] == pytest.approx(split['flops_per_s'] / split['measured_peak'])
   tokens = 4 * 64
   assert result['tokens_per_s'] == pytest.approx(tokens / result['step_time_s'])
   # tiny: d_model 128, 4 layers, byte vocabulary 256 tied; the full count by hand, per token:
