@@ -200,8 +200,8 @@ def _training_attention(impl: str, compute_dtype: jnp.dtype, head_dim: int,
   device = device or jax.devices()[0]
   if device.platform == 'cpu':
     return 'blocked'
-  if (device.platform == 'gpu' and device.device_kind.startswith('NVIDIA')
-      and float(getattr(device, 'compute_capability', 0)) >= 8.0
+  capability = tuple(int(x) for x in getattr(device, 'compute_capability', '0').split('.'))
+  if (device.platform == 'gpu' and device.device_kind.startswith('NVIDIA') and capability >= (8, 0)
       and compute_dtype in (jnp.bfloat16, jnp.float16) and head_dim % 8 == 0 and head_dim <= 128):
     return 'cudnn'
   return ''
