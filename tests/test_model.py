@@ -145,7 +145,7 @@ def _fake_device(platform, kind, capability=None):
     ('', _fake_device('cpu', 'cpu'), jnp.float32, 64, 'blocked'),
     ('', _fake_device('gpu', 'NVIDIA H100 80GB HBM3', '9.0'), jnp.bfloat16, 64, 'cudnn'),
     ('', _fake_device('gpu', 'NVIDIA A100-SXM4-40GB', '8.0'), jnp.float16, 128, 'cudnn'),
-    ('', _fake_device('gpu', 'NVIDIA B200', '10.0'), jnp.bfloat16, 64, 'cudnn'),  # not 1.0 < 8
+    ('', _fake_device('gpu', 'NVIDIA B200', '10.0'), jnp.bfloat16, 64, 'cudnn'),  # a two-digit major
     # JAX chooses where cuDNN's flash kernel would refuse: float32, an odd or large head, an
     # older GPU, another vendor, a TPU.
     ('', _fake_device('gpu', 'NVIDIA H100 80GB HBM3', '9.0'), jnp.float32, 64, ''),
