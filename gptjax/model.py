@@ -21,7 +21,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-from gptjax import attention
+from gptjax import attention, cpu_attention
 
 Array = jax.Array
 
@@ -30,7 +30,7 @@ MLPS = ('gelu', 'swiglu')
 NORMS = ('layernorm', 'rmsnorm')
 REMATS = ('none', 'full', 'dots')
 DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16, 'float16': jnp.float16}
-ATTENTION_IMPLS = ('', 'xla', 'cudnn', 'blocked')
+ATTENTION_IMPLS = ('', 'xla', 'cudnn', 'blocked', 'cpu_fused')
 # Query block of the 'blocked' attention: at T = 256 four blocks compute 10/16 of the logits.
 ATTENTION_BLOCK = 64
 
@@ -190,16 +190,27 @@ def _training_attention(impl: str, compute_dtype: jnp.dtype, head_dim: int,
                         device: jax.Device | None = None) -> str:
   """The causal attention for unpadded training and scoring; '' picks the fastest measured.
 
-  On a CPU that is the blocked attention. On an NVIDIA GPU of compute capability 8.0 or later,
-  in 16-bit compute with a head size cuDNN's flash kernel takes, it is cuDNN: JAX's own default
-  there is its XLA path, which materialises the [B, N, T, T] scores and made the GPT-2 124M
-  step 1.9x slower (BENCHMARKS.md, GPU). Elsewhere JAX chooses.
+  On a CPU that is the fused kernel of `gptjax.cpu_attention` where it applies (float32, head
+  sizes 16-128, a C++ compiler at hand), else the blocked JAX attention. On an NVIDIA GPU of
+  compute capability 8.0 or later, in 16-bit compute with a head size cuDNN's flash kernel takes,
+  it is cuDNN: JAX's own default there is its XLA path, which materialises the [B, N, T, T] scores
+  and made the GPT-2 124M step 1.9x slower (BENCHMARKS.md, GPU). Elsewhere JAX chooses.
   """
+  device = device or jax.devices()[0]
+  if impl == 'cpu_fused':
+    if device.platform != 'cpu' or not cpu_attention.supports(compute_dtype, head_dim):
+      raise ValueError(
+          f"attention_impl='cpu_fused' runs float32 on a CPU with head sizes "
+          f"{cpu_attention.HEAD_SIZES}, not {jnp.dtype(compute_dtype).name} on {device.platform} "
+          f"with head size {head_dim}; leave model.attention_impl='' to pick one that fits.")
+    if not cpu_attention.available():
+      raise RuntimeError(f"attention_impl='cpu_fused': {cpu_attention.unavailable_reason()}; "
+                         "leave model.attention_impl='' to fall back to 'blocked'.")
   if impl:
     return impl
-  device = device or jax.devices()[0]
   if device.platform == 'cpu':
-    return 'blocked'
+    fused = cpu_attention.supports(compute_dtype, head_dim) and cpu_attention.available()
+    return 'cpu_fused' if fused else 'blocked'
   capability = tuple(int(x) for x in getattr(device, 'compute_capability', '0').split('.'))
   if (device.platform == 'gpu' and device.device_kind.startswith('NVIDIA') and capability >= (8, 0)
       and compute_dtype in (jnp.bfloat16, jnp.float16) and head_dim % 8 == 0 and head_dim <= 128):
@@ -208,16 +219,17 @@ def _training_attention(impl: str, compute_dtype: jnp.dtype, head_dim: int,
 
 
 def _jax_attention_impl(impl: str) -> str | None:
-  """The `implementation=` for `jax.nn.dot_product_attention`: 'blocked' has no masked or cached
-  form, so those calls (padding masks, decoding) go through JAX's own choice."""
+  """The `implementation=` for `jax.nn.dot_product_attention`: 'blocked' and 'cpu_fused' have no
+  masked or cached form, so those calls (padding masks, decoding) go through JAX's own choice."""
   return impl if impl in ('xla', 'cudnn') else None
 
 
 class CausalSelfAttention(nn.Module):
   """Multi-head (or grouped-query) causal attention.
 
-  Unpadded training and scoring use `_training_attention`'s choice: the blocked attention of
-  `gptjax.attention` on a CPU, cuDNN's flash attention on recent NVIDIA GPUs in 16-bit compute.
+  Unpadded training and scoring use `_training_attention`'s choice: on a CPU the fused kernel of
+  `gptjax.cpu_attention` (or the blocked attention of `gptjax.attention` where it does not apply),
+  cuDNN's flash attention on recent NVIDIA GPUs in 16-bit compute.
   Padded batches and decoding use `jax.nn.dot_product_attention`'s own choice.
 
   With `decode=True` the keys and values live in a 'cache' collection sized by the sequence the
@@ -259,6 +271,9 @@ class CausalSelfAttention(nn.Module):
           implementation=_jax_attention_impl(cfg.attention_impl))
     elif (impl := _training_attention(cfg.attention_impl, cfg.compute_dtype, h)) == 'blocked':
       out_BxTxNxH = attention.causal_attention(q_BxTxNxH, k_BxTxKxH, v_BxTxKxH, ATTENTION_BLOCK)
+    elif impl == 'cpu_fused':
+      spec = nn.logical_to_mesh_axes(('batch', 'length', 'act_heads', 'head_dim'))
+      out_BxTxNxH = cpu_attention.causal_attention_on_mesh(q_BxTxNxH, k_BxTxKxH, v_BxTxKxH, spec)
     else:
       out_BxTxNxH = jax.nn.dot_product_attention(
           q_BxTxNxH, k_BxTxKxH, v_BxTxKxH, is_causal=True, implementation=_jax_attention_impl(impl))

@@ -12,7 +12,7 @@ import functools
 import math
 import signal
 import time
-from typing import Any
+from typing import Any, Callable
 
 import flax.linen as nn
 import jax
@@ -84,12 +84,26 @@ def jit_steps(config: ml_collections.ConfigDict, mesh: Mesh, rules: sharding.Rul
       dropout_seed=config.seed if cfg.dropout > 0 else None)
   batch_sharding = sharding.batch_sharding(mesh)
   replicated = sharding.replicated(mesh)
-  with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
-    jit_train = jax.jit(step_fn, in_shardings=(state_shardings, batch_sharding),
-                        out_shardings=(state_shardings, replicated), donate_argnums=0)
-    jit_eval = jax.jit(functools.partial(eval_step, model=model),
-                       in_shardings=(state_shardings.params, batch_sharding), out_shardings=replicated)
+  jit_train = jax.jit(_traced_on(mesh, rules, step_fn, 'train_step'),
+                      in_shardings=(state_shardings, batch_sharding),
+                      out_shardings=(state_shardings, replicated), donate_argnums=0)
+  jit_eval = jax.jit(_traced_on(mesh, rules, functools.partial(eval_step, model=model), 'eval_step'),
+                     in_shardings=(state_shardings.params, batch_sharding), out_shardings=replicated)
   return jit_train, jit_eval
+
+
+def _traced_on(mesh: Mesh, rules: sharding.Rules, fn: Callable[..., Any],
+               name: str) -> Callable[..., Any]:
+  """`fn` that traces with the mesh and logical-axis rules in context, whoever first calls the jit.
+
+  Activation constraints and the CPU attention kernel's per-device split read them at trace time;
+  a caller that lowers the step outside `jax.set_mesh` (the bench, a test) still gets both.
+  """
+  def traced(*args):
+    with jax.sharding.use_abstract_mesh(mesh.abstract_mesh), nn.logical_axis_rules(rules):
+      return fn(*args)
+  traced.__name__ = name
+  return traced
 
 
 def _global_batch(local_batch: np.ndarray, batch_sharding: jax.sharding.NamedSharding,

@@ -20,10 +20,11 @@ VARIANTS = {
                                 use_bias=False, tie_embeddings=False),
     'scan_remat': dict(scan_layers=True, remat='full'),
     'scan_dots_rope': dict(scan_layers=True, remat='dots', position='rope', num_kv_heads=1),
-    # '' trains with the blocked attention on a CPU; these name each path, and decoding with
-    # 'blocked' named goes through JAX's attention.
+    # '' trains with the fused kernel on a CPU where it applies (head size 16 here, not 8); these
+    # name each path, and decoding with 'blocked' or 'cpu_fused' named goes through JAX's attention.
     'xla_attention': dict(attention_impl='xla'),
     'blocked_attention_gqa': dict(attention_impl='blocked', num_kv_heads=2),
+    'cpu_fused_attention_gqa': dict(d_model=64, attention_impl='cpu_fused', num_kv_heads=2),
 }
 
 
@@ -35,7 +36,7 @@ def _init(cfg: GPTConfig, batch: int = 2, length: int = 12):
 
 @pytest.mark.parametrize('variant', VARIANTS)
 def test_logits_shape_and_dtype(variant):
-  cfg = GPTConfig(**SMALL, **VARIANTS[variant])
+  cfg = GPTConfig(**{**SMALL, **VARIANTS[variant]})
   params, tokens = _init(cfg)
   logits = jax.jit(GPT(cfg).apply)({'params': params}, tokens)
   assert logits.shape == (2, 12, cfg.vocab_size)
@@ -45,7 +46,7 @@ def test_logits_shape_and_dtype(variant):
 
 @pytest.mark.parametrize('variant', VARIANTS)
 def test_changing_a_future_token_never_changes_an_earlier_logit(variant):
-  cfg = GPTConfig(**SMALL, **VARIANTS[variant])
+  cfg = GPTConfig(**{**SMALL, **VARIANTS[variant]})
   params, tokens = _init(cfg)
   apply = jax.jit(GPT(cfg).apply)
   base = np.asarray(apply({'params': params}, tokens))
@@ -142,7 +143,10 @@ def _fake_device(platform, kind, capability=None):
 
 
 @pytest.mark.parametrize('impl, device, dtype, head_dim, expected', [
-    ('', _fake_device('cpu', 'cpu'), jnp.float32, 64, 'blocked'),
+    ('', _fake_device('cpu', 'cpu'), jnp.float32, 64, 'cpu_fused'),
+    # The fused CPU kernel is float32 with head sizes 16-128 only.
+    ('', _fake_device('cpu', 'cpu'), jnp.bfloat16, 64, 'blocked'),
+    ('', _fake_device('cpu', 'cpu'), jnp.float32, 48, 'blocked'),
     ('', _fake_device('gpu', 'NVIDIA H100 80GB HBM3', '9.0'), jnp.bfloat16, 64, 'cudnn'),
     ('', _fake_device('gpu', 'NVIDIA A100-SXM4-40GB', '8.0'), jnp.float16, 128, 'cudnn'),
     ('', _fake_device('gpu', 'NVIDIA B200', '10.0'), jnp.bfloat16, 64, 'cudnn'),  # a two-digit major
@@ -163,9 +167,19 @@ def test_default_training_attention_is_the_platforms_fastest(impl, device, dtype
   assert model_lib._training_attention(impl, jnp.dtype(dtype), head_dim, device) == expected
 
 
+@pytest.mark.parametrize('device, dtype, head_dim', [
+    (_fake_device('gpu', 'NVIDIA H100 80GB HBM3', '9.0'), jnp.float32, 64),
+    (_fake_device('cpu', 'cpu'), jnp.bfloat16, 64),
+    (_fake_device('cpu', 'cpu'), jnp.float32, 48),
+])
+def test_naming_the_cpu_kernel_where_it_cannot_run_says_what_to_set(device, dtype, head_dim):
+  with pytest.raises(ValueError, match="attention_impl=''"):
+    model_lib._training_attention('cpu_fused', jnp.dtype(dtype), head_dim, device)
+
+
 @pytest.mark.parametrize('variant', VARIANTS)
 def test_kv_cache_prefill_and_steps_reproduce_the_full_forward(variant):
-  cfg = GPTConfig(**SMALL, **VARIANTS[variant])
+  cfg = GPTConfig(**{**SMALL, **VARIANTS[variant]})
   params, tokens = _init(cfg)
   full = np.asarray(jax.jit(GPT(cfg).apply)({'params': params}, tokens))
   decoder = GPT(cfg, decode=True)

@@ -70,10 +70,11 @@ def _train_config():
   return config.train
 
 
+@pytest.mark.parametrize('attention_impl', ['cpu_fused', 'blocked'])
 @pytest.mark.parametrize('num_kv_heads, seq_len, batch', [(0, 128, 16), (2, 100, 4)])
-def test_twenty_steps_follow_the_plain_reference(num_kv_heads, seq_len, batch):
+def test_twenty_steps_follow_the_plain_reference(num_kv_heads, seq_len, batch, attention_impl):
   cfg = GPTConfig(vocab_size=64, d_model=64, num_layers=2, num_heads=4, num_kv_heads=num_kv_heads,
-                  max_seq_len=seq_len)
+                  max_seq_len=seq_len, attention_impl=attention_impl)
   tx = optim.make_optimizer(_train_config())
   params = nn.unbox(GPT(cfg).init(jax.random.key(0), jnp.zeros((1, seq_len), jnp.int32))['params'])
   passes = sequential_passes(batch, seq_len, 1, batch_shards=1, platform='cpu')

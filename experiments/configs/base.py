@@ -28,7 +28,9 @@ def get_model_config() -> ml_collections.ConfigDict:
   m.param_dtype = 'float32'
   m.scan_layers = False  # nn.scan over blocks: compile time independent of depth
   m.remat = 'none'  # 'none' | 'full' | 'dots' (save matmul outputs, recompute the rest)
-  m.attention_impl = ''  # '': 'blocked' on CPU, 'cudnn' on NVIDIA GPUs in bf16; 'xla' | 'cudnn' | 'blocked'
+  # '': 'cpu_fused' on CPU (else 'blocked'), 'cudnn' on NVIDIA GPUs in bf16;
+  # 'xla' | 'cudnn' | 'blocked' | 'cpu_fused'
+  m.attention_impl = ''
   return m
 
 

@@ -1,0 +1,154 @@
+"""The fused CPU causal attention kernel (`gptjax/csrc/causal_attention.cc`): build, load, call.
+
+The kernel is compiled at first use with the host's C++ compiler for the host's own instruction set
+(`-march=native`) and cached under ~/.cache/gptjax (or $GPTJAX_CACHE_DIR), keyed by the source, the
+compiler, JAX's FFI headers and the CPU model, so a shared home directory on a cluster of mixed
+machines never loads a library built for another CPU. Building needs only a C++17 compiler; where
+there is none, `available()` says why and the model keeps the blocked JAX attention.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import logging
+import os
+import platform
+import shutil
+import subprocess
+import tempfile
+from typing import Sequence
+
+import jax
+import jax.numpy as jnp
+
+Array = jax.Array
+
+_SOURCE = os.path.join(os.path.dirname(__file__), 'csrc', 'causal_attention.cc')
+_FORWARD, _BACKWARD = 'gptjax_causal_attention_fwd', 'gptjax_causal_attention_bwd'
+HEAD_SIZES = (16, 32, 64, 128)
+
+
+def supports(dtype: jnp.dtype, head_dim: int) -> bool:
+  """Whether the kernel computes this attention: float32 with one of `HEAD_SIZES`."""
+  return jnp.dtype(dtype) == jnp.float32 and head_dim in HEAD_SIZES
+
+
+def _cpu_model() -> str:
+  try:
+    with open('/proc/cpuinfo') as f:
+      return next((line for line in f if line.startswith(('model name', 'flags'))), '')
+  except OSError:
+    return platform.processor()
+
+
+def _compiler() -> str | None:
+  return os.environ.get('CXX') or shutil.which('c++') or shutil.which('g++') or shutil.which('clang++')
+
+
+def _build(compiler: str) -> str:
+  """Compiles the kernel (once per source, compiler and CPU) and returns the library's path."""
+  with open(_SOURCE, 'rb') as f:
+    source = f.read()
+  include = jax.ffi.include_dir()
+  flags = ['-O3', '-march=native', '-std=c++17', '-shared', '-fPIC', '-w', f'-I{include}']
+  version = subprocess.run([compiler, '--version'], capture_output=True, text=True).stdout
+  key = hashlib.sha256(b'\0'.join(
+      part.encode() if isinstance(part, str) else part
+      for part in (source, version, ' '.join(flags), jax.__version__, _cpu_model()))).hexdigest()[:16]
+  cache = os.environ.get('GPTJAX_CACHE_DIR') or os.path.join(os.path.expanduser('~'), '.cache',
+                                                               'gptjax')
+  path = os.path.join(cache, f'causal_attention_{key}.so')
+  if not os.path.exists(path):
+    os.makedirs(cache, exist_ok=True)
+    # Built beside its final name and renamed, so concurrent processes never load half a file.
+    fd, partial = tempfile.mkstemp(suffix='.so', dir=cache)
+    os.close(fd)
+    result = subprocess.run([compiler, *flags, _SOURCE, '-o', partial], capture_output=True,
+                            text=True)
+    if result.returncode:
+      os.unlink(partial)
+      raise RuntimeError(f'{compiler} could not build {_SOURCE}:\n{result.stderr[-2000:]}')
+    os.replace(partial, path)
+    logging.info('Built the CPU attention kernel into %s', path)
+  return path
+
+
+@functools.cache
+def _load() -> str:
+  """Builds and registers the kernel; returns '' when ready, else why it is unavailable."""
+  compiler = _compiler()
+  if compiler is None:
+    return 'no C++ compiler was found (set $CXX or install g++ or clang++)'
+  try:
+    import ctypes  # pylint: disable=import-outside-toplevel
+    library = ctypes.cdll.LoadLibrary(_build(compiler))
+  except (RuntimeError, OSError) as error:
+    return str(error)
+  jax.ffi.register_ffi_target(_FORWARD, jax.ffi.pycapsule(library.GptjaxCausalAttentionForward),
+                              platform='cpu')
+  jax.ffi.register_ffi_target(_BACKWARD, jax.ffi.pycapsule(library.GptjaxCausalAttentionBackward),
+                              platform='cpu')
+  return ''
+
+
+def available() -> bool:
+  """Whether the kernel is built and registered, building it on the first call."""
+  problem = _load()
+  if problem:
+    logging.warning('The CPU attention kernel is unavailable, using the JAX attention: %s', problem)
+  return not problem
+
+
+def unavailable_reason() -> str:
+  """Why the kernel could not be built or loaded ('' if it was)."""
+  return _load()
+
+
+def _shapes(*arrays: Sequence[int]) -> tuple[jax.ShapeDtypeStruct, ...]:
+  return tuple(jax.ShapeDtypeStruct(tuple(shape), jnp.float32) for shape in arrays)
+
+
+def causal_attention_on_mesh(q_BxTxNxH: Array, k_BxTxKxH: Array, v_BxTxKxH: Array,
+                             spec: jax.sharding.PartitionSpec) -> Array:
+  """`causal_attention` of activations laid out over the current mesh as `spec` says.
+
+  Each (batch row, head) is independent, so every device runs the kernel on its own rows and heads
+  (`jax.shard_map`). Without that, XLA cannot split a custom call and gathers the whole batch onto
+  every device. `spec` must leave the sequence axis unsplit.
+  """
+  mesh = jax.sharding.get_abstract_mesh()
+  if mesh.empty or mesh.size == 1:
+    return causal_attention(q_BxTxNxH, k_BxTxKxH, v_BxTxKxH)
+  if len(spec) > 1 and spec[1] is not None:
+    raise ValueError(f'The CPU attention kernel needs whole sequences on each device, but the '
+                     f'activations are split as {spec}; set model.attention_impl=\'blocked\'.')
+  # check_vma=False: the FFI call's results carry no record of the axes they vary over.
+  return jax.shard_map(causal_attention, mesh=mesh, in_specs=(spec, spec, spec), out_specs=spec,
+                       check_vma=False)(q_BxTxNxH, k_BxTxKxH, v_BxTxKxH)
+
+
+@jax.custom_vjp
+def causal_attention(q_BxTxNxH: Array, k_BxTxKxH: Array, v_BxTxKxH: Array) -> Array:
+  """softmax(QKᵀ/√H + causal mask) V for float32 [B, T, heads, H] inputs, head n reading K/V head
+  n // (N / K); the same function as `jax.nn.dot_product_attention(..., is_causal=True)`.
+
+  Call `available()` first: it builds the kernel.
+  """
+  return _forward(q_BxTxNxH, k_BxTxKxH, v_BxTxKxH)[0]
+
+
+def _forward(q_BxTxNxH: Array, k_BxTxKxH: Array, v_BxTxKxH: Array):
+  b, t, n, _ = q_BxTxNxH.shape
+  out_BxTxNxH, lse_BxNxT = jax.ffi.ffi_call(_FORWARD, _shapes(q_BxTxNxH.shape, (b, n, t)))(
+      q_BxTxNxH, k_BxTxKxH, v_BxTxKxH)
+  return out_BxTxNxH, (q_BxTxNxH, k_BxTxKxH, v_BxTxKxH, out_BxTxNxH, lse_BxNxT)
+
+
+def _backward(residuals, dout_BxTxNxH: Array):
+  q_BxTxNxH, k_BxTxKxH, v_BxTxKxH, out_BxTxNxH, lse_BxNxT = residuals
+  return jax.ffi.ffi_call(_BACKWARD, _shapes(q_BxTxNxH.shape, k_BxTxKxH.shape, v_BxTxKxH.shape))(
+      q_BxTxNxH, k_BxTxKxH, v_BxTxKxH, out_BxTxNxH, lse_BxNxT, dout_BxTxNxH)
+
+
+causal_attention.defvjp(_forward, _backward)
