@@ -40,6 +40,22 @@ inline Vec Load(const float* p) {
 }
 inline void Store(float* p, Vec v) { std::memcpy(p, &v, sizeof(Vec)); }
 inline Vec Splat(float x) { return Vec{} + x; }
+// Lane indices 0..15 as floats: `Iota() + j < visible` marks the visible keys of a vector at j.
+inline Vec Iota() {
+  Vec v;
+  for (int l = 0; l < kLanes; ++l) v[l] = static_cast<float>(l);
+  return v;
+}
+inline float HorizontalMax(Vec v) {
+  float m = v[0];
+  for (int l = 1; l < kLanes; ++l) m = std::max(m, v[l]);
+  return m;
+}
+inline float HorizontalSum(Vec v) {
+  float total = 0.0f;
+  for (int l = 0; l < kLanes; ++l) total += v[l];
+  return total;
+}
 
 // exp(x) for x <= 0, to about 2 ulp: 2^n * e^f with |f| <= ln2 / 2 and a degree-6 polynomial.
 inline Vec ExpNonPositive(Vec x) {
@@ -219,28 +235,32 @@ void ForwardHead(const Dims& d, const float* q, const float* k, const float* v, 
     const int64_t len = i0 + rows;  // keys visible to the block's last row
     const int64_t cols = RoundUp(len, kLanes);
     RowsTimesColumns<H, kR>(qs + i0 * H, H, keys_t, tp, cols, s, tp);
+    float inv_sum[kR];
     for (int r = 0; r < kR; ++r) {
       float* row = s + r * tp;
-      const int64_t visible = std::min(i0 + r + 1, len);  // padding rows see their block's keys
-      float m = row[0];
-      for (int64_t j = 1; j < visible; ++j) m = std::max(m, row[j]);
+      const Vec visible = Splat(static_cast<float>(std::min(i0 + r + 1, len)));
+      Vec max = Splat(-INFINITY);
+      for (int64_t j = 0; j < cols; j += kLanes) {
+        const Vec x = Load(row + j);
+        max = Iota() + static_cast<float>(j) < visible && x > max ? x : max;
+      }
+      const float m = HorizontalMax(max);
       Vec sum = {};
       for (int64_t j = 0; j < cols; j += kLanes) {
         Vec e = ExpNonPositive(Load(row + j) - m);
-        for (int l = 0; l < kLanes; ++l)
-          if (j + l >= visible) e[l] = 0.0f;
+        e = Iota() + static_cast<float>(j) < visible ? e : Vec{};
         Store(row + j, e);
         sum += e;
       }
-      float total = 0.0f;
-      for (int l = 0; l < kLanes; ++l) total += sum[l];
+      const float total = HorizontalSum(sum);
       if (r < rows) lse[(bi * d.n + ni) * t + i0 + r] = m + std::log(total);
-      const float inv = 1.0f / total;
-      for (int64_t j = 0; j < cols; ++j) row[j] *= inv;
+      inv_sum[r] = 1.0f / total;
     }
-    WeightsTimesRows<H, kR>(s, tp, values, len, o);
-    for (int r = 0; r < rows; ++r)
-      std::memcpy(out + d.q_row(bi, i0 + r, ni), o + r * H, H * sizeof(float));
+    WeightsTimesRows<H, kR>(s, tp, values, len, o);  // unnormalised: 1/sum is applied here
+    for (int r = 0; r < rows; ++r) {
+      float* dst = out + d.q_row(bi, i0 + r, ni);
+      for (int hi = 0; hi < H; ++hi) dst[hi] = o[r * H + hi] * inv_sum[r];
+    }
   }
 }
 
@@ -285,13 +305,12 @@ void BackwardHead(const Dims& d, const float* q, const float* k, const float* v,
       for (int r = 0; r < kR; ++r) {
         float* prow = p + r * tp;
         float* dsrow = ds + r * tp;
-        const int64_t visible = r < rows ? i0 + r + 1 : 0;  // padding rows contribute nothing
+        const Vec visible = Splat(r < rows ? static_cast<float>(i0 + r + 1) : 0.0f);
         const float m = r < rows ? lse_t[i0 + r] : 0.0f;
         const float dl = r < rows ? delta[i0 + r] : 0.0f;
         for (int64_t j = 0; j < cols; j += kLanes) {
           Vec e = ExpNonPositive(Load(prow + j) - m);
-          for (int l = 0; l < kLanes; ++l)
-            if (j + l >= visible) e[l] = 0.0f;
+          e = Iota() + static_cast<float>(j) < visible ? e : Vec{};
           Store(prow + j, e);
           Store(dsrow + j, e * (Load(dsrow + j) - dl));
         }
