@@ -9,6 +9,7 @@ there is none, `available()` says why and the model keeps the blocked JAX attent
 
 from __future__ import annotations
 
+import ctypes
 import functools
 import hashlib
 import logging
@@ -76,12 +77,18 @@ def _build(compiler: str) -> str:
 
 @functools.cache
 def _load() -> str:
-  """Builds and registers the kernel; returns '' when ready, else why it is unavailable."""
+  """Builds and registers the kernel once; returns '' when ready, else why it is unavailable."""
+  problem = _build_and_register()
+  if problem:
+    logging.warning('The CPU attention kernel is unavailable, using the JAX attention: %s', problem)
+  return problem
+
+
+def _build_and_register() -> str:
   compiler = _compiler()
   if compiler is None:
     return 'no C++ compiler was found (set $CXX or install g++ or clang++)'
   try:
-    import ctypes  # pylint: disable=import-outside-toplevel
     library = ctypes.cdll.LoadLibrary(_build(compiler))
   except (RuntimeError, OSError) as error:
     return str(error)
@@ -94,10 +101,7 @@ def _load() -> str:
 
 def available() -> bool:
   """Whether the kernel is built and registered, building it on the first call."""
-  problem = _load()
-  if problem:
-    logging.warning('The CPU attention kernel is unavailable, using the JAX attention: %s', problem)
-  return not problem
+  return not _load()
 
 
 def unavailable_reason() -> str:
