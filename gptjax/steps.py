@@ -14,8 +14,9 @@ from gptjax.model import GPT
 Array = jax.Array
 Metrics = dict[str, Array]
 
-# Tokens per device in one forward+backward pass of a CPU step; see `sequential_passes`.
-CPU_TOKENS_PER_PASS = 512
+# Tokens per host in one forward+backward pass of a CPU step, shared by the host's devices; see
+# `sequential_passes`.
+CPU_TOKENS_PER_PASS = 1024
 
 
 @flax.struct.dataclass
@@ -56,22 +57,25 @@ def loss_fn(params: Any, model: GPT, batch_BxT1: Array, dropout_key: Array | Non
 
 
 def sequential_passes(batch_size: int, seq_len: int, grad_accum_steps: int, batch_shards: int,
-                      platform: str) -> int:
+                      platform: str, host_devices: int = 1) -> int:
   """How many micro-batches a step should run one after another: at least `grad_accum_steps`.
 
-  On a CPU each accumulation micro-batch is split further into the fewest equal parts of at most
-  CPU_TOKENS_PER_PASS tokens per device, whole sequences each. A pass that small keeps its
-  activations in cache between the forward and backward of each layer, which made the reference
-  configs 1.2-1.4x faster than one pass over the batch (BENCHMARKS.md, issue 6). `batch_shards`
-  is the number of devices the batch rows are split over: a pass must still give every one of them
-  whole rows, or the devices would compute the same rows. Other platforms run the batch as
-  configured.
+  On a CPU each accumulation micro-batch is split further into the fewest equal parts of whole
+  sequences that keep a pass within CPU_TOKENS_PER_PASS tokens per host, shared evenly by the
+  `host_devices` devices that run on it at once. A pass that small keeps its activations in the
+  caches between the forward and backward of each layer: this made the reference configs 1.2-1.4x
+  faster than one pass over the batch, and the budget is per host because its devices share those
+  caches (with the fused attention, 1024 tokens was best on one device and 512 on each of two;
+  BENCHMARKS.md, issue 6). `batch_shards` is the number of devices the batch rows are split over:
+  a pass must still give every one of them whole rows, or the devices would compute the same rows.
+  Other platforms run the batch as configured.
   """
   if platform != 'cpu':
     return grad_accum_steps
+  tokens_per_device = CPU_TOKENS_PER_PASS // max(host_devices, 1)
   rows_per_device = max(batch_size // (grad_accum_steps * batch_shards), 1)
   split = next(s for s in range(1, rows_per_device + 1)
-               if rows_per_device % s == 0 and rows_per_device // s * seq_len <= CPU_TOKENS_PER_PASS
+               if rows_per_device % s == 0 and rows_per_device // s * seq_len <= tokens_per_device
                or s == rows_per_device)
   return grad_accum_steps * split
 

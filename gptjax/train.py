@@ -77,7 +77,8 @@ def jit_steps(config: ml_collections.ConfigDict, mesh: Mesh, rules: sharding.Rul
   passes = sequential_passes(config.data.batch_size, config.data.seq_len,
                              config.train.grad_accum_steps,
                              batch_shards=sharding.batch_shards(mesh),
-                             platform=mesh.devices.flat[0].platform)
+                             platform=mesh.devices.flat[0].platform,
+                             host_devices=len(mesh.local_devices))
   step_fn = functools.partial(
       train_step, model=model, optimizer=optim.make_optimizer(config.train),
       schedule=optim.learning_rate_schedule(config.train), grad_accum_steps=passes,

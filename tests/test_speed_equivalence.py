@@ -109,17 +109,22 @@ def test_twenty_steps_follow_the_plain_reference(num_kv_heads, seq_len, batch, a
 
 
 def test_cpu_step_splits_the_batch_into_cache_sized_passes():
-  assert CPU_TOKENS_PER_PASS == 512
+  assert CPU_TOKENS_PER_PASS == 1024
   passes = functools.partial(sequential_passes, batch_shards=1, platform='cpu')
-  assert passes(16, 128, 1) == 4  # the 16 x 128 case above
-  assert passes(16, 256, 1) == 8  # the reference configs
-  assert passes(16, 256, 4) == 8  # 4 accumulation steps, each split in 2
+  assert passes(16, 128, 1) == 2  # the 16 x 128 case above
+  assert passes(16, 256, 1) == 4  # the reference configs: 4 rows of 256 per pass
+  assert passes(16, 256, 4) == 4  # 4 accumulation steps of 4 rows, each one pass
   assert passes(4, 100, 1) == 1
   assert passes(3, 2048, 1) == 3  # at least one row per pass
-  # Split over 8 devices, 16 x 256 is already 512 tokens per device: one pass, or the devices
-  # would each compute every row of a pass smaller than the mesh.
-  assert sequential_passes(16, 256, 1, batch_shards=8, platform='cpu') == 1
-  assert sequential_passes(64, 256, 1, batch_shards=8, platform='cpu') == 4
+  # Two devices on one host share its caches: 512 tokens each.
+  assert sequential_passes(16, 256, 1, batch_shards=2, platform='cpu', host_devices=2) == 4
+  # Two hosts with one device each: each host's device gets the whole budget.
+  assert sequential_passes(16, 256, 1, batch_shards=2, platform='cpu', host_devices=1) == 2
+  # Split over 8 devices of one host, 16 x 256 is 2 rows per device and 128 tokens of budget
+  # each: one row per pass, never less, or the devices would each compute every row of a pass
+  # smaller than the mesh.
+  assert sequential_passes(16, 256, 1, batch_shards=8, platform='cpu', host_devices=8) == 2
+  assert sequential_passes(64, 256, 1, batch_shards=8, platform='cpu', host_devices=8) == 8
   assert sequential_passes(16, 256, 2, batch_shards=1, platform='gpu') == 2  # as configured
 
 
