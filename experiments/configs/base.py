@@ -82,7 +82,7 @@ def get_config() -> ml_collections.ConfigDict:
   mesh.fsdp = 1
   mesh.tensor = 1
   # On a CPU-only host: split it into this many XLA devices (0: one), each running its share of
-  # the batch. 2 was 4-21% faster for small models on a 2-core VM (BENCHMARKS.md, issue 6).
+  # the batch. 2 was 2-21% faster for small models on a 2-core VM (BENCHMARKS.md, issue 6).
   mesh.cpu_devices = 0
   # Logical axis name -> mesh axis (or axes). The model only names logical axes.
   mesh.rules = (
