@@ -143,12 +143,15 @@ def test_data_parallel_cpu_step_gives_each_device_its_own_rows():
   assert 'all-gather' not in hlo and 'all-reduce' in hlo  # gradients are reduced, rows stay put
 
 
-def test_cpu_training_uses_the_blocked_attention():
-  cfg = GPTConfig(vocab_size=16, d_model=16, num_layers=1, num_heads=2, max_seq_len=8)
+@pytest.mark.parametrize('d_model, expected', [(32, 'gptjax_causal_attention_fwd'),
+                                              (16, 'bkgch,bksh->bkgcs')])
+def test_cpu_training_uses_the_fused_kernel_or_else_the_blocked_attention(d_model, expected):
+  """Head size 16 takes the fused kernel; 8, which it was not built for, the blocked attention."""
+  cfg = GPTConfig(vocab_size=16, d_model=d_model, num_layers=1, num_heads=2, max_seq_len=8)
   tokens = jnp.zeros((1, 8), jnp.int32)
   params = GPT(cfg).init(jax.random.key(0), tokens)
   hlo = jax.jit(GPT(cfg).apply).lower(params, tokens).as_text(debug_info=True)
-  assert 'bkgch,bksh->bkgcs' in hlo and 'BTNH,BSNH->BNTS' not in hlo
+  assert expected in hlo and 'BTNH,BSNH->BNTS' not in hlo
 
 
 @pytest.mark.parametrize('t, n, k, block', [(256, 4, 4, ATTENTION_BLOCK), (100, 6, 2, 32),
