@@ -2,8 +2,8 @@
 
 The kernel is compiled at first use with the host's C++ compiler for the host's own instruction set
 (`-march=native`) and cached under ~/.cache/gptjax (or $GPTJAX_CACHE_DIR), keyed by the source, the
-compiler, JAX's FFI headers and the CPU model, so a shared home directory on a cluster of mixed
-machines never loads a library built for another CPU. Building needs only a C++17 compiler; where
+compiler, the JAX version (whose FFI headers it includes) and the CPU model and flags, so a shared
+home directory on a cluster of mixed machines never loads a library built for another CPU. Building needs only a C++17 compiler; where
 there is none, `available()` says why and the model keeps the blocked JAX attention.
 """
 
@@ -36,9 +36,15 @@ def supports(dtype: jnp.dtype, head_dim: int) -> bool:
 
 
 def _cpu_model() -> str:
+  """The CPU's model and instruction-set flags: a VM may hide some of its model's extensions."""
   try:
     with open('/proc/cpuinfo') as f:
-      return next((line for line in f if line.startswith(('model name', 'flags'))), '')
+      first = {}
+      for line in f:
+        name = line.split(':', 1)[0].strip()
+        if name in ('model name', 'flags', 'Features'):  # 'Features': the Arm spelling
+          first.setdefault(name, line)
+      return ''.join(first.values())
   except OSError:
     return platform.processor()
 
@@ -109,8 +115,8 @@ def unavailable_reason() -> str:
   return _load()
 
 
-def _shapes(*arrays: Sequence[int]) -> tuple[jax.ShapeDtypeStruct, ...]:
-  return tuple(jax.ShapeDtypeStruct(tuple(shape), jnp.float32) for shape in arrays)
+def _shapes(*shapes: Sequence[int]) -> tuple[jax.ShapeDtypeStruct, ...]:
+  return tuple(jax.ShapeDtypeStruct(tuple(shape), jnp.float32) for shape in shapes)
 
 
 def causal_attention_on_mesh(q_BxTxNxH: Array, k_BxTxKxH: Array, v_BxTxKxH: Array,
