@@ -25,11 +25,15 @@ SCRIPTS = ('local.sh', 'tpu_vm.sh', 'slurm.sbatch')
 
 
 def _stub(directory: pathlib.Path, name: str, body: str) -> None:
-  """An executable `name` in `directory` that logs its arguments to `directory/calls`."""
+  """An executable `name` in `directory` that logs its arguments to `directory/calls`.
+
+  The line is built first and appended in one write: stubs started side by side (local.sh's
+  processes) would otherwise interleave their pieces.
+  """
   path = directory / name
   path.write_text('#!/bin/bash\n'
-                  f'{{ printf %s {name}; printf " %q" "$@"; echo; }} >> '
-                  f'{shlex.quote(str(directory / "calls"))}\n' + body)
+                  f'line="$(printf %s {name}; printf " %q" "$@")"\n'
+                  f'echo "$line" >> {shlex.quote(str(directory / "calls"))}\n' + body)
   path.chmod(path.stat().st_mode | stat.S_IEXEC)
 
 
