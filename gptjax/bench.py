@@ -34,8 +34,8 @@ _STEPS = flags.DEFINE_integer('steps', 20, 'Timed steps per config (after warm-u
 _WARMUP = flags.DEFINE_integer('warmup', 3, 'Untimed steps first (compilation, caches).')
 _DTYPE = flags.DEFINE_string('dtype', 'float32', "Compute dtype: 'float32' or 'bfloat16'.")
 _ATTENTION = flags.DEFINE_string('attention_impl', '',
-                                 "'' (blocked on CPU, cuDNN on recent NVIDIA GPUs in bf16, else "
-                                 "JAX picks), 'xla', 'cudnn' or 'blocked'.")
+                                 "'' (cpu_fused, else blocked, on CPU; cuDNN on recent NVIDIA GPUs "
+                                 "in bf16; else JAX picks), 'xla', 'cudnn', 'blocked' or 'cpu_fused'.")
 _CPU_DEVICES = flags.DEFINE_integer('cpu_devices', 0, 'Split a CPU host into this many XLA devices '
                                     'first (mesh.cpu_devices); --devices picks how many to use.')
 _BATCH = flags.DEFINE_integer('batch_size', 0, 'Override the batch size of every config.')

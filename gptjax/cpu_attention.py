@@ -3,8 +3,9 @@
 The kernel is compiled at first use with the host's C++ compiler for the host's own instruction set
 (`-march=native`) and cached under ~/.cache/gptjax (or $GPTJAX_CACHE_DIR), keyed by the source, the
 compiler, the JAX version (whose FFI headers it includes) and the CPU model and flags, so a shared
-home directory on a cluster of mixed machines never loads a library built for another CPU. Building needs only a C++17 compiler; where
-there is none, `available()` says why and the model keeps the blocked JAX attention.
+home directory on a cluster of mixed machines never loads a library built for another CPU.
+Building needs only a C++17 compiler; where there is none, `available()` says why and the model
+keeps the blocked JAX attention.
 """
 
 from __future__ import annotations

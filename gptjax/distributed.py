@@ -38,8 +38,9 @@ def configure_cpu_devices(count: int) -> None:
   JAX computation.
 
   Each CPU device then runs its share of the batch as its own stream of ops. On the 2-core VM of
-  BENCHMARKS.md, two devices made the small reference config's step 9% faster and tiny's 4-6%
-  (medium was unchanged): one device's chain of small products leaves a core idle part of the time.
+  BENCHMARKS.md, two devices made the small reference config's step 2-21% faster and tiny's 4-10%
+  (medium was about unchanged): one device's chain of small products leaves a core idle part of
+  the time.
   It only changes the CPU platform, so it is harmless where an accelerator is the default backend.
   """
   if count < 0:

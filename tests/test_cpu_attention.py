@@ -9,6 +9,7 @@ run it on its own rows and heads.
 
 import os
 import subprocess
+import sys
 
 import jax
 import jax.numpy as jnp
@@ -112,7 +113,7 @@ def test_without_a_compiler_the_reason_is_reported(tmp_path):
             "print(model._training_attention('', jnp.dtype('float32'), 32))\n")
   env = {**os.environ, 'PATH': str(tmp_path), 'GPTJAX_CACHE_DIR': str(tmp_path / 'cache')}
   env.pop('CXX', None)
-  result = subprocess.run([os.sys.executable, '-c', script], env=env, capture_output=True,
+  result = subprocess.run([sys.executable, '-c', script], env=env, capture_output=True,
                           text=True, check=True, cwd=os.path.dirname(os.path.dirname(__file__)))
   reason, choice = result.stdout.strip().splitlines()
   assert 'no C++ compiler' in reason and choice == 'blocked'
@@ -125,7 +126,7 @@ def test_a_bad_compiler_is_reported_with_its_output(tmp_path):
   script = ('from gptjax import cpu_attention\n'
             'print(cpu_attention.unavailable_reason())\n')
   env = {**os.environ, 'CXX': str(failing), 'GPTJAX_CACHE_DIR': str(tmp_path / 'cache')}
-  result = subprocess.run([os.sys.executable, '-c', script], env=env, capture_output=True,
+  result = subprocess.run([sys.executable, '-c', script], env=env, capture_output=True,
                           text=True, check=True, cwd=os.path.dirname(os.path.dirname(__file__)))
   assert 'could not build' in result.stdout and 'mock compiler: cannot build' in result.stdout
   assert not list((tmp_path / 'cache').glob('*.so'))  # no half-built library is left behind

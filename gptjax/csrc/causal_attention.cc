@@ -40,11 +40,11 @@ inline Vec Load(const float* p) {
 }
 inline void Store(float* p, Vec v) { std::memcpy(p, &v, sizeof(Vec)); }
 inline Vec Splat(float x) { return Vec{} + x; }
-// Lane indices 0..15 as floats: `Iota() + j < visible` marks the visible keys of a vector at j.
-inline Vec Iota() {
-  Vec v;
-  for (int l = 0; l < kLanes; ++l) v[l] = static_cast<float>(l);
-  return v;
+typedef int32_t IVec __attribute__((vector_size(kLanes * sizeof(int32_t))));
+// Which lanes of the 16 keys from j on are visible: key index < `visible` (a splat of the count).
+inline IVec Visible(int64_t j, Vec visible) {
+  static const Vec kLaneIndex = {0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15};
+  return kLaneIndex + static_cast<float>(j) < visible;
 }
 inline float HorizontalMax(Vec v) {
   float m = v[0];
@@ -74,7 +74,6 @@ inline Vec ExpNonPositive(Vec x) {
   p = p * f + Splat(0.5f);
   p = p * f + Splat(1.0f);
   p = p * f + Splat(1.0f);
-  typedef int32_t IVec __attribute__((vector_size(kLanes * sizeof(int32_t))));
   IVec bits = (__builtin_convertvector(n, IVec) + 127) << 23;
   Vec scale;
   std::memcpy(&scale, &bits, sizeof(Vec));
@@ -242,13 +241,13 @@ void ForwardHead(const Dims& d, const float* q, const float* k, const float* v, 
       Vec max = Splat(-INFINITY);
       for (int64_t j = 0; j < cols; j += kLanes) {
         const Vec x = Load(row + j);
-        max = Iota() + static_cast<float>(j) < visible && x > max ? x : max;
+        max = Visible(j, visible) && x > max ? x : max;
       }
       const float m = HorizontalMax(max);
       Vec sum = {};
       for (int64_t j = 0; j < cols; j += kLanes) {
         Vec e = ExpNonPositive(Load(row + j) - m);
-        e = Iota() + static_cast<float>(j) < visible ? e : Vec{};
+        e = Visible(j, visible) ? e : Vec{};
         Store(row + j, e);
         sum += e;
       }
@@ -310,7 +309,7 @@ void BackwardHead(const Dims& d, const float* q, const float* k, const float* v,
         const float dl = r < rows ? delta[i0 + r] : 0.0f;
         for (int64_t j = 0; j < cols; j += kLanes) {
           Vec e = ExpNonPositive(Load(prow + j) - m);
-          e = Iota() + static_cast<float>(j) < visible ? e : Vec{};
+          e = Visible(j, visible) ? e : Vec{};
           Store(prow + j, e);
           Store(dsrow + j, e * (Load(dsrow + j) - dl));
         }
