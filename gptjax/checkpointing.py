@@ -10,20 +10,17 @@ corruption, a partial copy) is set aside with a warning in favour of the newest 
 from __future__ import annotations
 
 import glob
-import json
 import os
 import time
 from typing import Any
 
 import grain
 import jax
-import ml_collections
 import orbax.checkpoint as ocp
 from absl import logging
 
-CONFIG_FILE = 'config.json'
-CHECKPOINT_DIR = 'checkpoints'
-UNREADABLE_DIR = 'checkpoints.unreadable'
+from gptjax import run_dir
+
 
 
 class CheckpointError(RuntimeError):
@@ -35,7 +32,7 @@ def make_manager(workdir: str, *, save_every: int, keep: int, async_save: bool) 
       save_interval_steps=max(save_every, 1), max_to_keep=keep, create=True,
       enable_async_checkpointing=async_save, cleanup_tmp_directories=True)
   return ocp.CheckpointManager(
-      os.path.abspath(os.path.join(workdir, CHECKPOINT_DIR)), options=options,
+      os.path.abspath(os.path.join(workdir, run_dir.CHECKPOINT_DIR)), options=options,
       item_handlers={'state': ocp.StandardCheckpointHandler(),
                      'data': grain.checkpoint.CheckpointHandler()})
 
@@ -51,7 +48,7 @@ def save(manager: ocp.CheckpointManager, step: int, state: Any, data_iter: Any |
 def _set_aside(manager: ocp.CheckpointManager, step: int) -> str:
   """Moves an unreadable step out of the manager's way (never deletes it) so training can go on."""
   source = os.path.join(str(manager.directory), str(step))
-  target_dir = os.path.join(os.path.dirname(str(manager.directory)), UNREADABLE_DIR)
+  target_dir = os.path.join(os.path.dirname(str(manager.directory)), run_dir.UNREADABLE_DIR)
   os.makedirs(target_dir, exist_ok=True)
   target = os.path.join(target_dir, f'{step}-{int(time.time())}')
   os.replace(source, target)
@@ -93,7 +90,7 @@ def restore_latest(manager: ocp.CheckpointManager, abstract_state: Any, data_ite
         raise CheckpointError(
             f'The checkpoint at step {step} in {manager.directory} could not be restored '
             f'({type(error).__name__}: {str(error)[:300]}). With several processes the run stops '
-            f'rather than fall back on one of them: move that step directory to {UNREADABLE_DIR}/ '
+            f'rather than fall back on one of them: move that step directory to {run_dir.UNREADABLE_DIR}/ '
             'and rerun to resume from the previous checkpoint.') from error
       where = 'left in place'
       if set_aside_unreadable and jax.process_index() == 0:
@@ -107,39 +104,16 @@ def restore_latest(manager: ocp.CheckpointManager, abstract_state: Any, data_ite
   if steps:
     raise CheckpointError(
         f'None of the checkpoints {steps} in {manager.directory} could be restored (see the '
-        f'warnings above; a training run moves them to {UNREADABLE_DIR}/). Rerun to start afresh, '
+        f'warnings above; a training run moves them to {run_dir.UNREADABLE_DIR}/). Rerun to start afresh, '
         'or point --workdir elsewhere.')
   return None
 
 
-def write_config(workdir: str, config: ml_collections.ConfigDict) -> None:
-  """Writes the resolved config as JSON (atomic rename), the record of how a run was made."""
-  os.makedirs(workdir, exist_ok=True)
-  path = os.path.join(workdir, CONFIG_FILE)
-  tmp = path + '.tmp'
-  with open(tmp, 'w') as f:
-    f.write(config.to_json_best_effort(indent=2, sort_keys=True))
-  os.replace(tmp, path)
+def restore_params(workdir: str, abstract_state: Any) -> Any:
+  """The parameters of the run's latest readable checkpoint, placed on the default device.
 
-
-def read_config(workdir: str) -> ml_collections.ConfigDict:
-  path = os.path.join(workdir, CONFIG_FILE)
-  if not os.path.exists(path):
-    raise FileNotFoundError(f'{path} does not exist: {workdir} is not a gptjax run directory. '
-                            'Pass the --workdir of a run made by `python -m gptjax.main`.')
-  with open(path) as f:
-    values = json.load(f)
-  values['mesh']['rules'] = tuple((name, tuple(axes) if isinstance(axes, list) else axes)
-                                  for name, axes in values['mesh']['rules'])
-  return ml_collections.ConfigDict(values)
-
-
-def restore_params(workdir: str) -> tuple[ml_collections.ConfigDict, Any]:
-  """The run's config and the parameters of its latest readable checkpoint, on the default device."""
-  from gptjax import train  # train imports this module; import here to keep the dependency one-way
-
-  config = read_config(workdir)
-  abstract_state = train.abstract_train_state(config)
+  `abstract_state` is the train state's shapes (`train.abstract_train_state` of the run's config).
+  """
   abstract_state = jax.tree.map(
       lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=jax.sharding.SingleDeviceSharding(
           jax.devices()[0])), abstract_state)
@@ -150,7 +124,7 @@ def restore_params(workdir: str) -> tuple[ml_collections.ConfigDict, Any]:
   finally:
     manager.close()
   if restored is None:
-    raise CheckpointError(f'No checkpoint in {os.path.join(workdir, CHECKPOINT_DIR)}: train the run '
+    raise CheckpointError(f'No checkpoint in {os.path.join(workdir, run_dir.CHECKPOINT_DIR)}: train the run '
                           'first (checkpoints are written every train.checkpoint_every steps and at '
                           'the end).')
-  return config, restored[1].params
+  return restored[1].params

@@ -32,6 +32,7 @@ from ml_collections import config_flags
 from gptjax import flops
 from gptjax.flops import Accelerator, ParamCounts
 from gptjax.model import GPTConfig
+from gptjax.progress import format_duration
 
 HOUR = 3600.0
 METHODS = ('6nd',) + flops.FLOP_METHODS
@@ -202,13 +203,6 @@ def _num(x: float) -> str:
   return f'{x:.3g}'
 
 
-def _duration(seconds: float) -> str:
-  for size, unit in ((86400.0 * 365, 'years'), (86400.0, 'days'), (HOUR, 'hours'), (60.0, 'min')):
-    if seconds >= size:
-      return f'{seconds / size:.3g} {unit}'
-  return f'{seconds:.3g} s'
-
-
 def format_report(name: str, train: TrainingEstimate, serve: ServingEstimate,
                   optimal_tokens: dict[str, float], seq_len: int) -> str:
   p = train.params
@@ -222,7 +216,7 @@ def format_report(name: str, train: TrainingEstimate, serve: ServingEstimate,
       f'Training on {_num(train.tokens)} tokens  (compute-optimal: {optimal})',
       f'  FLOPs      {flop_counts}   (time uses {train.method!r})',
       f'  hardware   {train.num_accelerators} x {train.accelerator} at {100 * train.mfu:.0f}% MFU',
-      f'  time       {_duration(train.seconds)}  =  {_num(train.accelerator_hours)} '
+      f'  time       {format_duration(train.seconds)}  =  {_num(train.accelerator_hours)} '
       f'accelerator-hours',
       f'  cost       ${_num(train.usd)} at ${train.price_per_hour_usd:.2f} per accelerator-hour',
       '',

@@ -188,10 +188,10 @@ def sample_windowed(params: Any, config: GPTConfig, prompt_ids: Sequence[int], m
 def _main(argv: Sequence[str]) -> None:
   """Loads a run's latest checkpoint and tokenizer, then prints the prompt and its continuation."""
   del argv
-  from gptjax import checkpointing, tokenizer as tokenizer_lib  # lazy: the library needs neither
+  from gptjax import train, tokenizer as tokenizer_lib  # lazy: the library needs neither
   from gptjax.beam_search import BeamSearchConfig, beam_search  # it imports this module
   f = flags.FLAGS
-  config, params = checkpointing.restore_params(f.workdir)
+  config, params = train.load_params(f.workdir)
   model_config = GPTConfig.from_config(config.model)
   tokenizer = tokenizer_lib.load_or_train_tokenizer(config, f.workdir)
   prompt_ids = [int(i) for i in tokenizer.encode(f.prompt)] or [int(tokenizer.eos_id)]

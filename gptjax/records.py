@@ -1,4 +1,4 @@
-"""Reading run records back: each workdir's `metrics.jsonl` and `config.json`, one sweep as a table.
+"""A sweep as a table: one row per eval record of every run, read through `gptjax.run_dir`.
 
 A table is a list of dicts (one row per record) so plots and fits need nothing beyond the standard
 library and numpy; `column` turns one field into a float array.
@@ -6,61 +6,14 @@ library and numpy; `column` turns one field into a float array.
 
 from __future__ import annotations
 
-import json
-import math
 import os
-import warnings
 from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 
-from gptjax.metrics import METRICS_FILE  # the writer's file name: one definition
+from gptjax import run_dir
 
-CONFIG_FILE = 'config.json'
 EVAL_KEY = 'eval_loss'
-_NON_FINITE = {'nan': math.nan, 'inf': math.inf, '-inf': -math.inf, 'infinity': math.inf,
-               '-infinity': -math.inf}
-
-
-def _number(value: Any) -> Any:
-  """The metrics writer stores NaN/inf as strings (JSON has no literal for them); undo that."""
-  if isinstance(value, str) and value.lower() in _NON_FINITE:
-    return _NON_FINITE[value.lower()]
-  return value
-
-
-def load_run(workdir: str) -> list[dict[str, Any]]:
-  """Every record of one run, in file order.
-
-  A line that does not parse (the half-written last line of a crashed run, or a line a restart
-  appended to it) is skipped with a warning rather than failing the whole sweep.
-  """
-  path = os.path.join(workdir, METRICS_FILE)
-  if not os.path.exists(path):
-    raise FileNotFoundError(f'{path} does not exist; is {workdir!r} a run workdir?')
-  records = []
-  with open(path) as f:
-    for line_number, line in enumerate(f, start=1):
-      if not line.strip():
-        continue
-      try:
-        record = json.loads(line)
-      except json.JSONDecodeError:
-        record = None
-      if not isinstance(record, dict):
-        warnings.warn(f'{path}:{line_number}: skipping a malformed record ({line[:60]!r}...).')
-        continue
-      records.append({key: _number(value) for key, value in record.items()})
-  return records
-
-
-def load_config(workdir: str) -> dict[str, Any]:
-  """The run's `config.json` as nested dicts, or {} if the run wrote none."""
-  path = os.path.join(workdir, CONFIG_FILE)
-  if not os.path.exists(path):
-    return {}
-  with open(path) as f:
-    return json.load(f)
 
 
 def eval_records(records: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
@@ -78,7 +31,7 @@ def run_dirs(sweep_dir: str) -> list[str]:
     raise FileNotFoundError(f'sweep_dir={sweep_dir!r} is not a directory.')
   names = sorted(os.listdir(sweep_dir))
   return [os.path.join(sweep_dir, n) for n in names
-          if os.path.exists(os.path.join(sweep_dir, n, METRICS_FILE))]
+          if os.path.exists(os.path.join(sweep_dir, n, run_dir.METRICS_FILE))]
 
 
 def load_sweep(sweep_dir: str) -> list[dict[str, Any]]:
@@ -86,9 +39,9 @@ def load_sweep(sweep_dir: str) -> list[dict[str, Any]]:
   rows = []
   for workdir in run_dirs(sweep_dir):
     name = os.path.basename(workdir)
-    rows += [{'run': name, **record} for record in eval_records(load_run(workdir))]
+    rows += [{'run': name, **record} for record in eval_records(run_dir.read_metrics(workdir))]
   if not rows:
-    raise ValueError(f'No eval records under {sweep_dir!r}: expected <run>/{METRICS_FILE} files '
+    raise ValueError(f'No eval records under {sweep_dir!r}: expected <run>/{run_dir.METRICS_FILE} files '
                      f'with {EVAL_KEY!r} lines; run the sweep (or let it reach its first eval).')
   return rows
 

@@ -24,7 +24,8 @@ from jax.experimental import multihost_utils
 from jax.sharding import Mesh
 
 from gptjax import checkpointing, data as data_lib, evaluate, flops, metrics as metrics_lib, optim
-from gptjax import sharding
+from gptjax import run_dir, sharding
+from gptjax.progress import Progress
 from gptjax.model import GPT, GPTConfig
 from gptjax.steps import TrainState, eval_step, sequential_passes, train_step
 from gptjax.tokenizer import load_or_train_tokenizer
@@ -55,6 +56,12 @@ def _init(config: ml_collections.ConfigDict):
 def abstract_train_state(config: ml_collections.ConfigDict) -> TrainState:
   """Shapes and dtypes of the train state, without allocating it (for restoring checkpoints)."""
   return nn.unbox(jax.eval_shape(_init(config), jax.random.key(config.seed)))
+
+
+def load_params(workdir: str) -> tuple[ml_collections.ConfigDict, Any]:
+  """A finished (or interrupted) run's config and the parameters of its latest checkpoint."""
+  config = run_dir.read_config(workdir)
+  return config, checkpointing.restore_params(workdir, abstract_train_state(config))
 
 
 def create_train_state(config: ml_collections.ConfigDict, mesh: Mesh,
@@ -171,7 +178,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   if config.data.source != 'tokens':  # token shards carry ids of the user's stated vocabulary
     config.model.vocab_size = data.tokenizer.vocab_size
   if is_main:
-    checkpointing.write_config(workdir, config)
+    run_dir.write_config(workdir, config)
 
   rules = sharding.logical_rules(config.mesh)
   cfg = model_config(config)
@@ -187,7 +194,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     start_step, state = restored
     logging.info('Resumed from the checkpoint at step %d.', start_step)
     if is_main:
-      dropped = metrics_lib.truncate_after(workdir, start_step)
+      dropped = run_dir.truncate_metrics_after(workdir, start_step)
       if dropped:
         logging.info('Dropped %d records past step %d; the resumed run rewrites them.', dropped,
                      start_step)
@@ -205,7 +212,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                                 global_shape=batch_shape)
   tokens_per_byte = data.val_tokens / data.val_bytes if data.val_bytes else 0.0
   writer = metrics_lib.MetricsWriter(workdir, enabled=is_main)
-  progress = metrics_lib.Progress(config.train.num_steps, start_step, tokens_per_step)
+  progress = Progress(config.train.num_steps, start_step, tokens_per_step)
   preemption = _Preemption()
   preemption.install()
   logging.info('Model: %s params (%s non-embedding); %d tokens per step; mesh %s.',

@@ -17,7 +17,7 @@ import numpy as np
 from absl import logging
 
 from experiments import plot_scaling
-from gptjax import records, scaling
+from gptjax import records, run_dir, scaling
 
 FIT_DIR, PLOTS_DIR = 'fit', 'plots'
 _SCALE_UPS = (1, 10, 100)
@@ -33,8 +33,8 @@ def _snapshot(workdir: str, finished: Sequence[str]) -> str:
   shutil.rmtree(target, ignore_errors=True)
   for name in finished:
     os.makedirs(os.path.join(target, name))
-    shutil.copy(os.path.join(workdir, name, records.METRICS_FILE),
-                os.path.join(target, name, records.METRICS_FILE))
+    shutil.copy(os.path.join(workdir, name, run_dir.METRICS_FILE),
+                os.path.join(target, name, run_dir.METRICS_FILE))
   return target
 
 

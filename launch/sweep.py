@@ -35,7 +35,7 @@ import scipy.optimize
 from absl import app, flags
 
 import launch
-from gptjax import records
+from gptjax import records, run_dir
 from launch import fit
 
 LOG_FILE = 'log.txt'
@@ -95,14 +95,14 @@ def config_differences(saved: dict[str, Any], config: ml_collections.ConfigDict)
 def member_status(member_dir: str, config: ml_collections.ConfigDict) -> Status:
   """Finished means a record at the final step with an eval loss. Stale means the workdir was made
   with another config than the member now has: resuming or fitting it would mix two experiments."""
-  saved = records.load_config(member_dir) if os.path.isdir(member_dir) else {}
+  saved = run_dir.read_config_dict(member_dir) if os.path.isdir(member_dir) else {}
   differences = config_differences(saved, config) if saved else []
   if differences:
     more = f' and {len(differences) - 2} more' if len(differences) > 2 else ''
     return Status('stale', detail='; '.join(differences[:2]) + more)
-  if not os.path.exists(os.path.join(member_dir, records.METRICS_FILE)):
+  if not os.path.exists(os.path.join(member_dir, run_dir.METRICS_FILE)):
     return Status('partial' if saved else 'new')
-  rows = records.load_run(member_dir)
+  rows = run_dir.read_metrics(member_dir)
   evals = records.eval_records(rows)
   step = max((row.get('step', 0) for row in rows), default=0)
   last_eval = evals[-1][records.EVAL_KEY] if evals else None

@@ -6,16 +6,16 @@ import os
 import numpy as np
 import pytest
 
-from gptjax import records
+from gptjax import records, run_dir
 
 
 def write_run(root, name, lines, config=None):
   workdir = os.path.join(root, name)
   os.makedirs(workdir)
-  with open(os.path.join(workdir, records.METRICS_FILE), 'w') as f:
+  with open(os.path.join(workdir, run_dir.METRICS_FILE), 'w') as f:
     f.write(''.join(line if isinstance(line, str) else json.dumps(line) + '\n' for line in lines))
   if config is not None:
-    with open(os.path.join(workdir, records.CONFIG_FILE), 'w') as f:
+    with open(os.path.join(workdir, run_dir.CONFIG_FILE), 'w') as f:
       json.dump(config, f)
   return workdir
 
@@ -30,13 +30,13 @@ def test_load_run_skips_partial_last_line_with_warning(tmp_path):
   workdir = write_run(tmp_path, 'a', [eval_line(10, 3.0), {'step': 15, 'train_loss': 2.9},
                                       eval_line(20, 2.5), '{"step": 30, "eval_lo'])
   with pytest.warns(UserWarning, match=r'metrics.jsonl:4: skipping a malformed record'):
-    rows = records.load_run(workdir)
+    rows = run_dir.read_metrics(workdir)
   assert [r['step'] for r in rows] == [10, 15, 20]
 
 
 def test_non_finite_strings_become_floats(tmp_path):
   workdir = write_run(tmp_path, 'a', [dict(eval_line(10, 3.0), eval_loss='nan', grad_norm='inf')])
-  (row,) = records.load_run(workdir)
+  (row,) = run_dir.read_metrics(workdir)
   assert np.isnan(row['eval_loss']) and row['grad_norm'] == np.inf
 
 
@@ -52,8 +52,8 @@ def test_load_sweep_and_final_records(tmp_path):
   final = records.final_records(rows)
   assert {r['run']: r['eval_loss'] for r in final} == {'big': 2.3, 'small': 2.6}
   np.testing.assert_array_equal(records.column(final, 'params_non_embedding'), [4000, 1000])
-  assert records.load_config(str(tmp_path / 'small')) == {'seed': 0}
-  assert records.load_config(str(tmp_path / 'big')) == {}
+  assert run_dir.read_config_dict(str(tmp_path / 'small')) == {'seed': 0}
+  assert run_dir.read_config_dict(str(tmp_path / 'big')) == {}
 
 
 def test_column_names_missing_field_and_reads_structured_arrays():

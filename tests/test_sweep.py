@@ -18,7 +18,7 @@ import pytest
 import launch
 from launch import fit
 from launch import sweep as runner
-from gptjax import flops, records, train
+from gptjax import flops, records, run_dir, train
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CPU_SWEEP = os.path.join(ROOT, 'experiments', 'sweeps', 'cpu_scaling.py')
@@ -371,10 +371,10 @@ def test_one_real_member_trains_and_is_then_skipped(tmp_path, monkeypatch, capsy
   assert runner.run_sweep(sweep, workdir, n_bootstrap=2) == 0
   out = capsys.readouterr().out
   assert 'real: step 4/4' in out and 'finished real: eval_loss' in out
-  rows = records.load_run(os.path.join(workdir, 'real'))
+  rows = run_dir.read_metrics(os.path.join(workdir, 'real'))
   assert rows[-1]['step'] == 4 and math.isfinite(rows[-1]['eval_loss'])
   with open(os.path.join(workdir, 'real', 'log.txt')) as f:
     assert '-m gptjax.main --config=' in f.readline()
   assert runner.run_sweep(sweep, workdir, n_bootstrap=2) == 0
   assert '1 of 1 members already finished; training 0' in capsys.readouterr().out
-  np.testing.assert_equal(records.load_run(os.path.join(workdir, 'real')), rows)  # untouched
+  np.testing.assert_equal(run_dir.read_metrics(os.path.join(workdir, 'real')), rows)  # untouched

@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 from experiments.configs import base
-from gptjax import checkpointing, train
+from gptjax import run_dir, train
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -45,7 +45,7 @@ def _records(workdir):
 
 
 def _params(workdir):
-  return jax.device_get(checkpointing.restore_params(workdir)[1])
+  return jax.device_get(train.load_params(workdir)[1])
 
 
 def _assert_same_params(a, b, atol=0.0):
@@ -106,7 +106,7 @@ def test_unreadable_latest_checkpoint_falls_back_to_the_previous_one(finished_ru
         f.write(b'garbage')
   train.train_and_evaluate(_config(), workdir)
   _assert_same_params(_params(workdir), _params(finished_run))
-  set_aside = os.listdir(os.path.join(workdir, checkpointing.UNREADABLE_DIR))
+  set_aside = os.listdir(os.path.join(workdir, run_dir.UNREADABLE_DIR))
   assert len(set_aside) == 1 and set_aside[0].startswith('30-')  # kept, not deleted
 
 
