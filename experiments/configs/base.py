@@ -53,7 +53,6 @@ def get_config() -> ml_collections.ConfigDict:
   d.seq_len = 128
   d.batch_size = 16  # global batch, in sequences
   d.max_corpus_bytes = 0  # 0: whole corpus; else stop reading after this many bytes (quick runs)
-  d.shuffle_buffer = 0  # unused by the map-style pipeline; kept 0
   d.worker_count = 0
 
   t = config.train = ml_collections.ConfigDict()
@@ -74,7 +73,6 @@ def get_config() -> ml_collections.ConfigDict:
   t.checkpoint_every = 500
   t.keep_checkpoints = 3
   t.async_checkpoints = True
-  t.max_nan_steps = 0  # a non-finite loss stops the run at once
 
   mesh = config.mesh = ml_collections.ConfigDict()
   # Sizes of the device mesh axes; one may be -1 ("all the devices the others leave").
