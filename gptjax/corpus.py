@@ -6,15 +6,15 @@ Sources (`config.data.source`):
                 differ between machines, the standard library of one Python version does not.
   'text'        files matching `data.paths` (comma-separated globs, `~` expanded, `**` recursive).
   'arrayrecord' ArrayRecord files matching `data.paths`; each record is one UTF-8 document.
-  'tokens'      pre-tokenized shards matching `data.paths` (nanoGPT layout: `ndarray.tofile` of
-                `data.token_dtype`), memory-mapped as one stream by `TokenStream`, never copied.
+  'tokens'      pre-tokenised shards: ids, not documents, so `gptjax.tokens` reads them; it finds
+                them with `glob_files` and checks `config.data` with `check_config`, as here.
 
 Split: `data.val_paths` names the validation files explicitly (they are removed from the train
 files). Otherwise a file goes to validation when a stable hash (sha256, not Python's salted `hash`)
 of its path relative to the glob root falls below `data.val_fraction`, so a file keeps its split
 across machines, runs and added files; ArrayRecord records are split the same way by (file, index).
 Both splits are made non-empty; a single text file is cut at a line boundary instead, its tail
-becoming validation. Token shards are one stream whose last `val_fraction` is validation.
+becoming validation.
 
 Undecodable bytes (`data.decode_errors`). The default is 'replace' because one stray Latin-1 byte
 should not cost a whole file (4 stdlib test files are deliberately not UTF-8):
@@ -33,7 +33,7 @@ import glob
 import hashlib
 import os
 import sysconfig
-from typing import Iterator, Sequence
+from typing import Iterator
 
 from absl import logging
 from array_record.python import array_record_module
@@ -43,7 +43,6 @@ import numpy as np
 
 SOURCES = ('stdlib', 'text', 'arrayrecord', 'tokens')
 DECODE_ERRORS = ('replace', 'skip', 'strict')
-TOKEN_DTYPES = ('uint16', 'uint32')
 _EXCLUDED_DIRS = frozenset({'site-packages', 'dist-packages', '__pycache__'})
 
 
@@ -121,7 +120,7 @@ class TextSplit:
 
 def text_splits(d: ml_collections.ConfigDict) -> tuple[TextSplit, TextSplit]:
   """(train, validation) of a text source described by `config.data`."""
-  _check_config(d)
+  check_config(d)
   if d.source == 'tokens':
     raise ValueError("data.source='tokens' holds token ids, not text; read it with token_splits().")
   if d.source == 'arrayrecord':
@@ -149,7 +148,8 @@ def text_splits(d: ml_collections.ConfigDict) -> tuple[TextSplit, TextSplit]:
   return train, val
 
 
-def _check_config(d: ml_collections.ConfigDict):
+def check_config(d: ml_collections.ConfigDict):
+  """Raises early, naming the field and the fix, on an unknown source, decode policy or split."""
   if d.source not in SOURCES:
     raise ValueError(f'Unknown data.source={d.source!r}; choose one of {SOURCES}.')
   if d.decode_errors not in DECODE_ERRORS:
@@ -320,93 +320,3 @@ def _decode(raw: bytes, name: str, policy: str, stats: ReadStats) -> str | None:
       return None
     stats.replaced.append(name)
     return raw.decode('utf-8', errors='replace')
-
-
-class TokenStream:
-  """Token shards read as one concatenated stream, restricted to [start, stop); memory-mapped.
-
-  Picklable (the maps are reopened lazily), so grain worker processes can read it too.
-  """
-
-  def __init__(self, paths: Sequence[str], dtype: str, start: int = 0, stop: int | None = None):
-    self.paths = tuple(paths)
-    self.dtype = np.dtype(dtype)
-    lengths = []
-    for path in self.paths:
-      nbytes = os.path.getsize(path)
-      if nbytes % self.dtype.itemsize:
-        raise ValueError(f'{path} has {nbytes} bytes, not a multiple of {self.dtype.itemsize} '
-                         f'({self.dtype.name}); is data.token_dtype right?')
-      lengths.append(nbytes // self.dtype.itemsize)
-    self._offsets = np.concatenate([[0], np.cumsum(lengths, dtype=np.int64)])
-    self.start = start
-    self.stop = int(self._offsets[-1]) if stop is None else stop
-    self._maps: dict[int, np.memmap] = {}
-
-  def __len__(self) -> int:
-    return self.stop - self.start
-
-  def __getstate__(self):
-    return {**self.__dict__, '_maps': {}}
-
-  def slice(self, start: int, stop: int) -> TokenStream:
-    """The sub-stream [start, stop) of this one (positions relative to it)."""
-    view = object.__new__(TokenStream)
-    view.__dict__.update(self.__getstate__())
-    view.start, view.stop = self.start + start, self.start + min(stop, len(self))
-    return view
-
-  def locate(self, position: int) -> tuple[str, int]:
-    """(file, token offset in that file) of stream `position`."""
-    absolute = self.start + position
-    shard = int(np.searchsorted(self._offsets, absolute, side='right')) - 1
-    return self.paths[shard], absolute - int(self._offsets[shard])
-
-  def read(self, start: int, stop: int) -> np.ndarray:
-    """Tokens [start, stop) of this stream, as a new array of the shards' dtype."""
-    a, b = self.start + start, self.start + min(stop, len(self))
-    pieces = []
-    while a < b:
-      shard = int(np.searchsorted(self._offsets, a, side='right')) - 1
-      end = min(b, int(self._offsets[shard + 1]))
-      if shard not in self._maps:
-        self._maps[shard] = np.memmap(self.paths[shard], dtype=self.dtype, mode='r')
-      base = int(self._offsets[shard])
-      pieces.append(self._maps[shard][a - base:end - base])
-      a = end
-    return np.concatenate(pieces) if pieces else np.zeros(0, self.dtype)
-
-  def chunks(self, size: int = 1 << 24) -> Iterator[tuple[int, np.ndarray]]:
-    """(position, tokens) pieces covering the stream, for scans that must not load it whole."""
-    for position in range(0, len(self), size):
-      yield position, self.read(position, position + size)
-
-
-def token_splits(d: ml_collections.ConfigDict) -> tuple[TokenStream, TokenStream]:
-  """(train, validation) streams of `data.source='tokens'`."""
-  _check_config(d)
-  if d.token_dtype not in TOKEN_DTYPES:
-    raise ValueError(f'data.token_dtype={d.token_dtype!r}; choose one of {TOKEN_DTYPES}.')
-  itemsize = np.dtype(d.token_dtype).itemsize
-  cap = d.max_corpus_bytes // itemsize if d.max_corpus_bytes > 0 else None
-  files = glob_files(d.paths, 'paths')
-  if d.val_paths:
-    val_files = glob_files(d.val_paths, 'val_paths')
-    val_set = {f.path for f in val_files}
-    train = TokenStream([f.path for f in files if f.path not in val_set], d.token_dtype)
-    val = TokenStream([f.path for f in val_files], d.token_dtype)
-    if cap is not None:
-      val_cap = max(1, round(cap * d.val_fraction))
-      train, val = train.slice(0, max(1, cap - val_cap)), val.slice(0, val_cap)
-  else:
-    stream = TokenStream([f.path for f in files], d.token_dtype)
-    if cap is not None:
-      stream = stream.slice(0, cap)
-    n_val = max(1, round(len(stream) * d.val_fraction))
-    cut = len(stream) - n_val
-    train, val = stream.slice(0, cut), stream.slice(cut, len(stream))
-  for name, stream in (('train', train), ('validation', val)):
-    if len(stream) <= 0:
-      raise ValueError(f'The {name} split of token shards {d.paths!r} is empty; add tokens or '
-                       'change data.val_fraction / data.val_paths.')
-  return train, val

@@ -18,7 +18,6 @@ from __future__ import annotations
 import abc
 import json
 import os
-import tempfile
 from typing import Iterable, Iterator, Sequence
 
 from absl import logging
@@ -26,9 +25,8 @@ import ml_collections
 import numpy as np
 import tokenizers
 
-from gptjax import corpus
+from gptjax import corpus, run_dir
 
-FILENAME = 'tokenizer.json'
 EOS_TOKEN = '<|endoftext|>'
 _BYTE_MARKER = 'gptjax_byte_tokenizer'
 
@@ -56,8 +54,8 @@ class Tokenizer(abc.ABC):
     """Everything needed to rebuild this tokenizer (the content of tokenizer.json)."""
 
   def save(self, directory: str) -> str:
-    """Writes `directory/tokenizer.json` atomically and returns its path."""
-    return _write_atomic(directory, self.to_json())
+    """Writes `directory/tokenizer.json` so a reader never sees half a file; returns its path."""
+    return run_dir.write_atomic(os.path.join(directory, run_dir.TOKENIZER_FILE), self.to_json())
 
 
 class ByteTokenizer(Tokenizer):
@@ -132,9 +130,10 @@ def train_bpe(texts: Iterator[str], vocab_size: int) -> BPETokenizer:
 
 def load_tokenizer(directory: str) -> Tokenizer:
   """Loads the tokenizer a run saved in `directory` (its workdir)."""
-  path = os.path.join(directory, FILENAME)
+  path = os.path.join(directory, run_dir.TOKENIZER_FILE)
   if not os.path.exists(path):
-    raise FileNotFoundError(f'No {FILENAME} in {directory!r}; build_data() writes one there.')
+    raise FileNotFoundError(f'No {run_dir.TOKENIZER_FILE} in {directory!r}; build_data() writes '
+                            'one there.')
   with open(path) as f:
     text = f.read()
   if _BYTE_MARKER in json.loads(text):
@@ -151,7 +150,7 @@ def load_or_train_tokenizer(config: ml_collections.ConfigDict, workdir: str) -> 
   d = config.data
   if d.tokenizer not in ('byte', 'bpe'):
     raise ValueError(f"data.tokenizer={d.tokenizer!r}; choose 'byte' or 'bpe'.")
-  path = os.path.join(workdir, FILENAME)
+  path = os.path.join(workdir, run_dir.TOKENIZER_FILE)
   if os.path.exists(path):
     tokenizer = load_tokenizer(workdir)
     if tokenizer.name != d.tokenizer:
@@ -185,21 +184,3 @@ def load_or_train_tokenizer(config: ml_collections.ConfigDict, workdir: str) -> 
 def _as_ids(ids: Iterable[int] | np.ndarray) -> np.ndarray:
   ids = ids if isinstance(ids, np.ndarray) else np.asarray(list(ids), np.int64)
   return ids.reshape(-1).astype(np.int64)
-
-
-def _write_atomic(directory: str, text: str) -> str:
-  """Writes `directory/tokenizer.json` so a reader never sees half a file."""
-  os.makedirs(directory, exist_ok=True)
-  path = os.path.join(directory, FILENAME)
-  fd, tmp = tempfile.mkstemp(dir=directory, prefix=FILENAME + '.tmp')
-  try:
-    with os.fdopen(fd, 'w') as f:
-      f.write(text)
-    os.chmod(tmp, 0o644)  # mkstemp creates 0o600
-    os.replace(tmp, path)
-  except BaseException:
-    if os.path.exists(tmp):
-      os.remove(tmp)
-    raise
-  return path
-

@@ -130,6 +130,8 @@ def test_bad_inputs_name_the_problem(tmp_path):
     corpus.text_splits(_config(paths=''))
   with pytest.raises(ValueError, match=r"Unknown data.source='csv'.*stdlib"):
     corpus.text_splits(_config('csv'))
+  with pytest.raises(ValueError, match="data.source='tokens' holds token ids, not text"):
+    corpus.text_splits(_config('tokens', paths=pattern))
   with pytest.raises(ValueError, match="decode_errors='ignore'"):
     corpus.text_splits(_config('stdlib', decode_errors='ignore'))
   with pytest.raises(ValueError, match='val_fraction=0.0'):
@@ -163,37 +165,3 @@ def test_arrayrecord_split_by_record(tmp_path):
   d.val_paths = str(tmp_path / 'b.array_record')
   train, val = corpus.text_splits(d)
   assert list(train.texts('strict')) == docs_a and list(val.texts('strict')) == docs_b
-
-
-def test_token_stream_reads_across_shards(tmp_path):
-  a, b = np.arange(10, dtype=np.uint16), np.arange(100, 107, dtype=np.uint16)
-  a.tofile(tmp_path / 'a.bin')
-  b.tofile(tmp_path / 'b.bin')
-  np.zeros(0, np.uint16).tofile(tmp_path / 'c.bin')  # empty shards are allowed
-  stream = corpus.TokenStream([str(tmp_path / n) for n in ('a.bin', 'c.bin', 'b.bin')], 'uint16')
-  whole = np.concatenate([a, b])
-  assert len(stream) == 17
-  np.testing.assert_array_equal(stream.read(0, 17), whole)
-  np.testing.assert_array_equal(stream.read(8, 12), whole[8:12])
-  view = stream.slice(5, 15)
-  np.testing.assert_array_equal(view.read(0, 100), whole[5:15])
-  assert view.locate(6) == (str(tmp_path / 'b.bin'), 1)
-  np.testing.assert_array_equal(np.concatenate([c for _, c in view.chunks(3)]), whole[5:15])
-
-
-def test_token_splits(tmp_path):
-  np.arange(1000, dtype=np.uint32).tofile(tmp_path / 'shard0.bin')
-  d = _config('tokens', paths=str(tmp_path / '*.bin'), token_dtype='uint32', val_fraction=0.1)
-  train, val = corpus.token_splits(d)
-  np.testing.assert_array_equal(train.read(0, 10**6), np.arange(900))
-  np.testing.assert_array_equal(val.read(0, 10**6), np.arange(900, 1000))
-  d.max_corpus_bytes = 400  # 100 uint32 tokens
-  train, val = corpus.token_splits(d)
-  assert (len(train), len(val)) == (90, 10)
-  d.max_corpus_bytes, d.token_dtype = 0, 'int8'
-  with pytest.raises(ValueError, match="token_dtype='int8'"):
-    corpus.token_splits(d)
-  (tmp_path / 'odd.bin').write_bytes(b'abc')
-  d.token_dtype = 'uint16'
-  with pytest.raises(ValueError, match=r'odd.bin has 3 bytes, not a multiple of 2'):
-    corpus.token_splits(d)

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from experiments.configs import base
-from gptjax import tokenizer as tok_lib
+from gptjax import run_dir, tokenizer as tok_lib
 
 TEXTS = [
     '',
@@ -89,7 +89,7 @@ def test_load_or_train_trains_once_then_reloads(tmp_path):
   config = _bpe_config(tmp_path)
   workdir = str(tmp_path / 'run')
   first = tok_lib.load_or_train_tokenizer(config, workdir)
-  path = os.path.join(workdir, tok_lib.FILENAME)
+  path = os.path.join(workdir, run_dir.TOKENIZER_FILE)
   mtime = os.stat(path).st_mtime_ns
   config.data.bpe_vocab_size = 1000  # ignored now: the saved tokenizer wins
   second = tok_lib.load_or_train_tokenizer(config, workdir)
@@ -120,7 +120,7 @@ def test_tokenizer_path_is_copied_into_the_workdir(bpe, tmp_path):
   config.data.source, config.data.tokenizer = 'tokens', 'bpe'
   with pytest.raises(ValueError, match='set data.tokenizer_path'):
     tok_lib.load_or_train_tokenizer(config, str(tmp_path / 'run'))
-  config.data.tokenizer_path = str(tmp_path / 'given' / tok_lib.FILENAME)
+  config.data.tokenizer_path = str(tmp_path / 'given' / run_dir.TOKENIZER_FILE)
   loaded = tok_lib.load_or_train_tokenizer(config, str(tmp_path / 'run'))
   np.testing.assert_array_equal(loaded.encode(TEXTS[3]), bpe.encode(TEXTS[3]))
-  assert os.path.exists(tmp_path / 'run' / tok_lib.FILENAME)
+  assert os.path.exists(tmp_path / 'run' / run_dir.TOKENIZER_FILE)
