@@ -21,7 +21,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-from gptjax import attention, cpu_attention
+from gptjax import attention
 
 Array = jax.Array
 
@@ -30,9 +30,6 @@ MLPS = ('gelu', 'swiglu')
 NORMS = ('layernorm', 'rmsnorm')
 REMATS = ('none', 'full', 'dots')
 DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16, 'float16': jnp.float16}
-ATTENTION_IMPLS = ('', 'xla', 'cudnn', 'blocked', 'cpu_fused')
-# Query block of the 'blocked' attention: at T = 256 four blocks compute 10/16 of the logits.
-ATTENTION_BLOCK = 64
 
 
 @dataclasses.dataclass(frozen=True)
@@ -58,7 +55,9 @@ class GPTConfig:
   param_dtype: str = 'float32'
   scan_layers: bool = False
   remat: str = 'none'
-  attention_impl: str = ''
+  # A backend of `gptjax.attention`; '' (the config files' default) is resolved to one where the
+  # run is set up (`gptjax.hardware.resolve_attention`), before the model is applied.
+  attention_impl: str = 'xla'
 
   def __post_init__(self):
     def check(ok: bool, message: str):
@@ -84,8 +83,9 @@ class GPTConfig:
     check(self.dtype in DTYPES and self.param_dtype in DTYPES,
           f'dtype={self.dtype!r}, param_dtype={self.param_dtype!r}; choose from {tuple(DTYPES)}.')
     check(0.0 <= self.dropout < 1.0, f'dropout={self.dropout} must be in [0, 1).')
-    check(self.attention_impl in ATTENTION_IMPLS,
-          f'attention_impl={self.attention_impl!r}; choose one of {ATTENTION_IMPLS}.')
+    check(self.attention_impl in ('',) + attention.BACKENDS,
+          f'attention_impl={self.attention_impl!r}; choose one of {attention.BACKENDS}, or leave it '
+          "'' to pick one where the run is set up.")
 
   @classmethod
   def from_config(cls, model_config: ml_collections.ConfigDict | dict[str, Any]) -> GPTConfig:
@@ -95,6 +95,15 @@ class GPTConfig:
     if unknown:
       raise ValueError(f'Unknown model config fields {unknown}; known fields are {sorted(known)}.')
     return cls(**values)
+
+  @classmethod
+  def from_run_config(cls, config: ml_collections.ConfigDict) -> GPTConfig:
+    """The model of a whole run config, checked against the sequences its data will feed it."""
+    if config.data.seq_len > config.model.max_seq_len and config.model.position == 'learned':
+      raise ValueError(f'data.seq_len={config.data.seq_len} exceeds model.max_seq_len='
+                       f'{config.model.max_seq_len}, the size of the learned position table; raise '
+                       'model.max_seq_len or shorten data.seq_len.')
+    return cls.from_config(config.model)
 
   @property
   def kv_heads(self) -> int:
@@ -161,76 +170,11 @@ def _norm(config: GPTConfig, name: str) -> nn.Module:
   return nn.LayerNorm(epsilon=1e-5, use_bias=config.use_bias, bias_init=_zeros(('embed',)), **common)
 
 
-class _HeadProjection(nn.Module):
-  """x [B, T, D] -> [B, T, heads, H] with a [D, heads, H] kernel.
-
-  A 3-D kernel (rather than nn.DenseGeneral's flattened one) keeps the heads axis visible to the
-  sharding rules, so 'heads' can be split over the tensor axis.
-  """
-
-  config: GPTConfig
-  heads: int
-  heads_axis: str
-
-  @nn.compact
-  def __call__(self, x_BxTxD: Array) -> Array:
-    cfg = self.config
-    kernel_DxNxH = self.param('kernel', _init(cfg.init_std, ('embed', self.heads_axis, 'head_dim')),
-                              (cfg.d_model, self.heads, cfg.head_dim), cfg.weights_dtype)
-    y_BxTxNxH = jnp.einsum('btd,dnh->btnh', x_BxTxD.astype(cfg.compute_dtype),
-                           kernel_DxNxH.astype(cfg.compute_dtype))
-    if cfg.use_bias:
-      bias_NxH = self.param('bias', _zeros((self.heads_axis, 'head_dim')), (self.heads, cfg.head_dim),
-                            cfg.weights_dtype)
-      y_BxTxNxH = y_BxTxNxH + bias_NxH.astype(cfg.compute_dtype)[None, None]
-    return y_BxTxNxH
-
-
-def _training_attention(impl: str, compute_dtype: jnp.dtype, head_dim: int,
-                        device: jax.Device | None = None) -> str:
-  """The causal attention for unpadded training and scoring; '' picks the fastest measured.
-
-  On a CPU that is the fused kernel of `gptjax.cpu_attention` where it applies (float32, head
-  sizes 16-128, a C++ compiler at hand), else the blocked JAX attention. On an NVIDIA GPU of
-  compute capability 8.0 or later, in 16-bit compute with a head size cuDNN's flash kernel takes,
-  it is cuDNN: JAX's own default there is its XLA path, which materialises the [B, N, T, T] scores
-  and made the GPT-2 124M step 1.9x slower (BENCHMARKS.md, GPU). Elsewhere JAX chooses.
-  """
-  device = device or jax.devices()[0]
-  if impl == 'cpu_fused':
-    if device.platform != 'cpu' or not cpu_attention.supports(compute_dtype, head_dim):
-      raise ValueError(
-          f"attention_impl='cpu_fused' runs float32 on a CPU with head sizes "
-          f"{cpu_attention.HEAD_SIZES}, not {jnp.dtype(compute_dtype).name} on {device.platform} "
-          f"with head size {head_dim}; leave model.attention_impl='' to pick one that fits.")
-    if not cpu_attention.available():
-      raise RuntimeError(f"attention_impl='cpu_fused': {cpu_attention.unavailable_reason()}; "
-                         "leave model.attention_impl='' to fall back to 'blocked'.")
-  if impl:
-    return impl
-  if device.platform == 'cpu':
-    fused = cpu_attention.supports(compute_dtype, head_dim) and cpu_attention.available()
-    return 'cpu_fused' if fused else 'blocked'
-  capability = tuple(int(x) for x in getattr(device, 'compute_capability', '0').split('.'))
-  if (device.platform == 'gpu' and device.device_kind.startswith('NVIDIA') and capability >= (8, 0)
-      and compute_dtype in (jnp.bfloat16, jnp.float16) and head_dim % 8 == 0 and head_dim <= 128):
-    return 'cudnn'
-  return ''
-
-
-def _jax_attention_impl(impl: str) -> str | None:
-  """The `implementation=` for `jax.nn.dot_product_attention`: 'blocked' and 'cpu_fused' have no
-  masked or cached form, so those calls (padding masks, decoding) go through JAX's own choice."""
-  return impl if impl in ('xla', 'cudnn') else None
-
-
 class CausalSelfAttention(nn.Module):
   """Multi-head (or grouped-query) causal attention.
 
-  Unpadded training and scoring use `_training_attention`'s choice: on a CPU the fused kernel of
-  `gptjax.cpu_attention` (or the blocked attention of `gptjax.attention` where it does not apply),
-  cuDNN's flash attention on recent NVIDIA GPUs in 16-bit compute.
-  Padded batches and decoding use `jax.nn.dot_product_attention`'s own choice.
+  Unpadded training and scoring run `config.attention_impl`'s backend of `gptjax.attention`;
+  padded batches and decoding, which need an explicit mask, run `attention.masked_attention`.
 
   With `decode=True` the keys and values live in a 'cache' collection sized by the sequence the
   module was initialised with; each call writes its T new positions at `cache_index` and attends to
@@ -245,47 +189,41 @@ class CausalSelfAttention(nn.Module):
   def __call__(self, x_BxTxD: Array, positions_BxT: Array, kv_mask_BxS: Array | None) -> Array:
     cfg = self.config
     n, k, h = cfg.num_heads, cfg.kv_heads, cfg.head_dim
-    q_BxTxNxH = _HeadProjection(cfg, n, 'heads', name='query')(x_BxTxD)
-    k_BxTxKxH = _HeadProjection(cfg, k, 'kv_heads', name='key')(x_BxTxD)
-    v_BxTxKxH = _HeadProjection(cfg, k, 'kv_heads', name='value')(x_BxTxD)
+    project = lambda heads, heads_axis, name: nn.DenseGeneral(
+        (heads, h), use_bias=cfg.use_bias, dtype=cfg.compute_dtype, param_dtype=cfg.weights_dtype,
+        kernel_init=_init(cfg.init_std, ('embed', heads_axis, 'head_dim')),
+        bias_init=_zeros((heads_axis, 'head_dim')), name=name)
+    q_BxTxNxH = project(n, 'heads', 'query')(x_BxTxD)
+    k_BxTxKxH = project(k, 'kv_heads', 'key')(x_BxTxD)
+    v_BxTxKxH = project(k, 'kv_heads', 'value')(x_BxTxD)
     if cfg.position == 'rope':
       q_BxTxNxH = apply_rope(q_BxTxNxH, positions_BxT, cfg.rope_theta)
       k_BxTxKxH = apply_rope(k_BxTxKxH, positions_BxT, cfg.rope_theta)
-    q_BxTxNxH = nn.with_logical_constraint(q_BxTxNxH, ('batch', 'length', 'act_heads', 'head_dim'))
+    q_BxTxNxH = nn.with_logical_constraint(q_BxTxNxH, attention.ACTIVATION_AXES)
 
     if self.decode:
       k_BxSxKxH, v_BxSxKxH, mask_Bx1xTxS = self._update_cache(k_BxTxKxH, v_BxTxKxH, kv_mask_BxS)
       if mask_Bx1xTxS is None:  # initialisation pass: the cache is only being created
         mask_Bx1xTxS = jnp.tril(jnp.ones((q_BxTxNxH.shape[1],) * 2, bool))[None, None]
-      out_BxTxNxH = jax.nn.dot_product_attention(
-          q_BxTxNxH, k_BxSxKxH, v_BxSxKxH, mask=mask_Bx1xTxS,
-          implementation=_jax_attention_impl(cfg.attention_impl))
+      out_BxTxNxH = attention.masked_attention(q_BxTxNxH, k_BxSxKxH, v_BxSxKxH, mask_Bx1xTxS,
+                                               impl=cfg.attention_impl)
     elif kv_mask_BxS is not None:
       t = x_BxTxD.shape[1]
       causal_TxT = jnp.tril(jnp.ones((t, t), bool))
       # A padded query still sees itself, so its softmax row is never empty (no NaN).
       mask_Bx1xTxT = ((causal_TxT[None, None] & kv_mask_BxS[:, None, None, :])
                       | jnp.eye(t, dtype=bool)[None, None])
-      out_BxTxNxH = jax.nn.dot_product_attention(
-          q_BxTxNxH, k_BxTxKxH, v_BxTxKxH, mask=mask_Bx1xTxT,
-          implementation=_jax_attention_impl(cfg.attention_impl))
-    elif (impl := _training_attention(cfg.attention_impl, cfg.compute_dtype, h)) == 'blocked':
-      out_BxTxNxH = attention.causal_attention(q_BxTxNxH, k_BxTxKxH, v_BxTxKxH, ATTENTION_BLOCK)
-    elif impl == 'cpu_fused':
-      spec = nn.logical_to_mesh_axes(('batch', 'length', 'act_heads', 'head_dim'))
-      out_BxTxNxH = cpu_attention.causal_attention_on_mesh(q_BxTxNxH, k_BxTxKxH, v_BxTxKxH, spec)
+      out_BxTxNxH = attention.masked_attention(q_BxTxNxH, k_BxTxKxH, v_BxTxKxH, mask_Bx1xTxT,
+                                               impl=cfg.attention_impl)
     else:
-      out_BxTxNxH = jax.nn.dot_product_attention(
-          q_BxTxNxH, k_BxTxKxH, v_BxTxKxH, is_causal=True, implementation=_jax_attention_impl(impl))
+      out_BxTxNxH = attention.causal_attention(q_BxTxNxH, k_BxTxKxH, v_BxTxKxH,
+                                               impl=cfg.attention_impl)
 
     out_std = cfg.init_std / math.sqrt(2 * cfg.num_layers)
-    kernel_NxHxD = self.param('out_kernel', _init(out_std, ('heads', 'head_dim', 'embed')),
-                              (n, h, cfg.d_model), cfg.weights_dtype)
-    y_BxTxD = jnp.einsum('btnh,nhd->btd', out_BxTxNxH, kernel_NxHxD.astype(cfg.compute_dtype))
-    if cfg.use_bias:
-      bias_D = self.param('out_bias', _zeros(('embed',)), (cfg.d_model,), cfg.weights_dtype)
-      y_BxTxD = y_BxTxD + bias_D.astype(cfg.compute_dtype)[None, None]
-    return y_BxTxD
+    return nn.DenseGeneral(  # [B, T, N, H] x [N, H, D] -> [B, T, D]
+        cfg.d_model, axis=(-2, -1), use_bias=cfg.use_bias, dtype=cfg.compute_dtype,
+        param_dtype=cfg.weights_dtype, kernel_init=_init(out_std, ('heads', 'head_dim', 'embed')),
+        bias_init=_zeros(('embed',)), name='out')(out_BxTxNxH)
 
   def _update_cache(self, k_BxTxKxH: Array, v_BxTxKxH: Array, kv_mask_BxS: Array | None):
     """Writes this call's keys/values into the cache; returns the whole cache and its mask."""

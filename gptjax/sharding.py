@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import collections
 import math
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import flax.linen as nn
 import jax
@@ -77,6 +77,20 @@ def logical_shardings(boxed_tree: Any, mesh: Mesh, rules: Rules) -> Any:
   """
   specs = nn.get_partition_spec(boxed_tree)
   return nn.logical_to_mesh_sharding(specs, mesh, rules)
+
+
+def traced_under(mesh: Mesh, rules: Rules, fn: Callable[..., Any], name: str) -> Callable[..., Any]:
+  """`fn`, traced with `mesh` and the logical-axis `rules` in context whoever first calls its jit.
+
+  The model's activation constraints (and the fused CPU attention's per-device split) read both
+  at trace time; without them a constraint silently does nothing. Wrapping the step keeps that
+  true for a caller that lowers it outside `jax.set_mesh` (a benchmark, a test).
+  """
+  def traced(*args):
+    with jax.sharding.use_abstract_mesh(mesh.abstract_mesh), nn.logical_axis_rules(rules):
+      return fn(*args)
+  traced.__name__ = name
+  return traced
 
 
 def batch_sharding(mesh: Mesh) -> NamedSharding:

@@ -14,11 +14,6 @@ from gptjax.model import GPT
 Array = jax.Array
 Metrics = dict[str, Array]
 
-# Tokens per host in one forward+backward pass of a CPU step, shared by the host's devices; see
-# `sequential_passes`.
-CPU_TOKENS_PER_PASS = 1024
-
-
 @flax.struct.dataclass
 class TrainState:
   step: Array  # int32 scalar: optimizer steps taken
@@ -56,30 +51,6 @@ def loss_fn(params: Any, model: GPT, batch_BxT1: Array, dropout_key: Array | Non
   return cross_entropy(logits_BxTxV, targets_BxT)
 
 
-def sequential_passes(batch_size: int, seq_len: int, grad_accum_steps: int, batch_shards: int,
-                      platform: str, host_devices: int = 1) -> int:
-  """How many micro-batches a step should run one after another: at least `grad_accum_steps`.
-
-  On a CPU each accumulation micro-batch is split further into the fewest equal parts of whole
-  sequences that keep a pass within CPU_TOKENS_PER_PASS tokens per host, shared evenly by the
-  `host_devices` devices that run on it at once. A pass that small keeps its activations in the
-  caches between the forward and backward of each layer: this made the reference configs 1.2-1.4x
-  faster than one pass over the batch, and the budget is per host because its devices share those
-  caches (with the fused attention, 1024 tokens was best on one device and 512 on each of two;
-  BENCHMARKS.md, issue 6). `batch_shards` is the number of devices the batch rows are split over:
-  a pass must still give every one of them whole rows, or the devices would compute the same rows.
-  Other platforms run the batch as configured.
-  """
-  if platform != 'cpu':
-    return grad_accum_steps
-  tokens_per_device = CPU_TOKENS_PER_PASS // max(host_devices, 1)
-  rows_per_device = max(batch_size // (grad_accum_steps * batch_shards), 1)
-  split = next(s for s in range(1, rows_per_device + 1)
-               if rows_per_device % s == 0 and rows_per_device // s * seq_len <= tokens_per_device
-               or s == rows_per_device)
-  return grad_accum_steps * split
-
-
 def train_step(state: TrainState, batch_BxT1: Array, *, model: GPT,
                optimizer: optax.GradientTransformation, schedule: optax.Schedule,
                grad_accum_steps: int = 1, dropout_seed: int | None = None) -> tuple[TrainState, Metrics]:
@@ -87,8 +58,8 @@ def train_step(state: TrainState, batch_BxT1: Array, *, model: GPT,
 
   Micro-batches run in a `lax.scan` so memory holds one micro-batch of activations at a time, and
   the update equals the one a single large batch would give (up to float rounding). With dropout,
-  each micro-batch draws its own mask from the step's key. `train.jit_steps` sets the count from
-  the config and `sequential_passes`.
+  each micro-batch draws its own mask from the step's key. The count is the config's
+  `train.grad_accum_steps`, or more where `gptjax.hardware.resolve_passes` splits a CPU step.
   """
   dropout_key = None
   if dropout_seed is not None:

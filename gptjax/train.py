@@ -23,24 +23,16 @@ from absl import logging
 from jax.experimental import multihost_utils
 from jax.sharding import Mesh
 
-from gptjax import checkpointing, data as data_lib, evaluate, flops, metrics as metrics_lib, optim
-from gptjax import run_dir, sharding
-from gptjax.progress import Progress
+from gptjax import checkpointing, data as data_lib, evaluate, flops, hardware, metrics as metrics_lib
+from gptjax import optim, run_dir, sharding, tokens
 from gptjax.model import GPT, GPTConfig
-from gptjax.steps import TrainState, eval_step, sequential_passes, train_step
+from gptjax.progress import Progress
+from gptjax.steps import TrainState, eval_step, train_step
 from gptjax.tokenizer import load_or_train_tokenizer
 
 
 class NonFiniteLossError(FloatingPointError):
   pass
-
-
-def model_config(config: ml_collections.ConfigDict) -> GPTConfig:
-  if config.data.seq_len > config.model.max_seq_len and config.model.position == 'learned':
-    raise ValueError(f'data.seq_len={config.data.seq_len} exceeds model.max_seq_len='
-                     f'{config.model.max_seq_len}, the size of the learned position table; raise '
-                     'model.max_seq_len or shorten data.seq_len.')
-  return GPTConfig.from_config(config.model)
 
 
 def _init_fn(rng: jax.Array, model: GPT, optimizer, seq_len: int) -> TrainState:
@@ -49,7 +41,10 @@ def _init_fn(rng: jax.Array, model: GPT, optimizer, seq_len: int) -> TrainState:
 
 
 def _init(config: ml_collections.ConfigDict):
-  return functools.partial(_init_fn, model=GPT(model_config(config)),
+  # The parameters do not depend on the attention backend: initialisation traces the plain one, so
+  # it needs nothing resolved for the hardware.
+  model_cfg = dataclasses.replace(GPTConfig.from_run_config(config), attention_impl='xla')
+  return functools.partial(_init_fn, model=GPT(model_cfg),
                            optimizer=optim.make_optimizer(config.train), seq_len=config.data.seq_len)
 
 
@@ -76,42 +71,23 @@ def create_train_state(config: ml_collections.ConfigDict, mesh: Mesh,
   return state, shardings
 
 
-def jit_steps(config: ml_collections.ConfigDict, mesh: Mesh, rules: sharding.Rules,
-              state_shardings: Any) -> tuple[Any, Any]:
+def jit_steps(config: ml_collections.ConfigDict, setup: hardware.Setup, mesh: Mesh,
+              rules: sharding.Rules, state_shardings: Any) -> tuple[Any, Any]:
   """The train and eval steps jitted with explicit shardings; the train state is donated."""
-  cfg = model_config(config)
-  model = GPT(cfg)
-  passes = sequential_passes(config.data.batch_size, config.data.seq_len,
-                             config.train.grad_accum_steps,
-                             batch_shards=sharding.batch_shards(mesh),
-                             platform=mesh.devices.flat[0].platform,
-                             host_devices=len(mesh.local_devices))
+  model = GPT(setup.model)
   step_fn = functools.partial(
       train_step, model=model, optimizer=optim.make_optimizer(config.train),
-      schedule=optim.learning_rate_schedule(config.train), grad_accum_steps=passes,
-      dropout_seed=config.seed if cfg.dropout > 0 else None)
+      schedule=optim.learning_rate_schedule(config.train), grad_accum_steps=setup.passes,
+      dropout_seed=config.seed if setup.model.dropout > 0 else None)
   batch_sharding = sharding.batch_sharding(mesh)
   replicated = sharding.replicated(mesh)
-  jit_train = jax.jit(_traced_on(mesh, rules, step_fn, 'train_step'),
+  jit_train = jax.jit(sharding.traced_under(mesh, rules, step_fn, 'train_step'),
                       in_shardings=(state_shardings, batch_sharding),
                       out_shardings=(state_shardings, replicated), donate_argnums=0)
-  jit_eval = jax.jit(_traced_on(mesh, rules, functools.partial(eval_step, model=model), 'eval_step'),
-                     in_shardings=(state_shardings.params, batch_sharding), out_shardings=replicated)
+  jit_eval = jax.jit(
+      sharding.traced_under(mesh, rules, functools.partial(eval_step, model=model), 'eval_step'),
+      in_shardings=(state_shardings.params, batch_sharding), out_shardings=replicated)
   return jit_train, jit_eval
-
-
-def _traced_on(mesh: Mesh, rules: sharding.Rules, fn: Callable[..., Any],
-               name: str) -> Callable[..., Any]:
-  """`fn` that traces with the mesh and logical-axis rules in context, whoever first calls the jit.
-
-  Activation constraints and the CPU attention kernel's per-device split read them at trace time;
-  a caller that lowers the step outside `jax.set_mesh` (the bench, a test) still gets both.
-  """
-  def traced(*args):
-    with jax.sharding.use_abstract_mesh(mesh.abstract_mesh), nn.logical_axis_rules(rules):
-      return fn(*args)
-  traced.__name__ = name
-  return traced
 
 
 def _global_batch(local_batch: np.ndarray, batch_sharding: jax.sharding.NamedSharding,
@@ -158,105 +134,138 @@ def _check_finite(loss: float, step: int) -> None:
         'train.grad_clip, then resume from the last checkpoint or restart.')
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
-  """Trains `config` in `workdir`, resuming from its latest checkpoint; returns the final record."""
-  is_main = jax.process_index() == 0
+def _prepare_data(config: ml_collections.ConfigDict, workdir: str, mesh: Mesh
+                  ) -> tuple[data_lib.Data, ml_collections.ConfigDict]:
+  """This process's data, and the config completed with the tokenizer's vocabulary size.
+
+  With several processes, process 0 alone writes the tokenizer and token cache into the shared
+  workdir while the others wait, then all read: concurrent writers would each tokenize the corpus,
+  could train differing BPEs, and replace files other hosts have memory-mapped.
+  """
   if jax.process_count() > 1:
-    # Process 0 alone writes the tokenizer and token cache into the shared workdir; the others wait,
-    # then only read. Concurrent writers would each tokenize the corpus, could train differing BPEs,
-    # and replace files that other hosts have memory-mapped (stale file handles on NFS).
-    if is_main:
-      data_lib.token_streams(config, load_or_train_tokenizer(config, workdir), workdir)
+    if jax.process_index() == 0:
+      tokens.token_streams(config, load_or_train_tokenizer(config, workdir), workdir)
     multihost_utils.sync_global_devices('gptjax: tokenizer and token cache written')
-  mesh = sharding.make_mesh(config.mesh)
-  sharding.check_batch_divisible(config.data.batch_size, mesh, config.train.grad_accum_steps)
-  batch_sharding = sharding.batch_sharding(mesh)
   batch_shape = (config.data.batch_size, config.data.seq_len + 1)  # windows: inputs + next token
-  block, num_blocks = sharding.process_batch_block(batch_sharding, *batch_shape)
+  block, num_blocks = sharding.process_batch_block(sharding.batch_sharding(mesh), *batch_shape)
   data = data_lib.build_data(config, workdir, process_index=block, process_count=num_blocks)
   config = ml_collections.ConfigDict(config.to_dict())  # unlocked copy; the caller's is untouched
   if config.data.source != 'tokens':  # token shards carry ids of the user's stated vocabulary
     config.model.vocab_size = data.tokenizer.vocab_size
-  if is_main:
-    run_dir.write_config(workdir, config)
+  return data, config
 
-  rules = sharding.logical_rules(config.mesh)
-  cfg = model_config(config)
-  state, state_shardings = create_train_state(config, mesh, rules)
 
-  manager = checkpointing.make_manager(
-      workdir, save_every=config.train.checkpoint_every, keep=config.train.keep_checkpoints,
-      async_save=config.train.async_checkpoints)
+def _restore(manager, workdir: str, state: TrainState, state_shardings: Any,
+             data: data_lib.Data) -> tuple[int, TrainState]:
+  """(step, state) of the latest readable checkpoint, or (0, state) for a fresh run.
+
+  A resumed run drops the metrics records past its checkpoint: it writes them again.
+  """
   abstract = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
                           state, state_shardings)
   restored = checkpointing.restore_latest(manager, abstract, data.train_iter)
-  if restored is not None:
-    start_step, state = restored
-    logging.info('Resumed from the checkpoint at step %d.', start_step)
-    if is_main:
-      dropped = run_dir.truncate_metrics_after(workdir, start_step)
-      if dropped:
-        logging.info('Dropped %d records past step %d; the resumed run rewrites them.', dropped,
-                     start_step)
-  else:
-    start_step = 0
+  if restored is None:
+    if jax.process_index() == 0:
+      logging.info('Unigram baseline of the validation split: %.4f nats/token.',
+                   data.unigram_entropy)
+    return 0, state
+  step, state = restored
+  logging.info('Resumed from the checkpoint at step %d.', step)
+  if jax.process_index() == 0:
+    dropped = run_dir.truncate_metrics_after(workdir, step)
+    if dropped:
+      logging.info('Dropped %d records past step %d; the resumed run rewrites them.', dropped, step)
+  return step, state
 
-  jit_train, jit_eval = jit_steps(config, mesh, rules, state_shardings)
 
-  counts = flops.param_counts(cfg)
-  seq_len, batch_size = config.data.seq_len, config.data.batch_size
-  tokens_per_step = seq_len * batch_size
-  full_flops_per_token = flops.flops_per_token(cfg, seq_len, method='full')
-  peak = flops.device_peak_flops(jax.devices()[0].device_kind, cfg.compute_dtype)
-  to_global = functools.partial(_global_batch, batch_sharding=batch_sharding,
-                                global_shape=batch_shape)
-  tokens_per_byte = data.val_tokens / data.val_bytes if data.val_bytes else 0.0
-  writer = metrics_lib.MetricsWriter(workdir, enabled=is_main)
-  progress = Progress(config.train.num_steps, start_step, tokens_per_step)
+class _Recorder:
+  """Builds each logged step's record (throughput, FLOPs, MFU, eval) and writes it on process 0."""
+
+  def __init__(self, config: ml_collections.ConfigDict, model_cfg: GPTConfig, workdir: str,
+               data: data_lib.Data, start_step: int):
+    self.model_cfg, self.seq_len = model_cfg, config.data.seq_len
+    self.tokens_per_step = config.data.seq_len * config.data.batch_size
+    self.full_flops_per_token = flops.flops_per_token(model_cfg, self.seq_len, method='full')
+    self.peak = flops.device_peak_flops(jax.devices()[0].device_kind, model_cfg.compute_dtype)
+    self.tokens_per_byte = data.val_tokens / data.val_bytes if data.val_bytes else 0.0
+    self.is_main = jax.process_index() == 0
+    self.writer = metrics_lib.MetricsWriter(workdir, enabled=self.is_main)
+    self.progress = Progress(config.train.num_steps, start_step, self.tokens_per_step)
+
+  def record(self, step: int, step_metrics: dict[str, Any],
+             evaluate_now: Callable[[], dict[str, float]] | None) -> dict[str, Any]:
+    record = {'step': step, **{k: float(v) for k, v in step_metrics.items()},
+              **self.progress.interval(step),
+              **evaluate.scaling_record(self.model_cfg, self.seq_len, step * self.tokens_per_step)}
+    if self.peak:  # model FLOPs only: rematerialised recomputation is not useful work
+      record['mfu'] = flops.mfu(record['tokens_per_s'] * self.full_flops_per_token,
+                                self.peak * jax.device_count())
+    if evaluate_now is not None:
+      eval_start = time.perf_counter()
+      record.update(evaluate_now())
+      self.progress.interval(step)  # keep evaluation time out of the next interval's throughput
+      record['eval_time'] = time.perf_counter() - eval_start
+    self.writer.write(record)
+    if self.is_main:
+      logging.info(self.progress.line(record))
+    return record
+
+  def close(self) -> None:
+    self.writer.close()
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
+  """Trains `config` in `workdir`, resuming from its latest checkpoint; returns the final record."""
+  mesh = sharding.make_mesh(config.mesh)
+  sharding.check_batch_divisible(config.data.batch_size, mesh, config.train.grad_accum_steps)
+  data, config = _prepare_data(config, workdir, mesh)
+  if jax.process_index() == 0:
+    run_dir.write_config(workdir, config)
+  rules = sharding.logical_rules(config.mesh)
+  setup = hardware.resolve(config, mesh)
+  state, state_shardings = create_train_state(config, mesh, rules)
+  manager = checkpointing.make_manager(
+      workdir, save_every=config.train.checkpoint_every, keep=config.train.keep_checkpoints,
+      async_save=config.train.async_checkpoints)
+  start_step, state = _restore(manager, workdir, state, state_shardings, data)
+  jit_train, jit_eval = jit_steps(config, setup, mesh, rules, state_shardings)
+  counts = flops.param_counts(setup.model)
+  recorder = _Recorder(config, setup.model, workdir, data, start_step)
+  logging.info('Model: %s params (%s non-embedding); %d tokens per step; mesh %s.',
+               f'{counts.total:,}', f'{counts.non_embedding:,}', recorder.tokens_per_step,
+               dict(mesh.shape))
+  to_global = functools.partial(
+      _global_batch, batch_sharding=sharding.batch_sharding(mesh),
+      global_shape=(config.data.batch_size, config.data.seq_len + 1))
   preemption = _Preemption()
   preemption.install()
-  logging.info('Model: %s params (%s non-embedding); %d tokens per step; mesh %s.',
-               f'{counts.total:,}', f'{counts.non_embedding:,}', tokens_per_step, dict(mesh.shape))
-  if restored is None and is_main:
-    logging.info('Unigram baseline of the validation split: %.4f nats/token.', data.unigram_entropy)
 
+  t = config.train
   record: dict[str, Any] = {}
   previous: tuple[int, Any] | None = None
   step = start_step
   with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
-    while step < config.train.num_steps:
-      batch = to_global(next(data.train_iter))
-      state, step_metrics = jit_train(state, batch)
+    while step < t.num_steps:
+      state, step_metrics = jit_train(state, to_global(next(data.train_iter)))
       if previous is not None:  # read step t-1's loss while step t runs
         _check_finite(float(previous[1]['train_loss']), previous[0])
       step += 1
       previous = (step, step_metrics)
 
       stop = preemption.reached(step)
-      is_last = step == config.train.num_steps
-      do_eval = step % config.train.eval_every == 0 or is_last
-      do_log = step % config.train.log_every == 0 or do_eval
-      do_save = step % config.train.checkpoint_every == 0 or is_last or stop
+      is_last = step == t.num_steps
+      do_eval = step % t.eval_every == 0 or is_last
+      do_log = step % t.log_every == 0 or do_eval
+      do_save = step % t.checkpoint_every == 0 or is_last or stop
       if not (do_log or do_save):
         continue
       host_metrics = jax.device_get(step_metrics)
       _check_finite(float(host_metrics['train_loss']), step)
       if do_log:
-        record = {'step': step, **{k: float(v) for k, v in host_metrics.items()},
-                  **progress.interval(step),
-                  **evaluate.scaling_record(cfg, seq_len, step * tokens_per_step)}
-        if peak:  # model FLOPs only: rematerialised recomputation is not useful work
-          record['mfu'] = flops.mfu(record['tokens_per_s'] * full_flops_per_token,
-                                    peak * jax.device_count())
-        if do_eval:
-          eval_start = time.perf_counter()
-          record.update(evaluate.evaluate(state.params, jit_eval, data.eval_batches(), to_global,
-                                          tokens_per_byte=tokens_per_byte))
-          progress.interval(step)  # keep evaluation time out of the next interval's throughput
-          record['eval_time'] = time.perf_counter() - eval_start
-        writer.write(record)
-        if is_main:
-          logging.info(progress.line(record))
+        evaluate_now = functools.partial(
+            evaluate.evaluate, state.params, jit_eval, data.eval_batches(), to_global,
+            tokens_per_byte=recorder.tokens_per_byte) if do_eval else None
+        record = recorder.record(step, host_metrics, evaluate_now)
       if do_save:
         checkpointing.save(manager, step, state, data.train_iter, force=True)
       if stop:
@@ -266,5 +275,5 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
 
   manager.wait_until_finished()
   manager.close()
-  writer.close()
+  recorder.close()
   return record

@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from gptjax import profiling
+from experiments import profiling
 
 _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -58,7 +58,7 @@ def test_bench_reports_consistent_rates_and_a_profile(tmp_path):
   out_json, profile_dir = tmp_path / 'bench.json', tmp_path / 'profile'
   env = {**os.environ, 'XLA_FLAGS': '', 'JAX_PLATFORMS': 'cpu'}
   run = subprocess.run(
-      [sys.executable, '-m', 'gptjax.bench', '--configs=tiny', '--steps=3', '--warmup=1',
+      [sys.executable, '-m', 'experiments.bench', '--configs=tiny', '--steps=3', '--warmup=1',
        '--batch_size=4', '--seq_len=64', '--cpu_devices=2', '--devices=1,2',
        f'--json={out_json}', f'--profile_dir={profile_dir}'],
       cwd=_ROOT, env=env, capture_output=True, text=True, timeout=600)

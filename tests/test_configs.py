@@ -7,7 +7,7 @@ import pytest
 from absl import flags
 from ml_collections import config_flags
 
-from gptjax import train
+from gptjax.model import GPTConfig
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIG_FILES = sorted(glob.glob(os.path.join(ROOT, 'experiments', 'configs', '*.py')))
@@ -33,7 +33,7 @@ def test_the_config_directory_holds_the_expected_files():
                                   if os.path.basename(p) not in ('gpt2.py', 'gpt3.py')])
 def test_config_file_loads_and_builds_a_model_config(path):
   config = _parse(f'--config={path}')
-  cfg = train.model_config(config)
+  cfg = GPTConfig.from_run_config(config)
   assert cfg.d_model % cfg.num_heads == 0
   assert config.data.seq_len <= cfg.max_seq_len
 
@@ -45,7 +45,7 @@ def test_overrides_from_the_command_line_reach_nested_fields():
   assert config.model.num_layers == 2
   assert config.train.learning_rate == 0.01
   assert config.data.tokenizer == 'bpe'
-  assert train.model_config(config).position == 'rope'
+  assert GPTConfig.from_run_config(config).position == 'rope'
 
 
 def test_unknown_or_mistyped_overrides_are_refused():
@@ -58,4 +58,4 @@ def test_unknown_or_mistyped_overrides_are_refused():
 def test_sequence_longer_than_the_position_table_is_refused():
   config = _parse(f'--config={ROOT}/experiments/configs/tiny.py', '--config.data.seq_len=512')
   with pytest.raises(ValueError, match='exceeds model.max_seq_len'):
-    train.model_config(config)
+    GPTConfig.from_run_config(config)

@@ -1,7 +1,6 @@
 """GPT model: shapes, causality, position encodings and attention against float64 NumPy references."""
 
 import functools
-import types
 
 import flax.linen as nn
 import jax
@@ -20,8 +19,8 @@ VARIANTS = {
                                 use_bias=False, tie_embeddings=False),
     'scan_remat': dict(scan_layers=True, remat='full'),
     'scan_dots_rope': dict(scan_layers=True, remat='dots', position='rope', num_kv_heads=1),
-    # '' trains with the fused kernel on a CPU where it applies (head size 16 here, not 8); these
-    # name each path, and decoding with 'blocked' or 'cpu_fused' named goes through JAX's attention.
+    # Each attention backend that runs on a CPU; decoding with 'blocked' or 'cpu_fused' goes
+    # through the masked (XLA) attention.
     'xla_attention': dict(attention_impl='xla'),
     'blocked_attention_gqa': dict(attention_impl='blocked', num_kv_heads=2),
     'cpu_fused_attention_gqa': dict(d_model=64, attention_impl='cpu_fused', num_kv_heads=2),
@@ -131,50 +130,8 @@ def test_attention_matches_naive_float64(kv_heads, position):
   weights = np.exp(scores - scores.max(-1, keepdims=True))
   weights /= weights.sum(-1, keepdims=True)
   out = np.einsum('bnqk,bknh->bqnh', weights, v)
-  expected = np.einsum('bqnh,nhd->bqd', out, p['out_kernel']) + p['out_bias']
+  expected = np.einsum('bqnh,nhd->bqd', out, p['out']['kernel']) + p['out']['bias']
   np.testing.assert_allclose(got, expected, rtol=2e-4, atol=2e-5)
-
-
-def _fake_device(platform, kind, capability=None):
-  device = types.SimpleNamespace(platform=platform, device_kind=kind)
-  if capability:
-    device.compute_capability = capability
-  return device
-
-
-@pytest.mark.parametrize('impl, device, dtype, head_dim, expected', [
-    ('', _fake_device('cpu', 'cpu'), jnp.float32, 64, 'cpu_fused'),
-    # The fused CPU kernel is float32 with head sizes 16-128 only.
-    ('', _fake_device('cpu', 'cpu'), jnp.bfloat16, 64, 'blocked'),
-    ('', _fake_device('cpu', 'cpu'), jnp.float32, 48, 'blocked'),
-    ('', _fake_device('gpu', 'NVIDIA H100 80GB HBM3', '9.0'), jnp.bfloat16, 64, 'cudnn'),
-    ('', _fake_device('gpu', 'NVIDIA A100-SXM4-40GB', '8.0'), jnp.float16, 128, 'cudnn'),
-    ('', _fake_device('gpu', 'NVIDIA B200', '10.0'), jnp.bfloat16, 64, 'cudnn'),  # a two-digit major
-    # JAX chooses where cuDNN's flash kernel would refuse: float32, an odd or large head, an
-    # older GPU, another vendor, a TPU.
-    ('', _fake_device('gpu', 'NVIDIA H100 80GB HBM3', '9.0'), jnp.float32, 64, ''),
-    ('', _fake_device('gpu', 'NVIDIA H100 80GB HBM3', '9.0'), jnp.bfloat16, 36, ''),
-    ('', _fake_device('gpu', 'NVIDIA H100 80GB HBM3', '9.0'), jnp.bfloat16, 256, ''),
-    ('', _fake_device('gpu', 'Tesla V100-SXM2-16GB', '7.0'), jnp.bfloat16, 64, ''),
-    ('', _fake_device('gpu', 'AMD Instinct MI300X'), jnp.bfloat16, 64, ''),
-    ('', _fake_device('tpu', 'TPU v5 lite'), jnp.bfloat16, 128, ''),
-    # A named implementation is always kept.
-    ('xla', _fake_device('gpu', 'NVIDIA H100 80GB HBM3', '9.0'), jnp.bfloat16, 64, 'xla'),
-    ('xla', _fake_device('cpu', 'cpu'), jnp.float32, 64, 'xla'),
-])
-def test_default_training_attention_is_the_platforms_fastest(impl, device, dtype, head_dim,
-                                                             expected):
-  assert model_lib._training_attention(impl, jnp.dtype(dtype), head_dim, device) == expected
-
-
-@pytest.mark.parametrize('device, dtype, head_dim', [
-    (_fake_device('gpu', 'NVIDIA H100 80GB HBM3', '9.0'), jnp.float32, 64),
-    (_fake_device('cpu', 'cpu'), jnp.bfloat16, 64),
-    (_fake_device('cpu', 'cpu'), jnp.float32, 48),
-])
-def test_naming_the_cpu_kernel_where_it_cannot_run_says_what_to_set(device, dtype, head_dim):
-  with pytest.raises(ValueError, match="attention_impl=''"):
-    model_lib._training_attention('cpu_fused', jnp.dtype(dtype), head_dim, device)
 
 
 @pytest.mark.parametrize('variant', VARIANTS)

@@ -7,7 +7,7 @@ import pytest
 from jax.sharding import PartitionSpec as P
 
 from experiments.configs import base
-from gptjax import sharding, train
+from gptjax import hardware, sharding, train
 
 
 def _config(data=1, fsdp=1, tensor=1, **model):
@@ -63,7 +63,7 @@ def _one_step(config, devices):
   mesh = sharding.make_mesh(config.mesh, devices)
   rules = sharding.logical_rules(config.mesh)
   state, shardings = train.create_train_state(config, mesh, rules)
-  jit_train, _ = train.jit_steps(config, mesh, rules, shardings)
+  jit_train, _ = train.jit_steps(config, hardware.resolve(config, mesh), mesh, rules, shardings)
   batch = np.random.default_rng(0).integers(0, 64, (8, 17)).astype(np.int32)
   global_batch = jax.device_put(batch, sharding.batch_sharding(mesh))
   for _ in range(2):

@@ -1,9 +1,9 @@
-"""The CPU speed changes of issue 6 compute the same training run as a plain GPT.
+"""The CPU training path computes the same training run as a plain GPT.
 
 The reference below is the textbook model written out by hand over the same parameter tree: three
 separate query/key/value products, the full T×T masked softmax, layer norms and GELU spelled out,
-one pass over the whole batch. Twenty optimizer steps of the project's train step (blocked
-attention, stacked QKV, the batch in cache-sized passes) must follow it within float32 rounding,
+one pass over the whole batch. Twenty optimizer steps of the project's train step (the CPU
+attention backends, the batch in cache-sized passes) must follow it within float32 rounding,
 for multi-head and grouped-query attention and for a sequence length that the attention blocks do
 not divide.
 """
@@ -18,9 +18,9 @@ import numpy as np
 import pytest
 
 from experiments.configs import base
-from gptjax import attention, optim, sharding, train
-from gptjax.model import ATTENTION_BLOCK, GPT, GPTConfig
-from gptjax.steps import CPU_TOKENS_PER_PASS, TrainState, sequential_passes, train_step
+from gptjax import hardware, optim, sharding, train
+from gptjax.model import GPT, GPTConfig
+from gptjax.steps import TrainState, train_step
 
 
 def _layer_norm(x_BxTxD, p):
@@ -46,7 +46,7 @@ def _reference_loss(params, batch_BxT1, cfg: GPTConfig):
     logits = jnp.einsum('bqnh,bknh->bnqk', q, k) / math.sqrt(cfg.head_dim)
     probs = jax.nn.softmax(jnp.where(causal_TxT[None, None], logits, -jnp.inf), axis=-1)
     o = jnp.einsum('bnqk,bknh->bqnh', probs, v)
-    x = x + jnp.einsum('btnh,nhd->btd', o, a['out_kernel']) + a['out_bias'][None, None]
+    x = x + jnp.einsum('btnh,nhd->btd', o, a['out']['kernel']) + a['out']['bias'][None, None]
     m = p['mlp']
     u = _layer_norm(x, p['mlp_norm']) @ m['up']['kernel'] + m['up']['bias'][None, None]
     gelu = 0.5 * u * (1 + jnp.tanh(math.sqrt(2 / math.pi) * (u + 0.044715 * u ** 3)))
@@ -77,7 +77,9 @@ def test_twenty_steps_follow_the_plain_reference(num_kv_heads, seq_len, batch, a
                   max_seq_len=seq_len, attention_impl=attention_impl)
   tx = optim.make_optimizer(_train_config())
   params = nn.unbox(GPT(cfg).init(jax.random.key(0), jnp.zeros((1, seq_len), jnp.int32))['params'])
-  passes = sequential_passes(batch, seq_len, 1, batch_shards=1, platform='cpu')
+  passes = hardware.passes_per_step(batch, seq_len, 1, budget=hardware.CPU_TOKENS_PER_PASS,
+                                    batch_shards=1)
+  assert passes > 1  # the batch really is split into passes
   fast_step = jax.jit(functools.partial(train_step, model=GPT(cfg), optimizer=tx,
                                         schedule=optim.learning_rate_schedule(_train_config()),
                                         grad_accum_steps=passes))
@@ -108,26 +110,6 @@ def test_twenty_steps_follow_the_plain_reference(num_kv_heads, seq_len, batch, a
       np.testing.assert_allclose(got, want, atol=1e-6, err_msg=jax.tree_util.keystr(path))
 
 
-def test_cpu_step_splits_the_batch_into_cache_sized_passes():
-  assert CPU_TOKENS_PER_PASS == 1024
-  passes = functools.partial(sequential_passes, batch_shards=1, platform='cpu')
-  assert passes(16, 128, 1) == 2  # the 16 x 128 case above
-  assert passes(16, 256, 1) == 4  # the reference configs: 4 rows of 256 per pass
-  assert passes(16, 256, 4) == 4  # 4 accumulation steps of 4 rows, each one pass
-  assert passes(4, 100, 1) == 1
-  assert passes(3, 2048, 1) == 3  # at least one row per pass
-  # Two devices on one host share its caches: 512 tokens each.
-  assert sequential_passes(16, 256, 1, batch_shards=2, platform='cpu', host_devices=2) == 4
-  # Two hosts with one device each: each host's device gets the whole budget.
-  assert sequential_passes(16, 256, 1, batch_shards=2, platform='cpu', host_devices=1) == 2
-  # Split over 8 devices of one host, 16 x 256 is 2 rows per device and 128 tokens of budget
-  # each: one row per pass, never less, or the devices would each compute every row of a pass
-  # smaller than the mesh.
-  assert sequential_passes(16, 256, 1, batch_shards=8, platform='cpu', host_devices=8) == 2
-  assert sequential_passes(64, 256, 1, batch_shards=8, platform='cpu', host_devices=8) == 8
-  assert sequential_passes(16, 256, 2, batch_shards=1, platform='gpu') == 2  # as configured
-
-
 def test_data_parallel_cpu_step_gives_each_device_its_own_rows():
   """On 8 devices each one trains on its own rows: no pass gathers the batch onto every device."""
   config = base.get_config()
@@ -137,33 +119,7 @@ def test_data_parallel_cpu_step_gives_each_device_its_own_rows():
   mesh = sharding.make_mesh(config.mesh, jax.devices()[:8])
   rules = sharding.logical_rules(config.mesh)
   state, shardings = train.create_train_state(config, mesh, rules)
-  jit_train, _ = train.jit_steps(config, mesh, rules, shardings)
+  jit_train, _ = train.jit_steps(config, hardware.resolve(config, mesh), mesh, rules, shardings)
   batch = jax.ShapeDtypeStruct((16, 257), jnp.int32, sharding=sharding.batch_sharding(mesh))
   hlo = jit_train.lower(state, batch).compile().as_text()
   assert 'all-gather' not in hlo and 'all-reduce' in hlo  # gradients are reduced, rows stay put
-
-
-@pytest.mark.parametrize('d_model, expected', [(32, 'gptjax_causal_attention_fwd'),
-                                              (16, 'bkgch,bksh->bkgcs')])
-def test_cpu_training_uses_the_fused_kernel_or_else_the_blocked_attention(d_model, expected):
-  """Head size 16 takes the fused kernel; 8, which it was not built for, the blocked attention."""
-  cfg = GPTConfig(vocab_size=16, d_model=d_model, num_layers=1, num_heads=2, max_seq_len=8)
-  tokens = jnp.zeros((1, 8), jnp.int32)
-  params = GPT(cfg).init(jax.random.key(0), tokens)
-  hlo = jax.jit(GPT(cfg).apply).lower(params, tokens).as_text(debug_info=True)
-  assert expected in hlo and 'BTNH,BSNH->BNTS' not in hlo
-
-
-@pytest.mark.parametrize('t, n, k, block', [(256, 4, 4, ATTENTION_BLOCK), (100, 6, 2, 32),
-                                            (37, 4, 4, 8), (16, 2, 1, 64)])
-def test_blocked_attention_matches_jax_attention_and_its_gradients(t, n, k, block):
-  keys = jax.random.split(jax.random.key(t), 4)
-  q = jax.random.normal(keys[0], (2, t, n, 16))
-  kv = [jax.random.normal(key, (2, t, k, 16)) for key in keys[1:3]]
-  weights = jax.random.normal(keys[3], (2, t, n, 16))
-  loss = lambda f: lambda q, k, v: jnp.sum(f(q, k, v) * weights)
-  ours = lambda q, k, v: attention.causal_attention(q, k, v, block)
-  xla = lambda q, k, v: jax.nn.dot_product_attention(q, k, v, is_causal=True, implementation='xla')
-  np.testing.assert_allclose(ours(q, *kv), xla(q, *kv), atol=2e-6)
-  for got, want in zip(jax.grad(loss(ours), (0, 1, 2))(q, *kv), jax.grad(loss(xla), (0, 1, 2))(q, *kv)):
-    np.testing.assert_allclose(got, want, atol=1e-5)

@@ -28,8 +28,8 @@ def get_model_config() -> ml_collections.ConfigDict:
   m.param_dtype = 'float32'
   m.scan_layers = False  # nn.scan over blocks: compile time independent of depth
   m.remat = 'none'  # 'none' | 'full' | 'dots' (save matmul outputs, recompute the rest)
-  # '': 'cpu_fused' on CPU (else 'blocked'), 'cudnn' on NVIDIA GPUs in bf16;
-  # 'xla' | 'cudnn' | 'blocked' | 'cpu_fused'
+  # 'xla' | 'cudnn' | 'blocked' | 'cpu_fused' (gptjax/attention); '' picks the fastest that runs
+  # where the run is set up ('cpu_fused' on a CPU, else 'blocked'; 'cudnn' on NVIDIA GPUs in bf16)
   m.attention_impl = ''
   return m
 
@@ -67,6 +67,10 @@ def get_config() -> ml_collections.ConfigDict:
   t.eps = 1e-8
   t.grad_clip = 1.0  # global-norm clipping; 0 disables
   t.grad_accum_steps = 1
+  # Tokens per host in one forward+backward pass: each micro-batch is split into sequential passes
+  # of at most this many tokens ('0': never). 'auto' is 1024 on a CPU, where small passes keep the
+  # activations in the caches, and off elsewhere; the run logs what it resolved to.
+  t.tokens_per_pass = 'auto'
   t.log_every = 10
   t.eval_every = 200
   t.eval_batches = 8
@@ -80,7 +84,7 @@ def get_config() -> ml_collections.ConfigDict:
   mesh.fsdp = 1
   mesh.tensor = 1
   # On a CPU-only host: split it into this many XLA devices (0: one), each running its share of
-  # the batch. 2 was 2-21% faster for small models on a 2-core VM (BENCHMARKS.md, issue 6).
+  # the batch (BENCHMARKS.md measures 2 on a 2-core host).
   mesh.cpu_devices = 0
   # Logical axis name -> mesh axis (or axes). The model only names logical axes.
   mesh.rules = (

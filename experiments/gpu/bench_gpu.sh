@@ -28,7 +28,7 @@ for kw in [dict(), dict(position='rope', num_kv_heads=4)]:
     print(f'{kw or "mha"} {impl}: relative error vs float32 XLA {err:.2e}')
 PY
 
-run() { python3 -m gptjax.bench --configs=gpt2_124m --dtype=bfloat16 --steps=20 "$@"; }
+run() { python3 -m experiments.bench --configs=gpt2_124m --dtype=bfloat16 --steps=20 "$@"; }
 {
   run --attention_impl=xla --batch_size=16 --json="$out/xla_b16.json"
   run --batch_size=16 --json="$out/default_b16.json"  # '' picks cuDNN flash attention here

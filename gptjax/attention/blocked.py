@@ -1,10 +1,9 @@
-"""Causal self-attention in query blocks that skip the masked keys, with a flash-style backward.
+"""'blocked': causal self-attention in query blocks that skip the masked keys, flash-style backward.
 
 `jax.nn.dot_product_attention`'s XLA path computes all T×T logits and masks half of them, keeps the
 probabilities twice (once for the forward product, once for the backward) and differentiates the
-softmax through a reduction over the whole [B, N, T, T] tensor. On a CPU, at the reference
-configs' shapes, its forward and backward took 2-3x as long as this version's (BENCHMARKS.md,
-issue 6). Here:
+softmax through a reduction over the whole [B, N, T, T] tensor; on a CPU that is several times
+slower (BENCHMARKS.md). This is the CPU attention wherever the fused kernel does not apply. Here:
 
   * query block i (rows [iC, (i+1)C)) attends only to keys [0, (i+1)C): the blocks above the
     diagonal, which the causal mask would zero anyway, are never computed (10 of 16 blocks at T = 4C);
@@ -29,8 +28,12 @@ import jax.numpy as jnp
 
 Array = jax.Array
 
+# Query block C: at T = 256 four blocks compute 10/16 of the logits.
+BLOCK = 64
 
-def causal_attention(q_BxTxNxH: Array, k_BxTxKxH: Array, v_BxTxKxH: Array, block: int) -> Array:
+
+def causal_attention(q_BxTxNxH: Array, k_BxTxKxH: Array, v_BxTxKxH: Array,
+                     block: int = BLOCK) -> Array:
   """Causal multi-head (or grouped-query) attention of T queries over the same T keys.
 
   Query head n reads key/value head n // G, as in `jax.nn.dot_product_attention`. `block` is the
@@ -93,7 +96,7 @@ def _attention_bwd(block: int, residuals, dout_BxKxGxTxH: Array):
   q_BxKxGxTxH, k_BxKxTxH, v_BxKxTxH, out_BxKxGxTxH, probs, inv_sums = residuals
   t = q_BxKxGxTxH.shape[3]
   # rowsum(dP ∘ P) for the softmax backward, from the [T, H] output instead of the [T, S] probs.
-  # Written as a contraction: XLA's CPU reduce over a 32-wide minor axis ran 8x slower than this.
+  # Written as a contraction: XLA's CPU reduce over a 32-wide minor axis is much slower.
   delta_BxKxGxTx1 = jnp.einsum('bkgth,bkgth->bkgt', dout_BxKxGxTxH, out_BxKxGxTxH,
                                preferred_element_type=jnp.float32)[..., None]
   dqs, dk_parts, dv_parts = [], [], []

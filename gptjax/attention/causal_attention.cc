@@ -2,15 +2,15 @@
 //
 // Why a kernel: at the reference configs' shapes (head size 32-64, T = 256) XLA's CPU attention is a
 // chain of small batched products plus the copies that give them dense, batch-major operands
-// ([B, T, N, H] -> [B, N, T, H] transposes, key prefixes, padded gradients). Those products ran at
-// about 50 GFLOP/s and the copies took another 12% of a small step (BENCHMARKS.md, issue 6). Here
-// each (batch row, head) is one task that reads Q, K, V in place from the projections' [B, T, N, H]
-// layout, keeps its operands in cache, computes only the visible (causal) keys of each query row and
+// ([B, T, N, H] -> [B, N, T, H] transposes, key prefixes, padded gradients); BENCHMARKS.md has the
+// measured cost. Here each (batch row, head) is one task that reads Q, K, V in place from the
+// projections' [B, T, N, H] layout, keeps its operands in cache, computes only the visible (causal) keys of each query row and
 // never writes the [T, T] probabilities: the backward recomputes them from the saved log-sum-exp.
 //
-// Built at first use by gptjax/cpu_attention.py with the host compiler (-O3 -march=native). The
+// Built at first use by gptjax/attention/cpu_fused.py with the host compiler (-O3 -march=native). The
 // products use GCC/Clang vector extensions, 16 floats wide, so one source compiles to AVX-512, AVX2
-// or NEON. Only float32; head sizes 16, 32, 64 and 128 (the caller falls back otherwise).
+// or NEON. Only float32; head sizes 16, 32, 64 and 128 (elsewhere gptjax.attention.resolve picks
+// another backend).
 //
 // Shape letters follow gptjax/model.py: B batch, T sequence, N query heads, K key/value heads,
 // G = N / K, H head size. R is the number of query rows processed together.

@@ -1,11 +1,11 @@
-"""The fused CPU causal attention kernel (`gptjax/csrc/causal_attention.cc`): build, load, call.
+"""'cpu_fused': the fused CPU causal attention kernel (`causal_attention.cc` beside this file).
 
 The kernel is compiled at first use with the host's C++ compiler for the host's own instruction set
 (`-march=native`) and cached under ~/.cache/gptjax (or $GPTJAX_CACHE_DIR), keyed by the source, the
 compiler, the JAX version (whose FFI headers it includes) and the CPU model and flags, so a shared
 home directory on a cluster of mixed machines never loads a library built for another CPU.
-Building needs only a C++17 compiler; where there is none, `available()` says why and the model
-keeps the blocked JAX attention.
+Building needs only a C++17 compiler; where there is none, `unavailable_reason()` says why and
+`gptjax.attention.resolve` picks the blocked JAX attention instead.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ import jax.numpy as jnp
 
 Array = jax.Array
 
-_SOURCE = os.path.join(os.path.dirname(__file__), 'csrc', 'causal_attention.cc')
+_SOURCE = os.path.join(os.path.dirname(__file__), 'causal_attention.cc')
 _FORWARD, _BACKWARD = 'gptjax_causal_attention_fwd', 'gptjax_causal_attention_bwd'
 HEAD_SIZES = (16, 32, 64, 128)
 
@@ -83,15 +83,8 @@ def _build(compiler: str) -> str:
 
 
 @functools.cache
-def _load() -> str:
-  """Builds and registers the kernel once; returns '' when ready, else why it is unavailable."""
-  problem = _build_and_register()
-  if problem:
-    logging.warning('The CPU attention kernel is unavailable, using the JAX attention: %s', problem)
-  return problem
-
-
-def _build_and_register() -> str:
+def unavailable_reason() -> str:
+  """Builds and registers the kernel on the first call; '' when it is ready, else why it is not."""
   compiler = _compiler()
   if compiler is None:
     return 'no C++ compiler was found (set $CXX or install g++ or clang++)'
@@ -106,16 +99,6 @@ def _build_and_register() -> str:
   return ''
 
 
-def available() -> bool:
-  """Whether the kernel is built and registered, building it on the first call."""
-  return not _load()
-
-
-def unavailable_reason() -> str:
-  """Why the kernel could not be built or loaded ('' if it was)."""
-  return _load()
-
-
 def _shapes(*shapes: Sequence[int]) -> tuple[jax.ShapeDtypeStruct, ...]:
   return tuple(jax.ShapeDtypeStruct(tuple(shape), jnp.float32) for shape in shapes)
 
@@ -125,9 +108,13 @@ def causal_attention_on_mesh(q_BxTxNxH: Array, k_BxTxKxH: Array, v_BxTxKxH: Arra
   """`causal_attention` of activations laid out over the current mesh as `spec` says.
 
   Each (batch row, head) is independent, so every device runs the kernel on its own rows and heads
-  (`jax.shard_map`). Without that, XLA cannot split a custom call and gathers the whole batch onto
-  every device. `spec` must leave the sequence axis unsplit.
+  (`jax.shard_map` over the mesh the step is traced under, `sharding.traced_under`). Without that,
+  XLA cannot split a custom call and gathers the whole batch onto every device. `spec` must leave
+  the sequence axis unsplit.
   """
+  if unavailable_reason():  # builds the kernel on first use
+    raise RuntimeError(f"attention_impl='cpu_fused': {unavailable_reason()}; leave "
+                       "model.attention_impl='' to fall back to 'blocked'.")
   mesh = jax.sharding.get_abstract_mesh()
   if mesh.empty or mesh.size == 1:
     return causal_attention(q_BxTxNxH, k_BxTxKxH, v_BxTxKxH)
@@ -144,7 +131,7 @@ def causal_attention(q_BxTxNxH: Array, k_BxTxKxH: Array, v_BxTxKxH: Array) -> Ar
   """softmax(QKᵀ/√H + causal mask) V for float32 [B, T, heads, H] inputs, head n reading K/V head
   n // (N / K); the same function as `jax.nn.dot_product_attention(..., is_causal=True)`.
 
-  Call `available()` first: it builds the kernel.
+  Call `unavailable_reason()` first: it builds the kernel.
   """
   return _forward(q_BxTxNxH, k_BxTxKxH, v_BxTxKxH)[0]
 

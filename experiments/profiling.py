@@ -2,7 +2,7 @@
 
 XLA names each compiled op after its kind plus a number (`ynn_fusion.117`, `dot.745`,
 `multiply_tanh_fusion.3`), so summing the trace's op durations by that kind gives a profile that
-survives recompilation and can be compared across changes (BENCHMARKS.md, issue 6). On a CPU the
+survives recompilation and can be compared across changes. On a CPU the
 thunks of one step can run concurrently on different cores, so the kinds' times can add up to
 more than the step; read them as shares, not as a partition of the wall time.
 """

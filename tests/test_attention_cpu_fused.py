@@ -1,4 +1,4 @@
-"""The fused CPU attention kernel (gptjax/csrc/causal_attention.cc) against float64 NumPy.
+"""The fused CPU attention kernel (gptjax/attention/causal_attention.cc) against float64 NumPy.
 
 The kernel is C++ built at first use with the host's compiler; these tests need one (the CI machine
 has g++). Its output and all three input gradients are compared with a float64 softmax attention
@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from gptjax import cpu_attention
+from gptjax.attention import cpu_fused
 
 
 def _reference(q, k, v, weights):
@@ -48,7 +48,7 @@ def _inputs(b, t, n, k, h, seed=0):
 
 @pytest.fixture(scope='module', autouse=True)
 def kernel():
-  assert cpu_attention.available(), cpu_attention.unavailable_reason()
+  assert not cpu_fused.unavailable_reason(), cpu_fused.unavailable_reason()
 
 
 @pytest.mark.parametrize('b, t, n, k, h', [
@@ -61,7 +61,7 @@ def kernel():
 def test_kernel_and_its_gradients_match_float64(b, t, n, k, h):
   q, key, value, weights = _inputs(b, t, n, k, h)
   want_out, want_grads = _reference(q, key, value, weights)
-  out, vjp = jax.vjp(jax.jit(cpu_attention.causal_attention), q, key, value)
+  out, vjp = jax.vjp(jax.jit(cpu_fused.causal_attention), q, key, value)
   np.testing.assert_allclose(out, want_out, atol=2e-6)
   for name, got, want in zip('qkv', vjp(weights), want_grads):
     scale = max(np.abs(want).max(), 1.0)  # dQ and dK are exactly 0 at T = 1
@@ -76,7 +76,7 @@ def test_large_logits_stay_finite():
   q, key, value, weights = _inputs(1, 64, 2, 2, 32, seed=3)
   q, key = 8 * q, 8 * key
   want_out, want_grads = _reference(q, key, value, weights)
-  out, vjp = jax.vjp(cpu_attention.causal_attention, q, key, value)
+  out, vjp = jax.vjp(cpu_fused.causal_attention, q, key, value)
   np.testing.assert_allclose(out, want_out, atol=1e-4)
   np.testing.assert_allclose(vjp(weights)[2], want_grads[2], atol=1e-4)
 
@@ -87,7 +87,7 @@ def test_on_a_mesh_each_device_runs_its_own_rows_and_heads():
   q, key, value, weights = _inputs(8, 48, 4, 2, 16)
   want_out, want_grads = _reference(q, key, value, weights)
   placed = [jax.device_put(x, NamedSharding(mesh, spec)) for x in (q, key, value)]
-  loss = lambda q, k, v: jnp.sum(cpu_attention.causal_attention_on_mesh(q, k, v, spec) * weights)
+  loss = lambda q, k, v: jnp.sum(cpu_fused.causal_attention_on_mesh(q, k, v, spec) * weights)
   with jax.set_mesh(mesh):
     step = jax.jit(jax.value_and_grad(loss, argnums=(0, 1, 2)))
     hlo = step.lower(*placed).compile().as_text()
@@ -96,21 +96,22 @@ def test_on_a_mesh_each_device_runs_its_own_rows_and_heads():
   for got, want in zip(grads, want_grads):
     np.testing.assert_allclose(got, want, atol=2e-5)
   with jax.set_mesh(mesh), pytest.raises(ValueError, match="attention_impl='blocked'"):
-    cpu_attention.causal_attention_on_mesh(*placed, P('data', 'tensor', None, None))
+    cpu_fused.causal_attention_on_mesh(*placed, P('data', 'tensor', None, None))
 
 
 def test_kernel_rejects_a_head_size_it_was_not_built_for():
   q, key, value, _ = _inputs(1, 8, 2, 2, 24)
   with pytest.raises(Exception, match='head size must be 16, 32, 64 or 128'):
-    jax.block_until_ready(cpu_attention.causal_attention(q, key, value))
+    jax.block_until_ready(cpu_fused.causal_attention(q, key, value))
 
 
 def test_without_a_compiler_the_reason_is_reported(tmp_path):
-  """A fresh process with no compiler on PATH and an empty cache: the model keeps 'blocked'."""
-  script = ('from gptjax import cpu_attention, model\n'
-            'import jax.numpy as jnp\n'
-            'print(repr(cpu_attention.unavailable_reason()))\n'
-            "print(model._training_attention('', jnp.dtype('float32'), 32))\n")
+  """A fresh process with no compiler on PATH and an empty cache: the run picks 'blocked'."""
+  script = ('import jax, jax.numpy as jnp\n'
+            'from gptjax import attention\n'
+            'from gptjax.attention import cpu_fused\n'
+            'print(repr(cpu_fused.unavailable_reason()))\n'
+            "print(attention.resolve('', jax.devices()[0], jnp.float32, 32)[0])\n")
   env = {**os.environ, 'PATH': str(tmp_path), 'GPTJAX_CACHE_DIR': str(tmp_path / 'cache')}
   env.pop('CXX', None)
   result = subprocess.run([sys.executable, '-c', script], env=env, capture_output=True,
@@ -123,8 +124,8 @@ def test_a_bad_compiler_is_reported_with_its_output(tmp_path):
   failing = tmp_path / 'c++'
   failing.write_text('#!/bin/sh\necho "mock compiler: cannot build" >&2\nexit 1\n')
   failing.chmod(0o755)
-  script = ('from gptjax import cpu_attention\n'
-            'print(cpu_attention.unavailable_reason())\n')
+  script = ('from gptjax.attention import cpu_fused\n'
+            'print(cpu_fused.unavailable_reason())\n')
   env = {**os.environ, 'CXX': str(failing), 'GPTJAX_CACHE_DIR': str(tmp_path / 'cache')}
   result = subprocess.run([sys.executable, '-c', script], env=env, capture_output=True,
                           text=True, check=True, cwd=os.path.dirname(os.path.dirname(__file__)))

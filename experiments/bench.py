@@ -1,9 +1,9 @@
 """Training-step benchmark: step time, tokens/s, achieved FLOP/s and MFU for reference configs.
 
-  python -m gptjax.bench                                  # small, medium, tiny on this device
-  python -m gptjax.bench --configs=gpt2_124m --dtype=bfloat16 --attention_impl=cudnn   # a GPU
-  python -m gptjax.bench --configs=small --cpu_devices=2 --devices=1,2   # the host as 1 or 2 devices
-  python -m gptjax.bench --configs=small --profile_dir=/tmp/prof   # + where the step's time goes
+  python -m experiments.bench                                  # small, medium, tiny on this device
+  python -m experiments.bench --configs=gpt2_124m --dtype=bfloat16 --attention_impl=cudnn   # a GPU
+  python -m experiments.bench --configs=small --cpu_devices=2 --devices=1,2   # the host as 1 or 2 devices
+  python -m experiments.bench --configs=small --profile_dir=/tmp/prof   # + where the step's time goes
 
 The matmul peak of the device is measured first, so MFU is against what this machine can actually
 do, not only against a datasheet. Achieved FLOP/s uses the full FLOPs count of `gptjax.flops`
@@ -25,7 +25,8 @@ import numpy as np
 from absl import app, flags, logging
 
 from experiments.configs import base
-from gptjax import distributed, flops, profiling, sharding, train
+from experiments import profiling
+from gptjax import distributed, flops, hardware, sharding, train
 
 _CONFIGS = flags.DEFINE_list('configs', ['small', 'medium', 'tiny'],
                              f'Which of {sorted(("small", "medium", "tiny", "gpt2_124m"))} to time.')
@@ -34,8 +35,8 @@ _STEPS = flags.DEFINE_integer('steps', 20, 'Timed steps per config (after warm-u
 _WARMUP = flags.DEFINE_integer('warmup', 3, 'Untimed steps first (compilation, caches).')
 _DTYPE = flags.DEFINE_string('dtype', 'float32', "Compute dtype: 'float32' or 'bfloat16'.")
 _ATTENTION = flags.DEFINE_string('attention_impl', '',
-                                 "'' (cpu_fused, else blocked, on CPU; cuDNN on recent NVIDIA GPUs "
-                                 "in bf16; else JAX picks), 'xla', 'cudnn', 'blocked' or 'cpu_fused'.")
+                                 "'xla', 'cudnn', 'blocked' or 'cpu_fused'; '' picks the fastest "
+                                 'that runs here, as a training run does (gptjax.attention).')
 _CPU_DEVICES = flags.DEFINE_integer('cpu_devices', 0, 'Split a CPU host into this many XLA devices '
                                     'first (mesh.cpu_devices); --devices picks how many to use.')
 _BATCH = flags.DEFINE_integer('batch_size', 0, 'Override the batch size of every config.')
@@ -48,7 +49,7 @@ _PROFILE_DIR = flags.DEFINE_string('profile_dir', '', 'Also trace 2 steps of eac
 
 _PROFILE_ROWS = 12  # rows of each profile table printed per config with --profile_dir
 
-# The reference configs of the speed issue: byte vocabulary, tied embeddings, GELU MLP of 4*d_model.
+# The reference configs: byte vocabulary, tied embeddings, GELU MLP of 4*d_model.
 REFERENCE = {
     'small': dict(d_model=128, num_layers=4, num_heads=4, seq_len=256, batch_size=16),
     'medium': dict(d_model=384, num_layers=6, num_heads=6, seq_len=256, batch_size=16),
@@ -92,8 +93,9 @@ def time_train_step(config: ml_collections.ConfigDict, devices: list[jax.Device]
   config.mesh.data, config.mesh.fsdp, config.mesh.tensor = len(devices), 1, 1
   mesh = sharding.make_mesh(config.mesh, devices)
   rules = sharding.logical_rules(config.mesh)
+  setup = hardware.resolve(config, mesh)
   state, shardings = train.create_train_state(config, mesh, rules)
-  jit_train, _ = train.jit_steps(config, mesh, rules, shardings)
+  jit_train, _ = train.jit_steps(config, setup, mesh, rules, shardings)
   rng = np.random.default_rng(0)
   shape = (config.data.batch_size, config.data.seq_len + 1)
   batches = [jax.device_put(rng.integers(0, config.model.vocab_size, shape, dtype=np.int32),
@@ -120,7 +122,7 @@ def time_train_step(config: ml_collections.ConfigDict, devices: list[jax.Device]
     state, trace_path = profiling.trace_steps(compiled_train, state, batches[0], 2, profile_dir)
     op_kinds = profiling.summarize(trace_path, 2)
     op_sources = profiling.summarize_by_source(trace_path, 2, compiled_train.as_text())
-  cfg = train.model_config(config)
+  cfg = setup.model
   tokens = config.data.batch_size * config.data.seq_len
   step_time = statistics.median(times)
   return {
