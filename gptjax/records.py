@@ -41,8 +41,9 @@ def load_sweep(sweep_dir: str) -> list[dict[str, Any]]:
     name = os.path.basename(workdir)
     rows += [{'run': name, **record} for record in eval_records(run_dir.read_metrics(workdir))]
   if not rows:
-    raise ValueError(f'No eval records under {sweep_dir!r}: expected <run>/{run_dir.METRICS_FILE} files '
-                     f'with {EVAL_KEY!r} lines; run the sweep (or let it reach its first eval).')
+    raise ValueError(f'No eval records under {sweep_dir!r}: expected <run>/{run_dir.METRICS_FILE} '
+                     f'files with {EVAL_KEY!r} lines; run the sweep (or let it reach its first '
+                     'eval).')
   return rows
 
 
@@ -66,6 +67,6 @@ def column(rows: Sequence[Mapping[str, Any]] | np.ndarray, key: str) -> np.ndarr
   if missing:
     have = sorted(rows[missing[0]])
     raise ValueError(f'{len(missing)} of {len(rows)} records have no field {key!r} (first: row '
-                     f'{missing[0]}, which has {have}); log it in metrics.jsonl or pick another '
-                     'key.')
+                     f'{missing[0]}, which has {have}); log it in {run_dir.METRICS_FILE} or pick '
+                     'another key.')
   return np.array([float(row[key]) for row in rows], dtype=np.float64)

@@ -1,11 +1,12 @@
-"""Scaling-law fits on a sweep's records (numpy and scipy only).
+"""Scaling laws fitted to a sweep's records, and the holdout test of them (numpy and scipy only).
 
 - `compute_frontier` + `fit_power_law_with_floor`: the best loss reached at each compute,
   L(C) = E + A·C^-alpha (Kaplan et al. 2020, with an irreducible floor E).
-- `isoflop_minima`: Chinchilla approach 2 (Hoffmann et al. 2022): a parabola of loss in log N per
-  compute budget, its minimum N_opt(C), then N_opt ∝ C^a and D_opt ∝ C^b.
-- `fit_chinchilla`: approach 3, L(N, D) = E + A/N^alpha + B/D^beta by Huber loss on log L.
-- `holdout_extrapolation`: fit without the largest budget and predict it, the honest test of a law.
+- `fit_chinchilla`: Chinchilla approach 3 (Hoffmann et al. 2022), L(N, D) = E + A/N^alpha +
+  B/D^beta by Huber loss on log L.
+- `holdout_extrapolation`: both laws fitted without the largest compute budget, then asked to
+  predict it: the honest test of a law.
+IsoFLOP minima (approach 2) are in `gptjax.scaling_isoflop`.
 
 Compute, parameters, tokens and losses come from the records' columns, so the same fit runs on
 Kaplan's N and C (non-embedding parameters, `flops_kaplan`) or on total parameters and full FLOPs.
@@ -16,14 +17,13 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
-import warnings
 from typing import Any, Mapping, Sequence
 
 import numpy as np
 import scipy.optimize
 import scipy.special
 
-from gptjax.records import column
+from gptjax.records import column, final_records
 
 Records = Sequence[Mapping[str, Any]] | np.ndarray
 
@@ -44,11 +44,12 @@ def _checked(**named: Any) -> list[np.ndarray]:
   return arrays
 
 
-def _columns(records: Records, *keys: str) -> list[np.ndarray]:
+def positive_columns(records: Records, *keys: str) -> list[np.ndarray]:
+  """The records' `keys` columns as float64 vectors; NaN, inf or non-positive values raise."""
   return _checked(**{key: column(records, key) for key in keys})
 
 
-def _percentiles(samples_SxP: np.ndarray, level: float) -> np.ndarray:
+def central_interval(samples_SxP: np.ndarray, level: float) -> np.ndarray:
   """[P, 2] lower and upper ends of the central `level` interval of each column (NaN if none)."""
   if len(samples_SxP) == 0:
     return np.full((samples_SxP.shape[1], 2), np.nan)
@@ -236,8 +237,8 @@ def fit_chinchilla(params: Any, tokens: Any, loss: Any, *, delta: float = 1e-3,
 
   The paper names L-BFGS, whose limited memory only pays off with many parameters; with 5, full
   BFGS is the same quasi-Newton idea and reaches the same optimum (a test checks). It is the
-  default because scipy's L-BFGS-B spends ~1 ms per iteration in threaded-BLAS overhead, 10x
-  slower on a busy CPU, which the bootstrap multiplies. `method='L-BFGS-B'` is the paper's choice.
+  default because scipy's L-BFGS-B spends most of each iteration on threaded-BLAS overhead, which
+  a busy CPU and the bootstrap multiply. `method='L-BFGS-B'` is the paper's choice.
 
   With `n_bootstrap` > 0 the points are resampled with replacement and refitted (from the full
   fit's optimum and the resample's best grid points) to give `level` percentile intervals for
@@ -267,13 +268,13 @@ def fit_chinchilla(params: Any, tokens: Any, loss: Any, *, delta: float = 1e-3,
     _, theta_i = _minimise(log_n[i], log_d[i], log_l[i], delta, starts, method)
     e, a, b, alpha, beta = _as_params(theta_i)
     samples.append([e, a, b, alpha, beta, beta / (alpha + beta), alpha / (alpha + beta)])
-  bounds = _percentiles(np.array(samples), level)
+  bounds = central_interval(np.array(samples), level)
   names = CHINCHILLA_PARAMS + ('n_exponent', 'd_exponent')
   intervals = {name: (float(lo), float(hi)) for name, (lo, hi) in zip(names, bounds)}
   return dataclasses.replace(fit, intervals=intervals)
 
 
-# ---------------------------------------------------------------- approach 2: IsoFLOP minima
+# ---------------------------------------------------------------- compute budgets and holdout
 
 
 def group_budgets(compute: np.ndarray, rtol: float = 0.1) -> list[np.ndarray]:
@@ -290,110 +291,6 @@ def group_budgets(compute: np.ndarray, rtol: float = 0.1) -> list[np.ndarray]:
       start = compute[i]
     groups[-1].append(i)
   return [np.array(g) for g in groups]
-
-
-def _parabola_minimum(log_n: np.ndarray, loss: np.ndarray) -> tuple | None:
-  """(coefficients, log N at the minimum, loss there), or None when there is no minimum."""
-  if len(np.unique(log_n)) < 3:
-    return None
-  coef = np.polyfit(log_n, loss, 2)
-  if coef[0] <= 0:
-    return None
-  x_min = -coef[1] / (2 * coef[0])
-  return coef, float(x_min), float(np.polyval(coef, x_min))
-
-
-@dataclasses.dataclass(frozen=True)
-class IsoFLOPResult:
-  """Per-budget parabola minima and the power laws N_opt = k_N·C^a, D_opt = k_D·C^b through them.
-
-  `groups[i]` indexes the records of budget i; `parabolas[i]` is its (c2, c1, c0) in log N.
-  `bootstrap` holds (log k_N, a) refits. D_opt = C/(6 N_opt) makes b = 1 - a exactly, so the
-  interval of b is 1 minus that of a.
-  """
-
-  budgets: np.ndarray
-  n_opt: np.ndarray
-  d_opt: np.ndarray
-  loss_min: np.ndarray
-  parabolas: np.ndarray
-  groups: list[np.ndarray]
-  n_exponent: float
-  log_n_coefficient: float
-  bootstrap: np.ndarray
-  level: float
-
-  @property
-  def d_exponent(self) -> float:
-    return 1.0 - self.n_exponent
-
-  @property
-  def n_exponent_ci(self) -> tuple[float, float]:
-    lo, hi = _percentiles(self.bootstrap[:, 1:], self.level)[0]
-    return float(lo), float(hi)
-
-  def predict_n_opt(self, compute: Any) -> np.ndarray:
-    return np.exp(self.log_n_coefficient + self.n_exponent * np.log(np.asarray(compute, float)))
-
-  def n_opt_band(self, compute: Any) -> tuple[np.ndarray, np.ndarray]:
-    """Pointwise `level` band of the N_opt(C) line over the bootstrap refits."""
-    log_c = np.log(np.atleast_1d(np.asarray(compute, float)))
-    lines_SxC = np.exp(self.bootstrap[:, :1] + self.bootstrap[:, 1:] * log_c[None])
-    lo, hi = _percentiles(lines_SxC, self.level).T
-    return lo, hi
-
-
-def _minima(log_n, loss, groups) -> tuple[list[int], list[tuple]]:
-  kept, minima = [], []
-  for g, index in enumerate(groups):
-    found = _parabola_minimum(log_n[index], loss[index])
-    if found is not None:
-      kept.append(g)
-      minima.append(found)
-  return kept, minima
-
-
-def isoflop_minima(records: Records, *, compute_key: str = 'flops_kaplan',
-                   params_key: str = 'params_non_embedding', loss_key: str = 'eval_loss',
-                   budget_rtol: float = 0.1, n_bootstrap: int = 200, level: float = 0.95,
-                   seed: int = 0) -> IsoFLOPResult:
-  """Approach 2 on final records of an IsoFLOP sweep (several model sizes per compute budget).
-
-  A budget whose parabola opens downwards or has fewer than 3 sizes is skipped with a warning.
-  The bootstrap resamples runs within each budget and redoes the parabolas and the line fit.
-  """
-  c, n, l = _columns(records, compute_key, params_key, loss_key)
-  log_n, groups = np.log(n), group_budgets(c, budget_rtol)
-  kept, minima = _minima(log_n, l, groups)
-  for g, index in enumerate(groups):
-    if g not in kept:
-      warnings.warn(f'Budget C~{np.median(c[index]):.3g} skipped: {len(np.unique(n[index]))} '
-                    'model sizes with no loss minimum among them; add sizes on both sides.')
-  if len(kept) < 2:
-    raise ValueError(f'IsoFLOP fit needs at least 2 compute budgets each with 3+ model sizes '
-                     f'around a loss minimum; found {len(kept)} of {len(groups)} budgets. Add '
-                     'budgets (and sizes on both sides of each minimum) to the sweep.')
-  groups = [groups[g] for g in kept]
-  budgets = np.array([np.exp(np.mean(np.log(c[index]))) for index in groups])
-  log_n_opt = np.array([m[1] for m in minima])
-  a, log_k = np.polyfit(np.log(budgets), log_n_opt, 1)
-
-  rng = np.random.default_rng(seed)
-  samples = []
-  for _ in range(n_bootstrap):
-    resampled = [rng.choice(index, len(index)) for index in groups]
-    kept_i, minima_i = _minima(log_n, l, resampled)
-    if len(kept_i) >= 2:
-      samples.append(np.polyfit(np.log(budgets[kept_i]), [m[1] for m in minima_i], 1)[::-1])
-  n_opt = np.exp(log_n_opt)
-  return IsoFLOPResult(
-      budgets=budgets, n_opt=n_opt, d_opt=budgets / (6 * n_opt),
-      loss_min=np.array([m[2] for m in minima]), parabolas=np.array([m[0] for m in minima]),
-      groups=groups, n_exponent=float(a), log_n_coefficient=float(log_k),
-      bootstrap=np.array(samples).reshape(-1, 2), level=level)
-
-
-# ---------------------------------------------------------------- honest extrapolation
 
 
 @dataclasses.dataclass(frozen=True)
@@ -416,22 +313,38 @@ class HoldoutResult:
     return float(np.max(np.abs(self.run_prediction - self.run_loss) / self.run_loss))
 
 
-def holdout_extrapolation(records: Records, *, compute_key: str = 'flops_kaplan',
+def holdout_extrapolation(rows: Sequence[Mapping[str, Any]], *, compute_key: str = 'flops_kaplan',
                           params_key: str = 'params_non_embedding',
                           tokens_key: str = 'tokens_seen', loss_key: str = 'eval_loss',
                           budget_rtol: float = 0.1) -> HoldoutResult:
-  """Holds out the largest compute budget, fits L(C) and L(N, D) on the rest, predicts it."""
-  c, n, d, l = _columns(records, compute_key, params_key, tokens_key, loss_key)
-  groups = group_budgets(c, budget_rtol)
+  """Holds out every run of the largest compute budget, fits both laws on the others, predicts it.
+
+  `rows` are every eval record of a sweep, each naming its 'run' (as `records.load_sweep` gives
+  them); a run's last record is its final one, and the runs are grouped into budgets by their final
+  compute. L(C) is fitted to the frontier of every eval of the other runs, as the main L(C) fit is:
+  with 3-4 budgets their final evals alone leave too few frontier points for a 3-parameter law.
+  L(N, D) is fitted to the other runs' final evals and predicts each held-out run's final loss.
+  """
+  unnamed = sum('run' not in row for row in rows)
+  if unnamed:
+    raise ValueError(f"{unnamed} of {len(rows)} records name no 'run'; pass every eval record of "
+                     'the sweep as records.load_sweep returns them.')
+  final = final_records(rows)
+  (compute,) = positive_columns(final, compute_key)
+  groups = group_budgets(compute, budget_rtol)
   if len(groups) < 3:
     raise ValueError(f'Holding out one budget needs at least 3 budgets, found {len(groups)}; '
                      'add compute budgets to the sweep.')
-  held, rest = groups[-1], np.concatenate(groups[:-1])
-  frontier = compute_frontier(c[rest], l[rest])
+  held = [final[i] for i in groups[-1]]
+  held_runs = {row['run'] for row in held}
+  rest_rows = [row for row in rows if row['run'] not in held_runs]
+  rest_final = [row for row in final if row['run'] not in held_runs]
+  frontier = compute_frontier(column(rest_rows, compute_key), column(rest_rows, loss_key))
   power_law = fit_power_law_with_floor(frontier.compute, frontier.loss)
-  law = fit_chinchilla(n[rest], d[rest], l[rest])
-  budget = float(np.exp(np.mean(np.log(c[held]))))
+  law = fit_chinchilla(*(column(rest_final, key) for key in (params_key, tokens_key, loss_key)))
+  n, d, loss = (column(held, key) for key in (params_key, tokens_key, loss_key))
+  budget = float(np.exp(np.mean(np.log(compute[groups[-1]]))))
   return HoldoutResult(
-      budget=budget, measured_best_loss=float(l[held].min()),
-      power_law_prediction=float(power_law.predict(budget)), run_params=n[held],
-      run_loss=l[held], run_prediction=law.predict(n[held], d[held]))
+      budget=budget, measured_best_loss=float(loss.min()),
+      power_law_prediction=float(power_law.predict(budget)), run_params=n, run_loss=loss,
+      run_prediction=law.predict(n, d))

@@ -28,7 +28,8 @@ from typing import Any, Mapping, Sequence
 
 import ml_collections
 
-from gptjax import flops, optim, train
+from gptjax import flops
+from gptjax.model import GPTConfig
 
 PARAMS_KEYS = {'kaplan': 'params_non_embedding', 'full': 'params_total'}
 _NAME = re.compile(r'^[A-Za-z0-9][A-Za-z0-9_.-]*$')
@@ -96,12 +97,14 @@ def _apply(base: ml_collections.ConfigDict, member: Member) -> ml_collections.Co
 
 
 def resolve(base: ml_collections.ConfigDict, member: Member) -> ml_collections.ConfigDict:
-  """The member's full config, checked as far as it can be without training: a valid model, a
-  valid learning-rate schedule."""
+  """The member's full config, with its model checked (shape, and sequences that fit it).
+
+  The rest of the config (the optimizer and its schedule, the data pipeline) is checked by
+  `gptjax.main` when the member starts; planning a sweep imports none of the training stack.
+  """
   config = _apply(base, member)
   try:
-    train.model_config(config)
-    optim.learning_rate_schedule(config.train)
+    GPTConfig.from_run_config(config)
   except ValueError as e:
     raise ValueError(f'Member {member.name!r}: {e}') from e
   return config
@@ -175,7 +178,7 @@ class Plan:
 def plan(config: ml_collections.ConfigDict, method: str = 'kaplan') -> Plan:
   if method not in PARAMS_KEYS:
     raise ValueError(f'method={method!r}; choose one of {tuple(PARAMS_KEYS)}.')
-  cfg = train.model_config(config)
+  cfg = GPTConfig.from_run_config(config)
   counts = flops.param_counts(cfg)
   tokens = config.train.num_steps * config.data.batch_size * config.data.seq_len
   per_token = flops.flops_per_token(cfg, config.data.seq_len, method)
@@ -238,7 +241,7 @@ def isoflop_members(base: ml_collections.ConfigDict, budgets: Mapping[float, Seq
       shape = {'model.d_model': size.d_model, 'model.num_layers': size.num_layers,
                'model.num_heads': size.num_heads, 'train.learning_rate': size.learning_rate}
       try:
-        cfg = train.model_config(_apply(base, Member(name, shape)))
+        cfg = GPTConfig.from_run_config(_apply(base, Member(name, shape)))
       except ValueError as e:
         raise ValueError(f'Member {name!r}: {e}') from e
       per_token = flops.flops_per_token(cfg, base.data.seq_len, method)

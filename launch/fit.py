@@ -13,20 +13,19 @@ import shutil
 import warnings
 from typing import Any, Sequence
 
-import numpy as np
 from absl import logging
 
-from experiments import plot_scaling
-from gptjax import records, run_dir, scaling
+from gptjax import plots, records, run_dir, scaling, scaling_isoflop
 
 FIT_DIR, PLOTS_DIR = 'fit', 'plots'
+FIT_FILE = 'fit.json'
 _SCALE_UPS = (1, 10, 100)
 
 
 def _snapshot(workdir: str, finished: Sequence[str]) -> str:
   """Copies the finished members' metrics files to `workdir/fit/records/<member>/`.
 
-  The fits and `plot_scaling.make_plots` both read this directory, so the figures show exactly what
+  The fits and `plots.make_plots` both read this directory, so the figures show exactly what
   was fitted, and a half-trained member's last eval never poses as a final IsoFLOP point.
   """
   target = os.path.join(workdir, FIT_DIR, 'records')
@@ -62,7 +61,7 @@ def _fit_power_law(rows, final, keys, n_bootstrap) -> dict[str, Any]:
 
 def _fit_isoflop(rows, final, keys, n_bootstrap) -> dict[str, Any]:
   del rows
-  result = scaling.isoflop_minima(final, n_bootstrap=n_bootstrap, **keys)
+  result = scaling_isoflop.isoflop_minima(final, n_bootstrap=n_bootstrap, **keys)
   print('IsoFLOP minima (Chinchilla approach 2; parabola in log N per budget):')
   sizes = records.column(final, keys['params_key'])
   outside = []
@@ -101,35 +100,10 @@ def _fit_chinchilla(rows, final, keys, n_bootstrap) -> dict[str, Any]:
 
 
 def _fit_holdout(rows, final, keys, n_bootstrap) -> dict[str, Any]:
-  """Fits both laws without any record of the largest budget's members, then predicts them.
-
-  Like `scaling.holdout_extrapolation`, except that L(C) is fitted to the frontier of every eval of
-  the other members (as the main L(C) fit is), not only their final ones: with 3-4 budgets the final
-  evals alone leave too few frontier points for a 3-parameter law.
-  """
-  del n_bootstrap
-  compute = records.column(final, keys['compute_key'])
-  groups = scaling.group_budgets(compute)
-  if len(groups) < 3:
-    raise ValueError(f'Holding out one budget needs at least 3 budgets, found {len(groups)}; '
-                     'add compute budgets to the sweep.')
-  held = [final[i] for i in groups[-1]]
-  held_runs = {row['run'] for row in held}
-  rest_rows = [row for row in rows if row['run'] not in held_runs]
-  rest_final = [row for row in final if row['run'] not in held_runs]
-  frontier = scaling.compute_frontier(records.column(rest_rows, keys['compute_key']),
-                                      records.column(rest_rows, records.EVAL_KEY))
-  power_law = scaling.fit_power_law_with_floor(frontier.compute, frontier.loss)
-  law = scaling.fit_chinchilla(*(records.column(rest_final, key) for key in (
-      keys['params_key'], 'tokens_seen', records.EVAL_KEY)))
-  n, d, loss = (records.column(held, key) for key in (keys['params_key'], 'tokens_seen',
-                                                       records.EVAL_KEY))
-  budget = float(np.exp(np.mean(np.log(compute[groups[-1]]))))
-  h = scaling.HoldoutResult(budget=budget, measured_best_loss=float(loss.min()),
-                            power_law_prediction=float(power_law.predict(budget)),
-                            run_params=n, run_loss=loss, run_prediction=law.predict(n, d))
-  print(f'Holdout (fitted without the {len(held)} members at C={budget:.3g}, then predicted): '
-        f'best loss there {h.measured_best_loss:.4f}, L(C) predicted '
+  del final, n_bootstrap
+  h = scaling.holdout_extrapolation(rows, **keys)
+  print(f'Holdout (fitted without the {len(h.run_loss)} members at C={h.budget:.3g}, then '
+        f'predicted): best loss there {h.measured_best_loss:.4f}, L(C) predicted '
         f'{h.power_law_prediction:.4f} ({100 * h.power_law_relative_error:+.2f}%); L(N, D) '
         f'worst member error {100 * h.max_run_relative_error:.2f}%')
   return {'budget': h.budget, 'measured_best_loss': h.measured_best_loss,
@@ -191,10 +165,10 @@ def fit_and_report(workdir: str, finished: Sequence[str], *, compute_key: str = 
         print(f'No {name} fit: {e}')
     allocation = _allocation(fits, float(records.column(final, compute_key).max()))
     verbosity = logging.get_verbosity()
-    logging.set_verbosity(logging.ERROR)  # make_plots logs its own, final-evals-only, fit summary
+    logging.set_verbosity(logging.ERROR)  # make_plots logs its own summary of the fits above
     try:
-      paths = plot_scaling.make_plots(snapshot, os.path.join(workdir, PLOTS_DIR),
-                                      n_bootstrap=n_bootstrap, **keys)
+      paths = plots.make_plots(snapshot, os.path.join(workdir, PLOTS_DIR),
+                               n_bootstrap=n_bootstrap, **keys)
       print('Figures: ' + ', '.join(paths))
     except ValueError as e:
       print(f'No figures: {e}')
@@ -205,8 +179,7 @@ def fit_and_report(workdir: str, finished: Sequence[str], *, compute_key: str = 
   summary = {name: {k: v for k, v in fit.items() if k not in ('law', 'result')}
              for name, fit in fits.items()}
   summary.update(members=list(finished), allocation=allocation, **keys)
-  path = os.path.join(workdir, FIT_DIR, 'fit.json')
-  with open(path, 'w') as f:
-    json.dump(summary, f, indent=1, default=float)
+  path = run_dir.write_atomic(os.path.join(workdir, FIT_DIR, FIT_FILE),
+                              json.dumps(summary, indent=1, default=float))
   print(f'Numbers in {path}.')
   return summary

@@ -8,18 +8,18 @@ Each member trains in `workdir/<member>` as its own process, `python -m gptjax.m
 base config to `gptjax.main`): a fresh JAX per run, and a crash, OOM or NaN in one member cannot
 take the others down. Its output goes to `workdir/<member>/log.txt`.
 
-Rerunning the command skips finished members (final step reached, final eval recorded) and resumes
-unfinished ones from their checkpoints. Ctrl-C stops the running members after they save a
-checkpoint. Then the fits run on the finished members: the L(C) frontier power law, IsoFLOP minima
-(Chinchilla approach 2), L(N, D) with bootstrap intervals (approach 3), the holdout check of the
-largest budget, and the compute-optimal N and D at the largest budget and 10x and 100x it. Figures
-go to `workdir/plots`, the numbers to `workdir/fit/fit.json`.
+Rerunning the command skips finished members (final step reached, final eval recorded: see
+`launch.status`) and resumes unfinished ones from their checkpoints. Ctrl-C stops the running
+members after they save a checkpoint. Then the fits run on the finished members (`launch.fit`):
+the L(C) frontier power law, IsoFLOP minima (Chinchilla approach 2), L(N, D) with bootstrap
+intervals (approach 3), the holdout check of the largest budget, and the compute-optimal N and D at
+the largest budget and 10x and 100x it. Figures go to `workdir/plots`, the numbers to
+`workdir/fit/fit.json`.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import re
 import shlex
@@ -35,8 +35,9 @@ import scipy.optimize
 from absl import app, flags
 
 import launch
-from gptjax import records, run_dir
+from gptjax.progress import format_duration
 from launch import fit
+from launch.status import format_table, member_status
 
 LOG_FILE = 'log.txt'
 _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -55,84 +56,6 @@ def member_command(sweep_path: str, member: launch.Member, member_dir: str) -> l
   return [sys.executable, '-m', 'gptjax.main', f'--config={config_file}:{sweep_path}',
           f'--workdir={member_dir}',
           *(f'--config.{key}={_flag_value(value)}' for key, value in member.overrides.items())]
-
-
-# ---------------------------------------------------------------- where each member stands
-
-
-@dataclasses.dataclass(frozen=True)
-class Status:
-  state: str  # 'new' | 'partial' | 'finished' | 'stale'
-  step: int = 0  # the last step with a record
-  eval_loss: float | None = None  # the latest eval
-  detail: str = ''
-
-
-# Fields that change how a run reports, not what it trains; `vocab_size` is filled in from the
-# tokenizer by the train loop. A difference elsewhere makes a member's workdir stale.
-_NOT_EXPERIMENT = ('train.log_every', 'train.eval_every', 'train.checkpoint_every',
-                   'train.keep_checkpoints', 'train.async_checkpoints', 'model.vocab_size')
-
-
-def _flat(values: Any, prefix: str = '') -> dict[str, Any]:
-  if not isinstance(values, dict) or not values:
-    return {prefix: values}
-  flat = {}
-  for name, child in values.items():
-    flat.update(_flat(child, f'{prefix}.{name}' if prefix else name))
-  return flat
-
-
-def config_differences(saved: dict[str, Any], config: ml_collections.ConfigDict) -> list[str]:
-  """'key: saved -> intended' for every experiment field where a saved config.json differs."""
-  intended = _flat(json.loads(config.to_json_best_effort()))  # tuples become lists, as saved
-  saved = _flat(saved)
-  return [f'{key}: {saved.get(key)!r} -> {intended.get(key)!r}'
-          for key in sorted(set(intended) | set(saved))
-          if key not in _NOT_EXPERIMENT and saved.get(key) != intended.get(key)]
-
-
-def member_status(member_dir: str, config: ml_collections.ConfigDict) -> Status:
-  """Finished means a record at the final step with an eval loss. Stale means the workdir was made
-  with another config than the member now has: resuming or fitting it would mix two experiments."""
-  saved = run_dir.read_config_dict(member_dir) if os.path.isdir(member_dir) else {}
-  differences = config_differences(saved, config) if saved else []
-  if differences:
-    more = f' and {len(differences) - 2} more' if len(differences) > 2 else ''
-    return Status('stale', detail='; '.join(differences[:2]) + more)
-  if not os.path.exists(os.path.join(member_dir, run_dir.METRICS_FILE)):
-    return Status('partial' if saved else 'new')
-  rows = run_dir.read_metrics(member_dir)
-  evals = records.eval_records(rows)
-  step = max((row.get('step', 0) for row in rows), default=0)
-  last_eval = evals[-1][records.EVAL_KEY] if evals else None
-  done = any(row.get('step') == config.train.num_steps for row in evals)
-  return Status('finished' if done else 'partial', step, last_eval)
-
-
-def _duration(seconds: float) -> str:
-  seconds = int(max(seconds, 0))
-  hours, rest = divmod(seconds, 3600)
-  return f'{hours}h{rest // 60:02d}m' if hours else f'{rest // 60}m{rest % 60:02d}s'
-
-
-def format_table(sweep: Sequence[tuple[launch.Member, launch.Plan, Status]]) -> str:
-  method = sweep[0][1].method
-  n_name = 'N (non-emb)' if method == 'kaplan' else 'N (total)'
-  width = max(len(member.name) for member, _, _ in sweep)
-  lines = [f'{"member":<{width}} {"d_model":>7} {"layers":>6} {"heads":>5} {n_name:>13} '
-           f'{"tokens":>14} {"steps":>7} {"lr":>7} {"C target":>9} {f"C {method}":>9}  status']
-  for member, p, status in sweep:
-    target = f'{member.budget:.3g}' if member.budget else '-'
-    state = status.state + (f' ({status.detail})' if status.detail else '')
-    if status.state == 'partial' and status.step:
-      state = f'partial (step {status.step})'
-    lines.append(f'{member.name:<{width}} {p.d_model:>7} {p.num_layers:>6} {p.num_heads:>5} '
-                 f'{p.params:>13,} {p.tokens:>14,} {p.steps:>7} {p.learning_rate:>7.2g} '
-                 f'{target:>9} {p.flops:>9.3g}  {state}')
-  total = sum(p.flops for _, p, _ in sweep)
-  lines.append(f'{len(sweep)} members, {total:.3g} FLOPs ({method}) in all.')
-  return '\n'.join(lines)
 
 
 # ---------------------------------------------------------------- running members
@@ -193,8 +116,8 @@ class _Board:
 
   A step costs `per_step` seconds (dispatch, input pipeline: what the tiny models of a CPU sweep
   are bound by) plus `per_flop` seconds per FLOP (what large models are bound by), and a member
-  spends `startup` seconds before its first line (JAX import, data, compilation). FLOPs alone, or
-  steps alone, misjudged the CPU sweep's remaining time by 2-3x.
+  spends `startup` seconds before its first line (JAX import, data, compilation). A CPU sweep
+  mixes both regimes, so neither FLOPs alone nor steps alone predicts its remaining time.
   """
 
   def __init__(self, jobs: Sequence[_Job], total: int, finished_before: int, parallel: int):
@@ -228,7 +151,7 @@ class _Board:
       return f'[{self.finished}/{self.total} done, ETA ?]'
     elapsed = time.monotonic() - self.start
     return (f'[{self.finished}/{self.total} done, {100 * elapsed / (elapsed + eta):3.0f}% ETA '
-            f'{_duration(eta)}]')
+            f'{format_duration(eta)}]')
 
 
 def _progress(job: _Job, board: _Board) -> None:
@@ -244,7 +167,7 @@ def _ended(job: _Job, board: _Board, code: int) -> str | None:
   """Reports a member that exited; returns why it failed, or None if it finished."""
   job.state = 'ended'
   status = member_status(job.directory, job.config)
-  took = _duration(time.monotonic() - job.started)
+  took = format_duration(time.monotonic() - job.started)
   if code == 0 and status.state == 'finished':
     board.finished += 1
     print(f'{board.prefix()} finished {job.member.name}: eval_loss {status.eval_loss:.4f} '

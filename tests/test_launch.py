@@ -17,7 +17,7 @@ import sys
 import ml_collections
 import pytest
 
-from gptjax import distributed
+from gptjax import distributed, run_dir
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 LAUNCH = ROOT / 'launch'
@@ -75,7 +75,7 @@ def test_tpu_vm_dry_run_prints_every_command_and_runs_none(tmp_path):
   assert any('gcsfuse' in line for line in setup)
   fetch = [line for line in gcloud if 'tpu-vm scp gptjax-test:' in line]
   assert fetch and all('--worker=0' in line for line in fetch)
-  assert 'metrics.jsonl' in fetch[0]
+  assert run_dir.CONFIG_FILE in fetch[0] and run_dir.METRICS_FILE in fetch[0]
   assert 'queued-resources delete gptjax-test' in gcloud[-1]
 
 

@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 
 import numpy as np
 import pytest
@@ -29,7 +30,8 @@ def eval_line(step, loss, params=1000):
 def test_load_run_skips_partial_last_line_with_warning(tmp_path):
   workdir = write_run(tmp_path, 'a', [eval_line(10, 3.0), {'step': 15, 'train_loss': 2.9},
                                       eval_line(20, 2.5), '{"step": 30, "eval_lo'])
-  with pytest.warns(UserWarning, match=r'metrics.jsonl:4: skipping a malformed record'):
+  with pytest.warns(UserWarning,
+                    match=re.escape(run_dir.METRICS_FILE) + ':4: skipping a malformed record'):
     rows = run_dir.read_metrics(workdir)
   assert [r['step'] for r in rows] == [10, 15, 20]
 

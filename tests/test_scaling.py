@@ -6,14 +6,16 @@ E=1.69, A=406.4, B=410.7, alpha=0.34, beta=0.28, so N_opt ∝ C^0.4516.
 
 import json
 import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
 import scipy.optimize
 
-from experiments import plot_scaling
-from gptjax import scaling
+from gptjax import plots, run_dir, scaling, scaling_isoflop
 
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TRUE = scaling.ChinchillaFit(E=1.69, A=406.4, B=410.7, alpha=0.34, beta=0.28)
 BUDGETS = (1e18, 3e18, 1e19, 3e19, 1e20)
 
@@ -26,7 +28,8 @@ def grid_sweep(noise: float, seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.
 
 
 def isoflop_sweep(noise: float = 0.002, seed: int = 0) -> list[dict]:
-  """7 sizes per budget from N_opt/4 to 4 N_opt; each run's compute misses its budget by <= 2%."""
+  """Final records: 7 sizes per budget from N_opt/4 to 4 N_opt; each run's compute misses its
+  budget by <= 2%."""
   rng = np.random.default_rng(seed)
   records = []
   for budget in BUDGETS:
@@ -36,9 +39,22 @@ def isoflop_sweep(noise: float = 0.002, seed: int = 0) -> list[dict]:
       n = n_opt * factor
       d = compute / (6 * n)
       loss = float(TRUE.predict(n, d)) * np.exp(rng.normal(0, noise))
-      records.append(dict(flops_kaplan=compute, params_non_embedding=n, tokens_seen=d,
-                          eval_loss=loss))
+      records.append(dict(run=f'run{len(records):02d}', flops_kaplan=compute,
+                          params_non_embedding=n, tokens_seen=d, eval_loss=loss))
   return records
+
+
+def training_curves(finals: list[dict]) -> list[dict]:
+  """Every eval of each run: at 1/4, 1/2, 3/4 and all of its final record's tokens, noise-free."""
+  rows = []
+  for final in finals:
+    n = final['params_non_embedding']
+    for step, fraction in enumerate((0.25, 0.5, 0.75, 1.0), start=1):
+      d = final['tokens_seen'] * fraction
+      rows.append(dict(run=final['run'], step=step * 100, tokens_seen=d, flops_kaplan=6 * n * d,
+                       params_non_embedding=n, train_loss=0.0,
+                       eval_loss=float(TRUE.predict(n, d))))
+  return rows
 
 
 def test_frontier_is_running_minimum():
@@ -112,7 +128,7 @@ def test_compute_optimal_closed_form_matches_brute_force():
 def test_isoflop_minima_recover_compute_optimal_exponent():
   """A parabola in log N only approximates L along a budget, so N_opt carries a few percent bias;
   the exponent a must land within 0.02 of 0.4516 and inside its bootstrap interval."""
-  result = scaling.isoflop_minima(isoflop_sweep(), n_bootstrap=50)
+  result = scaling_isoflop.isoflop_minima(isoflop_sweep(), n_bootstrap=50)
   assert len(result.budgets) == len(BUDGETS)
   np.testing.assert_allclose(result.budgets, BUDGETS, rtol=0.02)
   np.testing.assert_allclose(result.n_opt, TRUE.compute_optimal(result.budgets)[0], rtol=0.1)
@@ -134,6 +150,27 @@ def test_holdout_predicts_largest_budget():
   assert len(result.run_loss) == 7
 
 
+def test_holdout_fits_l_of_c_to_every_eval_of_the_other_runs_only():
+  """The held-out runs' early evals (at C < 1e20, some below the 3e19 budget) stay out of both
+  fits; every eval of the other runs feeds the L(C) frontier, their final evals L(N, D)."""
+  finals = isoflop_sweep()
+  rows = training_curves(finals)
+  result = scaling.holdout_extrapolation(rows)
+  held = {r['run'] for r in finals if r['flops_kaplan'] > 5e19}
+  assert len(held) == 7 and min(r['flops_kaplan'] for r in rows if r['run'] in held) < 3e19
+  rest = [r for r in rows if r['run'] not in held]
+  frontier = scaling.compute_frontier([r['flops_kaplan'] for r in rest],
+                                      [r['eval_loss'] for r in rest])
+  expected = scaling.fit_power_law_with_floor(frontier.compute, frontier.loss)
+  assert result.power_law_prediction == pytest.approx(float(expected.predict(result.budget)),
+                                                      rel=1e-12)
+  held_final = sorted(r['eval_loss'] for r in rows if r['run'] in held and r['step'] == 400)
+  np.testing.assert_array_equal(np.sort(result.run_loss), held_final)
+  assert result.measured_best_loss == min(held_final)
+  assert abs(result.power_law_relative_error) < 0.01
+  assert result.max_run_relative_error < 1e-3  # noise-free finals: L(N, D) is recovered
+
+
 def test_degenerate_inputs_name_what_to_add():
   n, d, loss = grid_sweep(noise=0.0)
   with pytest.raises(ValueError, match='at least 3 distinct model sizes'):
@@ -148,11 +185,14 @@ def test_degenerate_inputs_name_what_to_add():
     scaling.compute_frontier([1.0, 2.0], [3.0])
   one_budget = [r for r in isoflop_sweep() if r['flops_kaplan'] < 2e18]
   with pytest.raises(ValueError, match='found 1 of 1 budgets. Add budgets'):
-    scaling.isoflop_minima(one_budget)
+    scaling_isoflop.isoflop_minima(one_budget)
   with pytest.raises(ValueError, match='at least 3 budgets, found 1'):
     scaling.holdout_extrapolation(one_budget)
+  with pytest.raises(ValueError, match="1 of 35 records name no 'run'"):
+    scaling.holdout_extrapolation([{k: v for k, v in r.items() if k != 'run'} if i == 3 else r
+                                   for i, r in enumerate(isoflop_sweep())])
   with pytest.raises(ValueError, match="no field 'flops_full'"):
-    scaling.isoflop_minima(one_budget, compute_key='flops_full')
+    scaling_isoflop.isoflop_minima(one_budget, compute_key='flops_full')
 
 
 def test_budget_without_minimum_is_skipped_with_warning():
@@ -160,33 +200,42 @@ def test_budget_without_minimum_is_skipped_with_warning():
   edge = [r for r in records if r['flops_kaplan'] > 2e20 or r['flops_kaplan'] < 2e18  # keep
           or r['params_non_embedding'] < TRUE.compute_optimal(r['flops_kaplan'])[0] * 0.3]
   with pytest.warns(UserWarning, match='skipped'):
-    result = scaling.isoflop_minima(edge + records[7:14], n_bootstrap=0)
+    result = scaling_isoflop.isoflop_minima(edge + records[7:14], n_bootstrap=0)
   assert len(result.budgets) == 2  # 1e18 and 3e18; the others have a single size each
 
 
 def write_sweep(root) -> str:
-  """One workdir per IsoFLOP run, with eval records at 1/4, 1/2, 3/4 and all of its tokens."""
+  """One workdir per IsoFLOP run, holding its `training_curves` records."""
   root.mkdir()
-  for i, final in enumerate(isoflop_sweep()):
-    workdir = root / f'run{i:02d}'
-    workdir.mkdir()
-    n = final['params_non_embedding']
-    lines = []
-    for step, fraction in enumerate((0.25, 0.5, 0.75, 1.0), start=1):
-      d = final['tokens_seen'] * fraction
-      lines.append(json.dumps(dict(step=step * 100, tokens_seen=d, flops_kaplan=6 * n * d,
-                                   params_non_embedding=n, train_loss=0.0,
-                                   eval_loss=float(TRUE.predict(n, d)))))
-    (workdir / 'metrics.jsonl').write_text('\n'.join(lines) + '\n')
+  for row in training_curves(isoflop_sweep()):
+    workdir = root / row['run']
+    workdir.mkdir(exist_ok=True)
+    record = {k: v for k, v in row.items() if k != 'run'}
+    with open(workdir / run_dir.METRICS_FILE, 'a') as f:
+      f.write(json.dumps(record) + '\n')
   return str(root)
 
 
 def test_plot_script_writes_every_figure(tmp_path):
   out_dir = tmp_path / 'plots'
-  written = plot_scaling.make_plots(write_sweep(tmp_path / 'sweep'), str(out_dir), n_bootstrap=20)
+  written = plots.make_plots(write_sweep(tmp_path / 'sweep'), str(out_dir), n_bootstrap=20)
   names = sorted(os.path.basename(p) for p in written)
   assert names == ['isoflops.png', 'loss_vs_compute.png', 'n_opt.png', 'training_curves.png']
   for path in written:
     with open(path, 'rb') as f:
       assert f.read(8) == b'\x89PNG\r\n\x1a\n'
     assert os.path.getsize(path) > 10_000
+
+
+def test_plots_command_line(tmp_path):
+  sweep_dir = write_sweep(tmp_path / 'sweep')
+  out_dir = tmp_path / 'figures'
+  result = subprocess.run([sys.executable, '-m', 'gptjax.plots', f'--sweep_dir={sweep_dir}',
+                           f'--out_dir={out_dir}', '--compute_key=flops_kaplan',
+                           '--params_key=params_non_embedding', '--n_bootstrap=5'],
+                          cwd=ROOT, capture_output=True, text=True, timeout=300)
+  assert result.returncode == 0, result.stderr
+  assert sorted(os.listdir(out_dir)) == ['isoflops.png', 'loss_vs_compute.png', 'n_opt.png',
+                                         'training_curves.png']
+  for logged in ('IsoFLOP: N_opt', 'Holdout at C='):  # absl logs the fits behind the figures
+    assert logged in result.stderr, result.stderr

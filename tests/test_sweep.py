@@ -9,6 +9,7 @@ runner builds actually trains with `gptjax.main`.
 import json
 import math
 import os
+import subprocess
 import sys
 import textwrap
 
@@ -16,9 +17,10 @@ import numpy as np
 import pytest
 
 import launch
-from launch import fit
+from gptjax import flops, run_dir
+from gptjax.model import GPTConfig
+from launch import fit, status
 from launch import sweep as runner
-from gptjax import flops, records, run_dir, train
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CPU_SWEEP = os.path.join(ROOT, 'experiments', 'sweeps', 'cpu_scaling.py')
@@ -43,7 +45,7 @@ def test_isoflop_members_spend_their_budget(path):
   for member in members:
     config = launch.resolve(base, member)
     plan = launch.plan(config)
-    cfg = train.model_config(config)
+    cfg = GPTConfig.from_run_config(config)
     n, d, t = flops.param_counts(cfg).non_embedding, plan.tokens, config.data.seq_len
     assert plan.params == n and plan.tokens == plan.steps * tokens_per_step
     assert plan.flops == pytest.approx(6 * n * d + 6 * cfg.num_layers * t * cfg.d_model * d)
@@ -82,13 +84,31 @@ def test_design_errors_name_the_member_and_the_fix():
     launch.resolve(base, launch.Member('m', {'model.dmodel': 8}))
   with pytest.raises(ValueError, match=r"'mesh.rules'.*must be bool, int, float or str"):
     launch.resolve(base, launch.Member('m', {'mesh.rules': (('batch', 'data'),)}))
-  with pytest.raises(ValueError, match=r"Member 'm': train.warmup_steps=9 must be in \[0, num"):
-    launch.resolve(base, launch.Member('m', {'train.num_steps': 9, 'train.warmup_steps': 9}))
+  with pytest.raises(ValueError, match=r"Member 'm': data.seq_len=256 exceeds model.max_seq_len"):
+    launch.resolve(base, launch.Member('m', {'data.seq_len': 256}))
   member = launch.Member('a', {})
   with pytest.raises(ValueError, match="Two members are named 'a'"):
     launch.check_members(base, [member, member])
   with pytest.raises(ValueError, match="'plots' is reserved"):
     launch.check_members(base, [launch.Member('plots', {})])
+
+
+TRAINING_STACK = ('gptjax.train', 'gptjax.steps', 'gptjax.data', 'gptjax.checkpointing',
+                  'gptjax.optim', 'gptjax.sharding')
+
+
+def test_planning_a_sweep_imports_no_training_stack():
+  """The runner resolves, plans and fits a sweep; only its members' processes train."""
+  code = ('import json, sys, launch, launch.sweep, launch.fit, gptjax.plots\n'
+          'base, members = launch.load_sweep_file(sys.argv[1])\n'
+          'launch.plan(launch.resolve(base, members[0]))\n'
+          "print(json.dumps(sorted(m for m in sys.modules if m.startswith('gptjax.'))))")
+  result = subprocess.run([sys.executable, '-c', code, CPU_SWEEP], cwd=ROOT, capture_output=True,
+                          text=True, timeout=120)
+  assert result.returncode == 0, result.stderr
+  loaded = json.loads(result.stdout)
+  assert 'gptjax.flops' in loaded and 'gptjax.plots' in loaded  # the check sees real imports
+  assert not set(TRAINING_STACK) & set(loaded), loaded
 
 
 def test_resolve_leaves_the_base_untouched(cpu_sweep):
@@ -122,6 +142,7 @@ FAKE_TRAINER = textwrap.dedent('''
     """Writes the records of a run of num_steps; 'fail' prints a traceback and exits 1 instead;
     'slow' waits for SIGTERM and exits, as a real member does once it has saved a checkpoint."""
     import json, os, signal, sys, time
+    from gptjax import run_dir
     workdir, num_steps, d_model, mode, calls = sys.argv[1:]
     num_steps, d_model = int(num_steps), int(d_model)
     with open(calls, 'a') as f:
@@ -141,7 +162,7 @@ FAKE_TRAINER = textwrap.dedent('''
       sys.exit(1)
     os.makedirs(workdir, exist_ok=True)
     n = 12 * d_model ** 2
-    with open(os.path.join(workdir, 'metrics.jsonl'), 'a') as f:
+    with open(os.path.join(workdir, run_dir.METRICS_FILE), 'a') as f:
       for step in (num_steps // 2, num_steps):
         d = step * 1000
         f.write(json.dumps({'step': step, 'tokens_seen': d, 'flops_kaplan': 6.0 * n * d,
@@ -178,7 +199,7 @@ def _write_sweep(tmp_path, members) -> str:
 def _fake_records(workdir, name, steps, d_model, final=True):
   os.makedirs(os.path.join(workdir, name), exist_ok=True)
   last = steps if final else steps // 2
-  with open(os.path.join(workdir, name, 'metrics.jsonl'), 'w') as f:
+  with open(os.path.join(workdir, name, run_dir.METRICS_FILE), 'w') as f:
     f.write(json.dumps({'step': last, 'tokens_seen': last * 1000, 'eval_loss': 2.5,
                         'flops_kaplan': 1e9, 'params_non_embedding': 12 * d_model**2}) + '\n')
 
@@ -223,7 +244,7 @@ def test_runner_skips_finished_resumes_unfinished_and_reports_failures(tmp_path,
   fake_trainer.write_text('')
   assert runner.run_sweep(sweep, workdir, n_bootstrap=2) == 1
   assert fake_trainer.read_text().split() == ['failing']  # only the failed member runs again
-  statuses = {name: runner.member_status(os.path.join(workdir, name), config).state
+  statuses = {name: status.member_status(os.path.join(workdir, name), config).state
               for name, config in _configs(sweep).items()}
   assert statuses == {'done': 'finished', 'half': 'finished', 'new': 'finished', 'failing': 'new'}
 
@@ -260,10 +281,10 @@ def test_stale_member_is_neither_resumed_nor_fitted(tmp_path, fake_trainer, caps
   saved['train']['learning_rate'] = 0.5
   saved['train']['log_every'] = 999  # reporting fields never make a member stale
   os.makedirs(os.path.join(workdir, 'a'))
-  with open(os.path.join(workdir, 'a', 'config.json'), 'w') as f:
+  with open(os.path.join(workdir, 'a', run_dir.CONFIG_FILE), 'w') as f:
     json.dump(saved, f)
-  status = runner.member_status(os.path.join(workdir, 'a'), config)
-  assert status.state == 'stale' and status.detail == 'train.learning_rate: 0.5 -> 0.001'
+  stale = status.member_status(os.path.join(workdir, 'a'), config)
+  assert stale.state == 'stale' and stale.detail == 'train.learning_rate: 0.5 -> 0.001'
   assert runner.run_sweep(sweep, workdir) == 1
   assert fake_trainer.read_text() == ''
   out = capsys.readouterr().out
@@ -314,7 +335,7 @@ def _synthetic_sweep(workdir, budgets=(1e11, 1e12, 1e13), unfinished=()):
       d_final = budget / (6 * n)
       name = f'c{launch.budget_tag(budget)}_n{n:.0f}'
       os.makedirs(os.path.join(workdir, name))
-      with open(os.path.join(workdir, name, 'metrics.jsonl'), 'w') as f:
+      with open(os.path.join(workdir, name, run_dir.METRICS_FILE), 'w') as f:
         for quarter in (1, 2, 3, 4) if name not in unfinished else (1, 2):
           d = d_final * quarter / 4
           loss = LAW['E'] + LAW['A'] / n**LAW['alpha'] + LAW['B'] / d**LAW['beta']

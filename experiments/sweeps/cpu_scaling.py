@@ -1,10 +1,8 @@
-r"""The first scaling sweep: 3 compute budgets x 5 model sizes, about 8 minutes on 2 CPU cores.
+r"""A scaling sweep on a CPU: 3 compute budgets x 5 model sizes, about 12 CPU-minutes in all (its
+timings on 2 cores are in BENCHMARKS.md).
 
   python -m launch.sweep --sweep=experiments/sweeps/cpu_scaling.py --workdir=runs/cpu_scaling \
       --parallel=2
-
-(8m18s with --parallel=2 and 14m24s one member at a time, both with other jobs loading the 2 cores
-to a load average of 6-7; 12 CPU-minutes either way.)
 
 Byte-level GPTs of 2 layers, d_model 12 to 96 (3.7K to 224K non-embedding parameters), trained on
 the embedded stdlib corpus at C = 1e11, 3e11 and 1e12 FLOPs (Kaplan's C, attention included).

@@ -1,4 +1,4 @@
-r"""Scaling figures from a sweep's records: `python -m experiments.plot_scaling --sweep_dir=runs/x`.
+r"""Scaling figures from a sweep's records: `python -m gptjax.plots --sweep_dir=runs/x`.
 
 Writes PNGs to --out_dir (default <sweep_dir>/plots):
   loss_vs_compute.png   every run's eval loss against compute, the frontier and the fitted L(C)
@@ -23,7 +23,7 @@ from absl import app, flags, logging  # noqa: E402
 from matplotlib.colors import LogNorm  # noqa: E402
 
 from gptjax import records as records_lib  # noqa: E402
-from gptjax import scaling  # noqa: E402
+from gptjax import scaling, scaling_isoflop  # noqa: E402
 
 Rows = Sequence[Mapping[str, Any]]
 COLORMAP = 'viridis'
@@ -75,7 +75,7 @@ def plot_loss_vs_compute(rows: Rows, path: str, *, compute_key: str = 'flops_kap
   return _save(fig, path)
 
 
-def plot_isoflops(final: Rows, result: scaling.IsoFLOPResult, path: str, *,
+def plot_isoflops(final: Rows, result: scaling_isoflop.IsoFLOPResult, path: str, *,
                   params_key: str = 'params_non_embedding', loss_key: str = 'eval_loss') -> str:
   """Final loss against N for each budget, with the fitted parabola and its minimum."""
   n, l = records_lib.column(final, params_key), records_lib.column(final, loss_key)
@@ -96,7 +96,7 @@ def plot_isoflops(final: Rows, result: scaling.IsoFLOPResult, path: str, *,
   return _save(fig, path)
 
 
-def plot_n_opt(result: scaling.IsoFLOPResult, path: str) -> str:
+def plot_n_opt(result: scaling_isoflop.IsoFLOPResult, path: str) -> str:
   """N_opt per budget, the fitted N_opt ∝ C^a extrapolated 10x, and its bootstrap band."""
   grid = np.geomspace(result.budgets.min() / 2, result.budgets.max() * 10, 100)
   fig, ax = plt.subplots(figsize=(7, 5))
@@ -140,7 +140,8 @@ def make_plots(sweep_dir: str, out_dir: str, *, compute_key: str = 'flops_kaplan
       plot_training_curves(rows, os.path.join(out_dir, 'training_curves.png'), **keys),
   ]
   try:
-    result = scaling.isoflop_minima(final, compute_key=compute_key, n_bootstrap=n_bootstrap, **keys)
+    result = scaling_isoflop.isoflop_minima(final, compute_key=compute_key,
+                                            n_bootstrap=n_bootstrap, **keys)
   except ValueError as e:
     logging.warning('No IsoFLOP figures: %s', e)
     return written
@@ -150,7 +151,7 @@ def make_plots(sweep_dir: str, out_dir: str, *, compute_key: str = 'flops_kaplan
   written += [plot_isoflops(final, result, os.path.join(out_dir, 'isoflops.png'), **keys),
               plot_n_opt(result, os.path.join(out_dir, 'n_opt.png'))]
   try:
-    holdout = scaling.holdout_extrapolation(final, compute_key=compute_key, **keys)
+    holdout = scaling.holdout_extrapolation(rows, compute_key=compute_key, **keys)
     logging.info('Holdout at C=%.3g: best loss %.4f, L(C) predicted %.4f (%+.2f%%); L(N, D) '
                  'worst run error %.2f%%', holdout.budget, holdout.measured_best_loss,
                  holdout.power_law_prediction, 100 * holdout.power_law_relative_error,

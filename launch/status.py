@@ -1,0 +1,87 @@
+"""Where each member of a sweep stands on disk (new, partial, finished or stale), and the table of
+members, their sizes, tokens and compute that the runner prints before it trains."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from typing import Any, Sequence
+
+import ml_collections
+
+import launch
+from gptjax import records, run_dir
+
+
+@dataclasses.dataclass(frozen=True)
+class Status:
+  """Where a member's workdir stands, from its saved config and metrics."""
+
+  state: str  # 'new' | 'partial' | 'finished' | 'stale'
+  step: int = 0  # the last step with a record
+  eval_loss: float | None = None  # the latest eval
+  detail: str = ''
+
+
+# Fields that change how a run reports, not what it trains; `vocab_size` is filled in from the
+# tokenizer by the train loop. A difference elsewhere makes a member's workdir stale.
+_NOT_EXPERIMENT = ('train.log_every', 'train.eval_every', 'train.checkpoint_every',
+                   'train.keep_checkpoints', 'train.async_checkpoints', 'model.vocab_size')
+
+
+def _flat(values: Any, prefix: str = '') -> dict[str, Any]:
+  if not isinstance(values, dict) or not values:
+    return {prefix: values}
+  flat = {}
+  for name, child in values.items():
+    flat.update(_flat(child, f'{prefix}.{name}' if prefix else name))
+  return flat
+
+
+def config_differences(saved: dict[str, Any], config: ml_collections.ConfigDict) -> list[str]:
+  """'key: saved -> intended' for every experiment field where a saved config.json differs."""
+  intended = _flat(json.loads(config.to_json_best_effort()))  # tuples become lists, as saved
+  saved = _flat(saved)
+  return [f'{key}: {saved.get(key)!r} -> {intended.get(key)!r}'
+          for key in sorted(set(intended) | set(saved))
+          if key not in _NOT_EXPERIMENT and saved.get(key) != intended.get(key)]
+
+
+def member_status(member_dir: str, config: ml_collections.ConfigDict) -> Status:
+  """Finished means a record at the final step with an eval loss. Stale means the workdir was made
+  with another config than the member now has: resuming or fitting it would mix two experiments."""
+  saved = run_dir.read_config_dict(member_dir) if os.path.isdir(member_dir) else {}
+  differences = config_differences(saved, config) if saved else []
+  if differences:
+    more = f' and {len(differences) - 2} more' if len(differences) > 2 else ''
+    return Status('stale', detail='; '.join(differences[:2]) + more)
+  if not os.path.exists(os.path.join(member_dir, run_dir.METRICS_FILE)):
+    return Status('partial' if saved else 'new')
+  rows = run_dir.read_metrics(member_dir)
+  evals = records.eval_records(rows)
+  step = max((row.get('step', 0) for row in rows), default=0)
+  last_eval = evals[-1][records.EVAL_KEY] if evals else None
+  done = any(row.get('step') == config.train.num_steps for row in evals)
+  return Status('finished' if done else 'partial', step, last_eval)
+
+
+def format_table(sweep: Sequence[tuple[launch.Member, launch.Plan, Status]]) -> str:
+  """One line per member (size, tokens, steps, learning rate, target and planned compute, status)
+  and a total."""
+  method = sweep[0][1].method
+  n_name = 'N (non-emb)' if method == 'kaplan' else 'N (total)'
+  width = max(len(member.name) for member, _, _ in sweep)
+  lines = [f'{"member":<{width}} {"d_model":>7} {"layers":>6} {"heads":>5} {n_name:>13} '
+           f'{"tokens":>14} {"steps":>7} {"lr":>7} {"C target":>9} {f"C {method}":>9}  status']
+  for member, p, status in sweep:
+    target = f'{member.budget:.3g}' if member.budget else '-'
+    state = status.state + (f' ({status.detail})' if status.detail else '')
+    if status.state == 'partial' and status.step:
+      state = f'partial (step {status.step})'
+    lines.append(f'{member.name:<{width}} {p.d_model:>7} {p.num_layers:>6} {p.num_heads:>5} '
+                 f'{p.params:>13,} {p.tokens:>14,} {p.steps:>7} {p.learning_rate:>7.2g} '
+                 f'{target:>9} {p.flops:>9.3g}  {state}')
+  total = sum(p.flops for _, p, _ in sweep)
+  lines.append(f'{len(sweep)} members, {total:.3g} FLOPs ({method}) in all.')
+  return '\n'.join(lines)
