@@ -23,7 +23,7 @@ import jax
 import jax.numpy as jnp
 from absl import app, flags
 
-from gptjax.generate import generate
+from gptjax.decoding import generate
 from gptjax.model import GPT, GPTConfig
 from gptjax.sampling import SamplingConfig
 

@@ -31,7 +31,7 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 
-from gptjax.generate import decode_apply, prefill
+from gptjax.decoding import decode_apply, prefill
 from gptjax.model import GPTConfig
 
 Array = jax.Array
@@ -155,7 +155,7 @@ def _beam_step(state: _BeamState, logits_BWxV: Array, beam: BeamSearchConfig,
 def beam_search(params: Any, prompt_BxP: Array, prompt_mask_BxP: Array | None, *,
                 config: GPTConfig, max_new_tokens: int, beam: BeamSearchConfig = BeamSearchConfig(),
                 stop_tokens: tuple[int, ...] = (), pad_id: int = 0) -> BeamSearchOutput:
-  """The W best continuations of each left-padded prompt (see `generate.left_pad`), best first.
+  """The W best continuations of each left-padded prompt (see `decoding.left_pad`), best first.
 
   The prompt is prefilled once per row and its cache copied to the W beams. A row whose pool
   holds fewer than W hypotheses at the end (tiny vocabularies) has -inf scores in the empty slots.

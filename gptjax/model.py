@@ -170,6 +170,31 @@ def _norm(config: GPTConfig, name: str) -> nn.Module:
   return nn.LayerNorm(epsilon=1e-5, use_bias=config.use_bias, bias_init=_zeros(('embed',)), **common)
 
 
+class _HeadProjection(nn.Module):
+  """x [B, T, D] -> [B, T, heads, H] with a [D, heads, H] kernel.
+
+  Not nn.DenseGeneral: it initialises the kernel through a flattened 2-D shape, which a logical
+  partitioning of three axes ('embed', heads, 'head_dim') cannot annotate under a mesh.
+  """
+
+  config: GPTConfig
+  heads: int
+  heads_axis: str
+
+  @nn.compact
+  def __call__(self, x_BxTxD: Array) -> Array:
+    cfg = self.config
+    kernel_DxNxH = self.param('kernel', _init(cfg.init_std, ('embed', self.heads_axis, 'head_dim')),
+                              (cfg.d_model, self.heads, cfg.head_dim), cfg.weights_dtype)
+    y_BxTxNxH = jnp.einsum('btd,dnh->btnh', x_BxTxD.astype(cfg.compute_dtype),
+                           kernel_DxNxH.astype(cfg.compute_dtype))
+    if cfg.use_bias:
+      bias_NxH = self.param('bias', _zeros((self.heads_axis, 'head_dim')), (self.heads, cfg.head_dim),
+                            cfg.weights_dtype)
+      y_BxTxNxH = y_BxTxNxH + bias_NxH.astype(cfg.compute_dtype)[None, None]
+    return y_BxTxNxH
+
+
 class CausalSelfAttention(nn.Module):
   """Multi-head (or grouped-query) causal attention.
 
@@ -189,13 +214,9 @@ class CausalSelfAttention(nn.Module):
   def __call__(self, x_BxTxD: Array, positions_BxT: Array, kv_mask_BxS: Array | None) -> Array:
     cfg = self.config
     n, k, h = cfg.num_heads, cfg.kv_heads, cfg.head_dim
-    project = lambda heads, heads_axis, name: nn.DenseGeneral(
-        (heads, h), use_bias=cfg.use_bias, dtype=cfg.compute_dtype, param_dtype=cfg.weights_dtype,
-        kernel_init=_init(cfg.init_std, ('embed', heads_axis, 'head_dim')),
-        bias_init=_zeros((heads_axis, 'head_dim')), name=name)
-    q_BxTxNxH = project(n, 'heads', 'query')(x_BxTxD)
-    k_BxTxKxH = project(k, 'kv_heads', 'key')(x_BxTxD)
-    v_BxTxKxH = project(k, 'kv_heads', 'value')(x_BxTxD)
+    q_BxTxNxH = _HeadProjection(cfg, n, 'heads', name='query')(x_BxTxD)
+    k_BxTxKxH = _HeadProjection(cfg, k, 'kv_heads', name='key')(x_BxTxD)
+    v_BxTxKxH = _HeadProjection(cfg, k, 'kv_heads', name='value')(x_BxTxD)
     if cfg.position == 'rope':
       q_BxTxNxH = apply_rope(q_BxTxNxH, positions_BxT, cfg.rope_theta)
       k_BxTxKxH = apply_rope(k_BxTxKxH, positions_BxT, cfg.rope_theta)
@@ -220,10 +241,13 @@ class CausalSelfAttention(nn.Module):
                                                impl=cfg.attention_impl)
 
     out_std = cfg.init_std / math.sqrt(2 * cfg.num_layers)
-    return nn.DenseGeneral(  # [B, T, N, H] x [N, H, D] -> [B, T, D]
-        cfg.d_model, axis=(-2, -1), use_bias=cfg.use_bias, dtype=cfg.compute_dtype,
-        param_dtype=cfg.weights_dtype, kernel_init=_init(out_std, ('heads', 'head_dim', 'embed')),
-        bias_init=_zeros(('embed',)), name='out')(out_BxTxNxH)
+    kernel_NxHxD = self.param('out_kernel', _init(out_std, ('heads', 'head_dim', 'embed')),
+                              (n, h, cfg.d_model), cfg.weights_dtype)
+    y_BxTxD = jnp.einsum('btnh,nhd->btd', out_BxTxNxH, kernel_NxHxD.astype(cfg.compute_dtype))
+    if cfg.use_bias:
+      bias_D = self.param('out_bias', _zeros(('embed',)), (cfg.d_model,), cfg.weights_dtype)
+      y_BxTxD = y_BxTxD + bias_D.astype(cfg.compute_dtype)[None, None]
+    return y_BxTxD
 
   def _update_cache(self, k_BxTxKxH: Array, v_BxTxKxH: Array, kv_mask_BxS: Array | None):
     """Writes this call's keys/values into the cache; returns the whole cache and its mask."""

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from gptjax.beam_search import BeamSearchConfig, _beam_step, _BeamState, beam_search, length_penalty
-from gptjax.generate import generate, left_pad
+from gptjax.decoding import generate, left_pad
 from random_models import random_model
 from gptjax.model import GPT, GPTConfig
 from gptjax.sampling import SamplingConfig

@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from gptjax.generate import decode_apply, generate, left_pad, prefill, sample_windowed
+from gptjax.decoding import decode_apply, generate, left_pad, prefill, sample_windowed
 from random_models import random_model
 from gptjax.model import GPT, GPTConfig
 from gptjax.sampling import SamplingConfig

@@ -130,7 +130,7 @@ def test_attention_matches_naive_float64(kv_heads, position):
   weights = np.exp(scores - scores.max(-1, keepdims=True))
   weights /= weights.sum(-1, keepdims=True)
   out = np.einsum('bnqk,bknh->bqnh', weights, v)
-  expected = np.einsum('bqnh,nhd->bqd', out, p['out']['kernel']) + p['out']['bias']
+  expected = np.einsum('bqnh,nhd->bqd', out, p['out_kernel']) + p['out_bias']
   np.testing.assert_allclose(got, expected, rtol=2e-4, atol=2e-5)
 
 

@@ -46,7 +46,7 @@ def _reference_loss(params, batch_BxT1, cfg: GPTConfig):
     logits = jnp.einsum('bqnh,bknh->bnqk', q, k) / math.sqrt(cfg.head_dim)
     probs = jax.nn.softmax(jnp.where(causal_TxT[None, None], logits, -jnp.inf), axis=-1)
     o = jnp.einsum('bnqk,bknh->bqnh', probs, v)
-    x = x + jnp.einsum('btnh,nhd->btd', o, a['out']['kernel']) + a['out']['bias'][None, None]
+    x = x + jnp.einsum('btnh,nhd->btd', o, a['out_kernel']) + a['out_bias'][None, None]
     m = p['mlp']
     u = _layer_norm(x, p['mlp_norm']) @ m['up']['kernel'] + m['up']['bias'][None, None]
     gelu = 0.5 * u * (1 + jnp.tanh(math.sqrt(2 / math.pi) * (u + 0.044715 * u ** 3)))

@@ -17,7 +17,10 @@ import numpy as np
 import pytest
 
 from experiments.configs import base
-from gptjax import run_dir, train
+from gptjax import decoding, hardware, run_dir, train
+from gptjax.model import GPTConfig
+from gptjax.sampling import SamplingConfig
+from gptjax.tokenizer import load_tokenizer
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -83,6 +86,23 @@ def test_training_writes_records_and_the_loss_falls(finished_run):
   assert os.listdir(os.path.join(finished_run, 'tensorboard'))
   assert sorted(int(s) for s in os.listdir(os.path.join(finished_run, 'checkpoints'))
                 if s.isdigit()) == [10, 20, 30]
+
+
+def test_the_generate_command_continues_a_prompt_from_the_latest_checkpoint(finished_run):
+  command = [sys.executable, '-m', 'gptjax.generate', f'--workdir={finished_run}', '--prompt=def ',
+             '--max_new_tokens=12', '--temperature=0']
+  result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300)
+  assert result.returncode == 0, result.stderr[-2000:]
+  assert 'Attention: ' in result.stderr  # the backend it resolved to is logged
+  config, params = train.load_params(finished_run)
+  cfg = hardware.resolve_attention(GPTConfig.from_config(config.model), jax.devices()[0])
+  tokenizer = load_tokenizer(finished_run)
+  greedy = decoding.sample_windowed(params, cfg, list(tokenizer.encode('def ')), 12,
+                                    jax.random.key(0), SamplingConfig(temperature=0.0),
+                                    (tokenizer.eos_id,))
+  assert len(greedy) == 12 or greedy[-1] == tokenizer.eos_id
+  assert result.stdout == 'def ' + tokenizer.decode([i for i in greedy
+                                                     if i != tokenizer.eos_id]) + '\n'
 
 
 def test_resume_reaches_bit_identical_parameters_and_curve(finished_run, tmp_path):
