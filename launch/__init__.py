@@ -28,7 +28,7 @@ from typing import Any, Mapping, Sequence
 
 import ml_collections
 
-from gptjax import flops
+from gptjax import flops, optim
 from gptjax.model import GPTConfig
 
 PARAMS_KEYS = {'kaplan': 'params_non_embedding', 'full': 'params_total'}
@@ -97,14 +97,14 @@ def _apply(base: ml_collections.ConfigDict, member: Member) -> ml_collections.Co
 
 
 def resolve(base: ml_collections.ConfigDict, member: Member) -> ml_collections.ConfigDict:
-  """The member's full config, with its model checked (shape, and sequences that fit it).
-
-  The rest of the config (the optimizer and its schedule, the data pipeline) is checked by
-  `gptjax.main` when the member starts; planning a sweep imports none of the training stack.
+  """The member's full config, checked as far as it can be without training: a valid model whose
+  position table fits the sequences, a valid learning-rate schedule. The data pipeline is checked
+  by `gptjax.main` when the member starts; planning a sweep imports none of the training stack.
   """
   config = _apply(base, member)
   try:
     GPTConfig.from_run_config(config)
+    optim.learning_rate_schedule(config.train)
   except ValueError as e:
     raise ValueError(f'Member {member.name!r}: {e}') from e
   return config

@@ -86,6 +86,8 @@ def test_design_errors_name_the_member_and_the_fix():
     launch.resolve(base, launch.Member('m', {'mesh.rules': (('batch', 'data'),)}))
   with pytest.raises(ValueError, match=r"Member 'm': data.seq_len=256 exceeds model.max_seq_len"):
     launch.resolve(base, launch.Member('m', {'data.seq_len': 256}))
+  with pytest.raises(ValueError, match=r"Member 'm': train.warmup_steps=9 must be in \[0, num"):
+    launch.resolve(base, launch.Member('m', {'train.num_steps': 9, 'train.warmup_steps': 9}))
   member = launch.Member('a', {})
   with pytest.raises(ValueError, match="Two members are named 'a'"):
     launch.check_members(base, [member, member])
@@ -94,7 +96,7 @@ def test_design_errors_name_the_member_and_the_fix():
 
 
 TRAINING_STACK = ('gptjax.train', 'gptjax.steps', 'gptjax.data', 'gptjax.checkpointing',
-                  'gptjax.optim', 'gptjax.sharding')
+                  'gptjax.sharding', 'gptjax.hardware')
 
 
 def test_planning_a_sweep_imports_no_training_stack():
