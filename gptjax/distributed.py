@@ -37,10 +37,9 @@ def configure_cpu_devices(count: int) -> None:
   """Splits a CPU-only host into `count` XLA devices (0 keeps JAX's default); call before any
   JAX computation.
 
-  Each CPU device then runs its share of the batch as its own stream of ops. On the 2-core VM of
-  BENCHMARKS.md, two devices made the small reference config's step 2-21% faster and tiny's 4-10%
-  (medium was about unchanged): one device's chain of small products leaves a core idle part of
-  the time.
+  Each CPU device then runs its share of the batch as its own stream of ops, which helps small
+  models, whose single chain of small products leaves a core idle part of the time (BENCHMARKS.md
+  has the measured effect).
   It only changes the CPU platform, so it is harmless where an accelerator is the default backend.
   """
   if count < 0:
