@@ -9,6 +9,7 @@ and two habits: no module over ~400 lines, no development history in code, tests
 """
 
 import ast
+import configparser
 import pathlib
 import re
 
@@ -158,3 +159,13 @@ def test_code_tests_and_docs_say_what_is_true_now():
   hits = [f'{p.relative_to(ROOT)}:{i}' for p in files if p.exists()
           for i, line in enumerate(p.read_text().splitlines(), 1) if history.search(line)]
   assert hits == []
+
+
+def test_the_cpu_kernel_source_ships_as_package_data():
+  """A wheel holds only what setup.cfg's package_data names: the kernel is built from it."""
+  from gptjax.attention import cpu_fused
+  config = configparser.ConfigParser()
+  config.read(ROOT / 'setup.cfg')
+  shipped = {path.resolve() for package, pattern in config['options.package_data'].items()
+             for path in (ROOT / package.replace('.', '/')).glob(pattern.strip())}
+  assert pathlib.Path(cpu_fused._SOURCE).resolve() in shipped
