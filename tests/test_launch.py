@@ -14,6 +14,7 @@ import stat
 import subprocess
 import sys
 
+import jax
 import ml_collections
 import pytest
 
@@ -182,5 +183,80 @@ def test_no_slurm_no_binding(monkeypatch):
   assert distributed._slurm_local_device_ids() is None
 
 
-def test_initialize_is_a_no_op_when_disabled():
-  distributed.initialize(ml_collections.ConfigDict({'enabled': False}))
+# A 2-node job, 4 GPUs per node, one task per GPU: the environment `srun` gives task 6, the third
+# task of the second node (gpu018).
+SLURM_JOB = {'SLURM_JOB_ID': '4242', 'SLURM_JOB_NODELIST': 'gpu[017-018]',
+             'SLURM_STEP_NODELIST': 'gpu[017-018]', 'SLURM_JOB_NUM_NODES': '2',
+             'SLURM_STEP_NUM_NODES': '2', 'SLURM_NTASKS': '8', 'SLURM_NTASKS_PER_NODE': '4',
+             'SLURM_PROCID': '6', 'SLURM_LOCALID': '2', 'SLURM_NODEID': '1'}
+SLURM_PORT = 4242 % 2**12 + 65535 - 2**12 + 1  # JAX's SLURM coordinator port: from the job id
+
+
+def _dist_config(**fields) -> ml_collections.ConfigDict:
+  from experiments.configs import base
+  config = base.get_config().distributed
+  config.update(fields)
+  return config
+
+
+@pytest.fixture
+def jax_initialize(monkeypatch):
+  """Replaces `jax.distributed.initialize`; returns the list of its calls, each as
+  (the keyword arguments, the (coordinator, process count, process id, local device ids) that JAX
+  makes of them by filling the unset ones from the cluster environment, as it does at start-up).
+  """
+  from jax._src import clusters
+  calls = []
+
+  def initialize(**kwargs):
+    resolved = clusters.ClusterEnv.auto_detect_unset_distributed_params(
+        kwargs.get('coordinator_address'), kwargs.get('num_processes'), kwargs.get('process_id'),
+        kwargs.get('local_device_ids'), None, 10)
+    calls.append((kwargs, resolved))
+
+  for name in ('JAX_COORDINATOR_ADDRESS', 'JAX_COORDINATOR_PORT', 'JAX_LOCAL_DEVICE_IDS',
+               'OMPI_MCA_orte_hnp_uri', *SLURM_JOB, 'SLURM_STEP_GPUS', 'CUDA_VISIBLE_DEVICES'):
+    monkeypatch.delenv(name, raising=False)
+  monkeypatch.setattr(jax.distributed, 'initialize', initialize)
+  collectives = jax.config.jax_cpu_collectives_implementation
+  yield calls
+  jax.config.update('jax_cpu_collectives_implementation', collectives)
+
+
+def test_initialize_is_a_no_op_when_disabled(jax_initialize, monkeypatch):
+  for name, value in SLURM_JOB.items():
+    monkeypatch.setenv(name, value)
+  distributed.initialize(_dist_config(enabled=False, coordinator_address='gpu017:1234',
+                                      num_processes=8, process_id=6))
+  assert jax_initialize == []
+
+
+@pytest.mark.parametrize('gpus, local_device_ids', [
+    ('2', [0]),  # --gpus-per-task=1: the task's one GPU is ordinal 0 inside it
+    ('0,1,2,3', [2]),  # --gpus-per-node=4: every task sees the node's GPUs and drives GPU LOCALID
+])
+def test_initialize_under_slurm_leaves_the_job_layout_to_jax(jax_initialize, monkeypatch, gpus,
+                                                             local_device_ids):
+  for name, value in SLURM_JOB.items():
+    monkeypatch.setenv(name, value)
+  monkeypatch.setenv('SLURM_STEP_GPUS', gpus)
+  monkeypatch.setenv('CUDA_VISIBLE_DEVICES', gpus)
+  distributed.initialize(_dist_config(enabled=True))
+  [(kwargs, resolved)] = jax_initialize
+  assert kwargs == ({'local_device_ids': [0]} if gpus == '2' else {})
+  assert resolved == (f'gpu017:{SLURM_PORT}', 8, 6, local_device_ids)
+
+
+@pytest.mark.parametrize('process_id', [0, 1])
+def test_initialize_passes_explicit_fields(jax_initialize, monkeypatch, process_id):
+  config = _dist_config(enabled=True, coordinator_address='10.1.2.3:8476', num_processes=2,
+                        process_id=process_id)
+  distributed.initialize(config)
+  for name, value in SLURM_JOB.items():  # explicit fields win over what SLURM says
+    monkeypatch.setenv(name, value)
+  monkeypatch.setenv('CUDA_VISIBLE_DEVICES', '2')
+  distributed.initialize(config)
+  explicit = {'coordinator_address': '10.1.2.3:8476', 'num_processes': 2, 'process_id': process_id}
+  assert jax_initialize == [
+      (explicit, ('10.1.2.3:8476', 2, process_id, None)),
+      ({**explicit, 'local_device_ids': [0]}, ('10.1.2.3:8476', 2, process_id, [0]))]
