@@ -147,12 +147,39 @@ def test_left_pad_layout_and_errors():
     left_pad([[1], []])
 
 
-def test_sample_windowed_slides_past_max_seq_len():
-  cfg, params = tiny(max_seq_len=8)
-  greedy = SamplingConfig(temperature=0.0)
-  new = sample_windowed(params, cfg, PROMPTS[1], 20, jax.random.key(0), greedy)
-  assert len(new) == 20
-  # The first round is plain generation up to the full window: 8 - 3 + 1 = 6 tokens.
-  first = generate(params, np.asarray([PROMPTS[1]], np.int32), None, jax.random.key(0), config=cfg,
-                   max_new_tokens=6, sampling=greedy)
-  assert new[:6] == np.asarray(first.tokens_BxN[0]).tolist()
+def uncached_windowed_greedy(params, cfg, prompt, n):
+  """Reference: the argmax of the full forward pass over the context, token by token.
+
+  The context grows by each new token; once it holds more than max_seq_len tokens it is cut to
+  its last max_seq_len // 2, so every forward pass sees at most max_seq_len positions. A prompt of
+  max_seq_len tokens or more is cut the same way before the first token.
+  """
+  window = cfg.max_seq_len
+  context, new = list(prompt), []
+  if len(context) >= window:
+    context = context[-(window // 2):]
+  while len(new) < n:
+    buffer_1xT = np.zeros((1, window), np.int32)  # right-padded to one shape: one compilation
+    buffer_1xT[0, :len(context)] = context
+    logits_1xTxV = full_forward(params, buffer_1xT, cfg)
+    token = int(np.argmax(logits_1xTxV[0, len(context) - 1]))
+    context.append(token)
+    new.append(token)
+    if len(context) > window:
+      context = context[-(window // 2):]
+  return new
+
+
+@pytest.mark.parametrize('prompt', [PROMPTS[1], list(range(1, 12))], ids=['short', 'longer'])
+def test_sample_windowed_greedy_equals_uncached_sliding_argmax(prompt):
+  """All 20 greedy tokens (several slides of a window of 8) equal the uncached reference."""
+  cfg, params = tiny(max_seq_len=8, tie_embeddings=False)
+  # Larger token and position tables: the greedy choice then varies with the context and the
+  # position, so a window cut at the wrong place or a slide one token early changes the tokens.
+  params = {**params, 'embed': {'embedding': 4 * params['embed']['embedding']},
+            'pos_embed': 8 * params['pos_embed']}
+  want = uncached_windowed_greedy(params, cfg, prompt, 20)
+  assert len(set(want)) >= 3
+  new = sample_windowed(params, cfg, prompt, 20, jax.random.key(0),
+                        SamplingConfig(temperature=0.0))
+  assert new == want
