@@ -1,4 +1,5 @@
-"""The launch scripts: syntax, the commands they issue, argument forwarding; SLURM GPU binding.
+"""The launch scripts: syntax, the commands they issue, argument forwarding; SLURM GPU binding and
+what `jax.distributed.initialize` is called with.
 
 No cloud or cluster is touched: `gcloud`, `srun` and the Python interpreter are replaced by stubs
 that record how they were called. The multi-host training path itself is tested end to end in

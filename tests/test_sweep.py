@@ -1,5 +1,6 @@
 """Sweeps: the IsoFLOP design's arithmetic, member checks, dry runs, skip/resume/failure handling of
-the runner (with a fake trainer), the fit-and-plot stage on synthetic records, and one real member.
+the runner (with a fake trainer), its --commands, --fit_only and --compute_key flags, the
+fit-and-plot stage on synthetic records, and one real member.
 
 The fake trainer is a few lines of Python that write the records a finished (or half-finished) run
 would, so the runner's bookkeeping is tested in seconds; the one real member proves the command the
@@ -17,7 +18,7 @@ import numpy as np
 import pytest
 
 import launch
-from gptjax import flops, run_dir
+from gptjax import flops, records, run_dir, scaling_isoflop
 from gptjax.model import GPTConfig
 from launch import fit, status
 from launch import sweep as runner
@@ -310,6 +311,29 @@ def test_dry_run_lists_members_and_runs_nothing(tmp_path, cpu_sweep, capsys):
   assert not workdir.exists()
 
 
+def _sweep_cli(*flags: str) -> subprocess.CompletedProcess:
+  """`python -m launch.sweep` run from the repository root, as the README shows it."""
+  return subprocess.run([sys.executable, '-m', 'launch.sweep', *flags], cwd=ROOT,
+                        capture_output=True, text=True, timeout=120)
+
+
+def test_commands_flag_prints_each_unfinished_members_command(tmp_path):
+  """One `python -m gptjax.main` line per new or partial member, in sweep order, and nothing else:
+  launchers split these lines by position, so the whole text is pinned."""
+  sweep = _write_sweep(tmp_path, [('a', 16, 8), ('done', 32, 8), ('half', 32, 6)])
+  workdir = tmp_path / 'runs'
+  _fake_records(str(workdir), 'done', 8, 32)
+  _fake_records(str(workdir), 'half', 6, 32, final=False)
+  result = _sweep_cli(f'--sweep={sweep}', f'--workdir={workdir}', '--commands')
+  assert result.returncode == 0, result.stderr
+  assert result.stdout == (
+      f'python -m gptjax.main --config=launch/__init__.py:{sweep} --workdir={workdir}/a '
+      '--config.model.d_model=16 --config.train.num_steps=8\n'
+      f'python -m gptjax.main --config=launch/__init__.py:{sweep} --workdir={workdir}/half '
+      '--config.model.d_model=32 --config.train.num_steps=6\n')
+  assert sorted(os.listdir(workdir)) == ['done', 'half']  # nothing started
+
+
 def test_only_and_bad_flags_are_clear(tmp_path, fake_trainer, capsys):
   sweep = _write_sweep(tmp_path, [('a', 16, 8), ('b', 16, 8)])
   with pytest.raises(ValueError, match=r"--only names \['c'\].*its members: \['a', 'b'\]"):
@@ -325,6 +349,8 @@ def test_only_and_bad_flags_are_clear(tmp_path, fake_trainer, capsys):
 
 
 LAW = dict(E=1.2, A=40.0, alpha=0.35, B=90.0, beta=0.3)
+# The synthetic records' flops_full and params_total are these multiples of their Kaplan columns.
+FULL_C, FULL_N = 3.0, 2.0
 
 
 def _synthetic_sweep(workdir, budgets=(1e11, 1e12, 1e13), unfinished=()):
@@ -342,7 +368,8 @@ def _synthetic_sweep(workdir, budgets=(1e11, 1e12, 1e13), unfinished=()):
           d = d_final * quarter / 4
           loss = LAW['E'] + LAW['A'] / n**LAW['alpha'] + LAW['B'] / d**LAW['beta']
           f.write(json.dumps({'step': quarter, 'tokens_seen': d, 'flops_kaplan': 6 * n * d,
-                              'params_non_embedding': n, 'eval_loss': loss}) + '\n')
+                              'params_non_embedding': n, 'flops_full': FULL_C * 6 * n * d,
+                              'params_total': FULL_N * n, 'eval_loss': loss}) + '\n')
       names.append(name)
   return names
 
@@ -382,6 +409,51 @@ def test_fit_leaves_out_unfinished_members_and_explains_missing_fits(tmp_path, c
   assert 'Figures: ' in out  # loss-vs-compute and training curves still drawn
   fit.fit_and_report(workdir, [], n_bootstrap=2)
   assert 'No finished members: nothing to fit yet.' in capsys.readouterr().out
+
+
+def test_fit_only_fits_the_records_on_disk_and_starts_no_member(tmp_path, fake_trainer, capsys):
+  workdir = str(tmp_path / 'runs')
+  names = _synthetic_sweep(workdir, budgets=(1e11,))
+  _fake_records(workdir, 'half', 8, 16, final=False)
+  sweep = _write_sweep(tmp_path, [(name, 16, 4) for name in names] + [('new', 16, 8),
+                                                                       ('half', 16, 8)])
+  assert runner.run_sweep(sweep, workdir, fit_only=True, n_bootstrap=2) == 0
+  out = capsys.readouterr().out
+  assert fake_trainer.read_text() == ''
+  assert not os.path.exists(os.path.join(workdir, 'new'))
+  assert not os.path.exists(os.path.join(workdir, 'half', runner.LOG_FILE))
+  assert '2 member(s) not trained to the end yet, left out of the fits: new, half.' in out
+  with open(os.path.join(workdir, 'fit', 'fit.json')) as f:
+    summary = json.load(f)
+  assert summary['members'] == names and 'power_law' in summary
+  assert (summary['compute_key'], summary['params_key']) == ('flops_kaplan', 'params_non_embedding')
+  assert [row['compute'] for row in summary['allocation']] == pytest.approx([1e11, 1e12, 1e13])
+  for figure in ('loss_vs_compute', 'training_curves'):  # one budget: no IsoFLOP figures
+    assert os.path.exists(os.path.join(workdir, 'plots', f'{figure}.png'))
+
+
+def test_compute_key_flag_fits_the_named_compute_and_params_columns(tmp_path):
+  """--compute_key=flops_full fits C = flops_full and N = params_total: the synthetic records'
+  full columns are FULL_C and FULL_N times the Kaplan ones, and so are the budgets and N_opt."""
+  workdir = str(tmp_path / 'runs')
+  names = _synthetic_sweep(workdir, budgets=(1e11, 1e12))
+  sweep = _write_sweep(tmp_path, [(name, 16, 4) for name in names])
+  result = _sweep_cli(f'--sweep={sweep}', f'--workdir={workdir}', '--fit_only',
+                      '--compute_key=flops_full', '--n_bootstrap=1')
+  assert result.returncode == 0, result.stderr
+  assert '(C: flops_full, N: params_total,' in result.stdout
+  with open(os.path.join(workdir, 'fit', 'fit.json')) as f:
+    summary = json.load(f)
+  assert (summary['compute_key'], summary['params_key']) == ('flops_full', 'params_total')
+  assert summary['isoflop']['budgets'] == pytest.approx([FULL_C * 1e11, FULL_C * 1e12])
+  rows = records.final_records(records.load_sweep(os.path.join(workdir, 'fit', 'records')))
+  kaplan = scaling_isoflop.isoflop_minima(rows, n_bootstrap=0)
+  assert kaplan.budgets == pytest.approx([1e11, 1e12])
+  assert summary['isoflop']['n_opt'] == pytest.approx(FULL_N * kaplan.n_opt, rel=1e-6)
+  assert [row['compute'] for row in summary['allocation']] == pytest.approx(
+      [FULL_C * 1e12, FULL_C * 1e13, FULL_C * 1e14])
+  for figure in ('loss_vs_compute', 'training_curves', 'isoflops', 'n_opt'):
+    assert os.path.exists(os.path.join(workdir, 'plots', f'{figure}.png'))
 
 
 # ---------------------------------------------------------------- one real member
