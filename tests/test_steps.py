@@ -11,7 +11,7 @@ import optax
 from experiments.configs import base
 from gptjax import optim
 from gptjax.model import GPT, GPTConfig
-from gptjax.steps import TrainState, cross_entropy, eval_step, token_nll, train_step
+from gptjax.steps import TrainState, cross_entropy, eval_step, loss_fn, token_nll, train_step
 
 
 def test_cross_entropy_matches_hand_computation():
@@ -60,9 +60,9 @@ def test_token_nll_and_its_gradient_match_float64_softmax():
                              (rounded_probs - onehot) / targets.size, rtol=2 ** -8, atol=1e-7)
 
 
-def _setup(accum=1, dropout=0.0):
+def _setup(accum=1, dropout=0.0, warmup=5):
   config = base.get_config()
-  config.train.num_steps, config.train.warmup_steps = 50, 5
+  config.train.num_steps, config.train.warmup_steps = 50, warmup
   config.train.grad_accum_steps = accum
   cfg = GPTConfig(vocab_size=29, d_model=32, num_layers=2, num_heads=4, max_seq_len=16,
                   dropout=dropout)
@@ -77,14 +77,47 @@ def _setup(accum=1, dropout=0.0):
   return state, step, batch, model
 
 
+def _recording_optimizer():
+  """Leaves the parameters alone and keeps the step's gradient as its state."""
+  return optax.GradientTransformation(
+      init=lambda params: jax.tree.map(jnp.zeros_like, params),
+      update=lambda grads, state, params=None: (jax.tree.map(jnp.zeros_like, grads), grads))
+
+
 def test_gradient_accumulation_matches_one_large_batch():
-  state1, step1, batch, _ = _setup(accum=1)
-  state4, step4, _, _ = _setup(accum=4)
+  """Four micro-batches give the whole batch's loss, gradient and AdamW update (learning rate > 0)."""
+  state1, step1, batch, model = _setup(accum=1, warmup=0)
+  state4, step4, _, _ = _setup(accum=4, warmup=0)
+  ref_loss, ref_grads = jax.jit(jax.value_and_grad(lambda p: loss_fn(p, model, batch, None)))(
+      state1.params)
+  ref_norm = np.sqrt(sum(np.sum(np.asarray(g, np.float64) ** 2) for g in jax.tree.leaves(ref_grads)))
   new1, m1 = step1(state1, batch)
   new4, m4 = step4(state4, batch)
-  np.testing.assert_allclose(float(m1['train_loss']), float(m4['train_loss']), rtol=1e-5)
-  for a, b in zip(jax.tree.leaves(new1.params), jax.tree.leaves(new4.params)):
-    np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=2e-6)
+  for m in (m1, m4):
+    np.testing.assert_allclose(float(m['train_loss']), float(ref_loss), rtol=1e-5)
+    np.testing.assert_allclose(float(m['grad_norm']), ref_norm, rtol=1e-5)
+  # Adam's first step moves each weight by lr * g / (|g| + eps), which magnifies the rounding of
+  # gradients near zero: the two updates agree to 1% of the learning rate.
+  lr, moved = float(m4['learning_rate']), 0.0
+  assert lr > 0
+  for old, a, b in zip(jax.tree.leaves(state1.params), jax.tree.leaves(new1.params),
+                       jax.tree.leaves(new4.params)):
+    assert np.isfinite(b).all()
+    np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-2 * lr)
+    moved = max(moved, float(np.abs(np.asarray(b) - np.asarray(old)).max()))
+  assert moved > 0.5 * lr  # the step changed the parameters
+
+  # The accumulated gradient itself, leaf by leaf, against one pass over the whole batch.
+  recorder = _recording_optimizer()
+  step = jax.jit(functools.partial(train_step, model=model, optimizer=recorder,
+                                   schedule=optax.constant_schedule(0.0), grad_accum_steps=4))
+  state = TrainState(step=state4.step, params=state4.params, opt_state=recorder.init(state4.params))
+  grads4 = step(state, batch)[0].opt_state
+  # atol: the key bias's gradient is zero (softmax ignores a shift of every logit), up to rounding
+  largest = max(float(np.abs(g).max()) for g in jax.tree.leaves(ref_grads))
+  for g, ref in zip(jax.tree.leaves(grads4), jax.tree.leaves(ref_grads)):
+    assert np.isfinite(g).all()
+    np.testing.assert_allclose(g, ref, rtol=1e-5, atol=1e-6 * largest)
 
 
 def test_repeated_steps_on_one_batch_drive_the_loss_down():
