@@ -66,9 +66,11 @@ def _one_step(config, devices):
   jit_train, _ = train.jit_steps(config, hardware.resolve(config, mesh), mesh, rules, shardings)
   batch = np.random.default_rng(0).integers(0, 64, (8, 17)).astype(np.int32)
   global_batch = jax.device_put(batch, sharding.batch_sharding(mesh))
+  grad_norms = []
   for _ in range(2):
     state, metrics = jit_train(state, global_batch)
-  return float(metrics['train_loss']), jax.device_get(state.params)
+    grad_norms.append(float(metrics['grad_norm']))
+  return float(metrics['train_loss']), grad_norms, jax.device_get(state.params)
 
 
 @pytest.fixture(scope='module')
@@ -78,8 +80,15 @@ def single_device_result():
 
 @pytest.mark.parametrize('mesh', [(8, 1, 1), (1, 8, 1), (2, 2, 2), (1, 1, 8), (2, 4, 1)])
 def test_sharded_steps_equal_the_single_device_step(mesh, single_device_result):
-  loss, params = _one_step(_config(*mesh), jax.devices())
-  ref_loss, ref_params = single_device_result
+  """Loss, gradient norms and parameters after two AdamW steps match one device's.
+
+  Clipping and Adam's normalisation would hide a gradient off by a constant factor (a sum over
+  devices where a mean belongs) from the parameters; the gradient norms show it.
+  """
+  loss, grad_norms, params = _one_step(_config(*mesh), jax.devices())
+  ref_loss, ref_grad_norms, ref_params = single_device_result
   np.testing.assert_allclose(loss, ref_loss, rtol=1e-5)
+  np.testing.assert_allclose(grad_norms, ref_grad_norms, rtol=1e-5)
+  assert all(np.isfinite(grad_norms)) and min(grad_norms) > 0
   for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(ref_params)):
     np.testing.assert_allclose(a, b, atol=1e-4, rtol=1e-4)
