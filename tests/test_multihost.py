@@ -196,6 +196,7 @@ def test_tensor_axis_across_processes(tmp_path):
   _wait(*(_start(tmp_path / name, tmp_path, name, processes=p, devices=d, steps=EVERY,
                  overrides=overrides) for name, (p, d) in runs.items()))
   single, multi = _records(tmp_path / 'single'), _records(tmp_path / 'multi')
-  for key in ('train_loss', 'eval_loss'):
+  for key, steps in (('train_loss', list(range(1, EVERY + 1))), ('eval_loss', [EVERY])):
+    assert [r['step'] for r in multi if key in r] == [r['step'] for r in single if key in r] == steps
     np.testing.assert_allclose([r[key] for r in multi if key in r],
                                [r[key] for r in single if key in r], rtol=1e-5, err_msg=key)
