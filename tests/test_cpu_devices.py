@@ -6,6 +6,7 @@ import subprocess
 import sys
 
 import jax
+import numpy as np
 import pytest
 
 from gptjax import distributed
@@ -25,22 +26,37 @@ def test_a_count_set_after_jax_started_names_the_fix():
     distributed.configure_cpu_devices(2)
 
 
-def test_main_splits_the_host_and_trains_on_every_device(tmp_path):
+def _start_main(workdir, cpu_devices):
   overrides = {
-      'mesh.cpu_devices': 2, 'model.d_model': 32, 'model.num_layers': 1, 'model.num_heads': 2,
-      'model.max_seq_len': 32, 'data.seq_len': 32, 'data.batch_size': 4,
+      'mesh.cpu_devices': cpu_devices, 'model.d_model': 32, 'model.num_layers': 1,
+      'model.num_heads': 2, 'model.max_seq_len': 32, 'data.seq_len': 32, 'data.batch_size': 4,
       'data.max_corpus_bytes': 100_000, 'train.num_steps': 3, 'train.warmup_steps': 1,
       'train.log_every': 1, 'train.eval_every': 3, 'train.eval_batches': 1,
       'train.checkpoint_every': 3, 'train.async_checkpoints': False,
   }
-  workdir = tmp_path / 'run'
   # Without the option this environment gives one CPU device.
   env = {**os.environ, 'XLA_FLAGS': '', 'JAX_PLATFORMS': 'cpu'}
-  run = subprocess.run(
+  return subprocess.Popen(
       [sys.executable, '-m', 'gptjax.main', '--config=experiments/configs/base.py',
        f'--workdir={workdir}', *(f'--config.{k}={v}' for k, v in overrides.items())],
-      cwd=_ROOT, env=env, capture_output=True, text=True, timeout=600)
-  assert run.returncode == 0, run.stderr[-3000:]
-  assert '2 device(s)' in run.stderr, run.stderr[-3000:]
-  records = [json.loads(line) for line in (workdir / 'metrics.jsonl').read_text().splitlines()]
-  assert [r['step'] for r in records if 'train_loss' in r] == [1, 2, 3]
+      cwd=_ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def test_main_splits_the_host_and_trains_on_every_device(tmp_path):
+  """Two devices train like one: the same losses and gradient norms, each device its half batch."""
+  runs = {count: _start_main(tmp_path / f'devices{count}', count) for count in (2, 0)}
+  logs = {}
+  for count, process in runs.items():
+    _, logs[count] = process.communicate(timeout=600)
+    assert process.returncode == 0, logs[count][-3000:]
+  assert '2 device(s)' in logs[2], logs[2][-3000:]
+  assert '1 device(s)' in logs[0], logs[0][-3000:]
+  split, whole = (
+      [json.loads(line) for line in (tmp_path / f'devices{count}' / 'metrics.jsonl').read_text()
+       .splitlines()] for count in (2, 0))
+  assert [r['step'] for r in split if 'train_loss' in r] == [1, 2, 3]
+  assert [r['step'] for r in whole if 'train_loss' in r] == [1, 2, 3]
+  for key in ('train_loss', 'grad_norm', 'eval_loss'):
+    values = [[r[key] for r in records if key in r] for records in (split, whole)]
+    assert values[0], key
+    np.testing.assert_allclose(values[0], values[1], rtol=1e-5, err_msg=key)
