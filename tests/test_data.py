@@ -172,17 +172,39 @@ def test_token_shards_end_to_end(tmp_path):
 
 
 def test_arrayrecord_source_end_to_end(tmp_path):
+  """Training rows are windows of the train records' bytes, each record followed by eos.
+
+  Every record differs from every other one at every few bytes, so a row matches only its own
+  place in the stream: a shifted window, a lost or extra eos, or a mis-decoded 'ö' shows.
+  """
   from array_record.python.array_record_module import ArrayRecordWriter
   path = tmp_path / 'docs.array_record'
   writer = ArrayRecordWriter(str(path), 'group_size:1')
-  for i in range(50):
-    writer.write(f'record {i}: ' .encode() + 'ö'.encode() * 40)
+  records = [f'record {i}: '.encode() + ' '.join(f'ö{i}.{j}' for j in range(8)).encode()
+             for i in range(50)]
+  for record in records:
+    writer.write(record)
   writer.close()
   config = _config(tmp_path, source='arrayrecord', paths=str(path))
   d = data.build_data(config, str(tmp_path / 'run'))
-  text = d.tokenizer.decode(next(d.train_iter).reshape(-1))
-  assert 'ö' in text or 'record' in text
-  assert d.train_tokens + d.val_tokens == sum(len(f'record {i}: '.encode()) + 81 for i in range(50))
+  assert d.train_tokens + d.val_tokens == sum(len(r) + 1 for r in records)
+
+  train_split, _ = corpus.text_splits(config.data)  # which records train: the split's own rule
+  eos = d.tokenizer.eos_id
+  stream = np.concatenate([np.append(np.frombuffer(records[i], np.uint8), eos)
+                           for i in train_split.record_ids])
+  assert len(stream) == d.train_tokens
+  windows = {tuple(stream[k:k + 16]) for k in range(0, len(stream) - 15, 16)}
+  rows = np.concatenate(_take(d.train_iter, 5))
+  assert rows.shape == (20, SEQ_LEN + 1)
+  for row in rows:
+    assert tuple(row) in windows
+    # Decoded, each piece between eos tokens is a byte string of a record (a whole one when eos
+    # closes it on both sides).
+    pieces = bytes(row.astype(np.uint8)).split(bytes([eos]))
+    assert all(any(piece in r for r in records) for piece in pieces)
+    assert all(piece in records for piece in pieces[1:-1])
+  assert any('ö' in d.tokenizer.decode(row) for row in rows)
 
 
 def test_bad_inputs_raise_clear_errors(tmp_path):
