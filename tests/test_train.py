@@ -88,6 +88,33 @@ def test_training_writes_records_and_the_loss_falls(finished_run):
                 if s.isdigit()) == [10, 20, 30]
 
 
+def test_records_hold_compute_perplexity_and_bits_per_byte_by_their_definitions(finished_run):
+  """Kaplan compute from the checkpoint's parameter count, exp of the loss, bits per byte."""
+  config = run_dir.read_config(finished_run)
+  params = _params(finished_run)
+  embedding = params['embed']['embedding'].size + params['pos_embed'].size  # tied output head
+  non_embedding = sum(x.size for x in jax.tree.leaves(params)) - embedding
+  m, seq_len = config.model, config.data.seq_len
+  # Kaplan et al. (2020), table 1: C = 6N + 6 n_layer n_ctx d_attn training FLOPs per token.
+  kaplan_per_token = 6 * non_embedding + 6 * m.num_layers * seq_len * m.d_model
+  # The validation split as the run tokenised it: one byte per token, EOS after each document.
+  [cache] = (os.path.join(finished_run, run_dir.DATA_DIR, name)
+             for name in os.listdir(os.path.join(finished_run, run_dir.DATA_DIR)))
+  val_ids = np.fromfile(os.path.join(cache, 'validation.bin'), np.uint16)
+  val_bytes = int(np.sum(val_ids != load_tokenizer(finished_run).eos_id))
+  assert 0 < val_bytes < val_ids.size
+  records = _records(finished_run)
+  assert len([r for r in records if 'eval_loss' in r]) == 3
+  for r in records:
+    assert r['tokens_seen'] == r['step'] * 8 * 32
+    assert r['params_non_embedding'] == non_embedding
+    np.testing.assert_allclose(r['flops_kaplan'], kaplan_per_token * r['tokens_seen'], rtol=1e-12)
+    if 'eval_loss' in r:
+      np.testing.assert_allclose(r['eval_perplexity'], np.exp(r['eval_loss']), rtol=1e-12)
+      np.testing.assert_allclose(r['eval_bits_per_byte'],
+                                 r['eval_loss'] / np.log(2) * val_ids.size / val_bytes, rtol=1e-12)
+
+
 def test_the_generate_command_continues_a_prompt_from_the_latest_checkpoint(finished_run):
   command = [sys.executable, '-m', 'gptjax.generate', f'--workdir={finished_run}', '--prompt=def ',
              '--max_new_tokens=12', '--temperature=0']
