@@ -1,6 +1,7 @@
 """Cost arithmetic against published figures and hand computations."""
 
 import pathlib
+import re
 import subprocess
 import sys
 
@@ -125,9 +126,32 @@ def test_errors_name_the_value_and_the_fix():
 
 
 def test_cli_prints_a_report_and_takes_config_overrides():
+  """The report's figures, worked from the shapes: GPT-3 175B cut to 48 layers, 300B tokens."""
   out = subprocess.run(
       [sys.executable, '-m', 'gptjax.cost', '--config=experiments/configs/gpt3.py:175b',
        '--config.model.num_layers=48', '--tokens=300e9', '--accelerator=h100', '--batch_size=8'],
       capture_output=True, text=True, check=True, cwd=ROOT).stdout
-  assert 'Model experiments/configs/gpt3.py:175b: 87.6B parameters' in out
-  assert '6nd 1.58e+23' in out and 'memory-bound' in out and 'per 1,000 tokens' in out
+  layers, d, vocab, context, tokens, batch = 48, 12288, 50257, 2048, 300e9, 8
+  # Per layer: QKV and output projections 4d² + 4d, MLP 8d² + 5d, two LayerNorms 4d; then the
+  # final LayerNorm 2d; the token and position tables (V + T)·d (the head is tied).
+  non_embedding = layers * (12 * d * d + 13 * d) + 2 * d
+  total = non_embedding + (vocab + context) * d
+  flops_6nd = 6 * total * tokens
+  flops_kaplan = 6 * (non_embedding + layers * context * d) * tokens  # 3 x (2N + 2·L·T·d)
+  # 'full': 3 x the forward's matmuls at 2 FLOPs per multiply-add: per layer the Q, K, V and
+  # output projections 8d², the MLP 16d², QK^T and AV 4·T·d; then the output layer 2·d·V.
+  flops_full = 3 * (layers * (24 * d * d + 4 * context * d) + 2 * d * vocab) * tokens
+
+  # The report prints 3 significant figures: the same rounding of these numbers, digit for digit.
+  model = re.search(r'Model experiments/configs/gpt3.py:175b: (\S+) parameters '
+                    r'\((\S+) non-embedding\)', out)
+  assert model, out
+  assert model.groups() == (f'{total / 1e9:.3g}B', f'{non_embedding / 1e9:.3g}B')  # 87.6B, 87B
+  counts = re.search(r'6nd (\S+) \| kaplan (\S+) \| full (\S+) ', out)
+  assert counts, out
+  assert counts.groups() == tuple(f'{f:.3g}' for f in (flops_6nd, flops_kaplan, flops_full))
+  memory = re.search(r'weights (\S+) GB \+ KV cache (\S+) GB', out)
+  assert memory, out
+  kv_bytes = batch * context * layers * 2 * d * 2  # K and V of every layer, bfloat16
+  assert memory.groups() == (f'{2 * total / 1e9:.3g}', f'{kv_bytes / 1e9:.3g}')
+  assert 'memory-bound' in out and 'per 1,000 tokens' in out
