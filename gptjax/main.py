@@ -3,16 +3,19 @@
   python -m gptjax.main --config=experiments/configs/tiny.py --workdir=runs/tiny \
       --config.model.num_layers=2
 
-Rerunning the same command resumes from the run's latest checkpoint.
+Rerunning the same command resumes from the run's latest checkpoint. A config that cannot run
+(a field out of range, shapes that do not fit, a mesh the devices cannot fill) is refused with one
+line on stderr that names the field and the fix, exit status 2, before anything is written.
 """
 
 import os
+import sys
 
 from absl import app, flags, logging
 import jax
 from ml_collections import config_flags
 
-from gptjax import distributed, train
+from gptjax import distributed, sharding, train
 
 _CONFIG = config_flags.DEFINE_config_file('config', None, 'Path to a get_config() file.',
                                           lock_config=True)
@@ -32,8 +35,13 @@ def main(argv):
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}; use --config.x.y=value for overrides.')
   logging.get_absl_handler().addFilter(_QuietLibraries())
   config = _CONFIG.value
-  distributed.configure_cpu_devices(config.mesh.cpu_devices)
-  distributed.initialize(config.distributed)
+  try:  # a ValueError here is a mistake in the config: it needs its message, not a traceback
+    distributed.configure_cpu_devices(config.mesh.cpu_devices)
+    distributed.initialize(config.distributed)
+    train.check_config(config, sharding.make_mesh(config.mesh))
+  except ValueError as error:
+    print('gptjax.main: error: ' + ' '.join(str(error).split()), file=sys.stderr)
+    sys.exit(2)
   workdir = os.path.expanduser(_WORKDIR.value)
   logging.info('JAX %s on %d process(es), %d device(s): %s', jax.__version__, jax.process_count(),
                jax.device_count(), jax.devices()[0].device_kind)

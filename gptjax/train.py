@@ -214,10 +214,27 @@ class _Recorder:
     self.writer.close()
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
-  """Trains `config` in `workdir`, resuming from its latest checkpoint; returns the final record."""
-  mesh = sharding.make_mesh(config.mesh)
+def check_config(config: ml_collections.ConfigDict, mesh: Mesh) -> None:
+  """Raises a ValueError naming the field and the fix if `config` cannot train on `mesh`.
+
+  It needs nothing but the config and the devices, so a run calls it before it writes anything:
+  the model's shapes, the learning-rate schedule, the batch's split over the mesh and the pass
+  budget. The model is checked with the config's own vocabulary size, which a tokenizer trained
+  later may replace.
+  """
+  GPTConfig.from_run_config(config)
+  optim.learning_rate_schedule(config.train)
   sharding.check_batch_divisible(config.data.batch_size, mesh, config.train.grad_accum_steps)
+  hardware.tokens_per_pass(config.train.tokens_per_pass, mesh.devices.flat[0].platform)
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
+  """Trains `config` in `workdir`, resuming from its latest checkpoint; returns the final record.
+
+  A config that cannot run is refused (`check_config`) before anything is written to `workdir`.
+  """
+  mesh = sharding.make_mesh(config.mesh)
+  check_config(config, mesh)
   data, config = _prepare_data(config, workdir, mesh)
   if jax.process_index() == 0:
     run_dir.write_config(workdir, config)

@@ -164,6 +164,19 @@ def test_resume_on_a_different_mesh(finished_run, tmp_path):
   _assert_same_params(_params(workdir), _params(finished_run), atol=5e-5)
 
 
+@pytest.mark.parametrize('override, message', [
+    ({'model.num_heads': 3}, 'd_model=64 is not divisible by num_heads=3'),
+    ({'train.warmup_steps': 30}, r'train.warmup_steps=30 must be in \[0, num_steps=30\)'),
+    ({'data.batch_size': 12}, 'data.batch_size=12 must be divisible'),
+    ({'train.tokens_per_pass': 'lots'}, "train.tokens_per_pass='lots'"),
+], ids=['heads', 'warmup', 'batch', 'passes'])
+def test_a_bad_config_is_refused_before_the_workdir_is_written(tmp_path, override, message):
+  workdir = tmp_path / 'run'
+  with pytest.raises(ValueError, match=message):
+    train.train_and_evaluate(_config(**override), str(workdir))
+  assert not workdir.exists()
+
+
 def test_non_finite_loss_stops_the_run_and_keeps_earlier_checkpoints(tmp_path):
   workdir = str(tmp_path / 'nan')
   config = _config(**{'train.learning_rate': 1e12, 'train.grad_clip': 0.0, 'train.warmup_steps': 0,
