@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from gptjax import attention
-from gptjax.attention import blocked
+from gptjax.attention import blocked, cpu_fused
 from gptjax.model import GPT, GPTConfig
 
 
@@ -97,9 +97,26 @@ def _fake_device(platform, kind, capability=None):
     ('xla', _fake_device('gpu', 'NVIDIA H100 80GB HBM3', '9.0'), jnp.bfloat16, 64, 'xla'),
     ('blocked', _fake_device('cpu', 'cpu'), jnp.float32, 64, 'blocked'),
 ])
-def test_the_default_is_the_platforms_fastest_backend(impl, device, dtype, head_dim, expected):
+def test_the_default_is_the_platforms_fastest_backend(impl, device, dtype, head_dim, expected,
+                                                     monkeypatch):
+  monkeypatch.setattr(cpu_fused, 'has_wide_vectors', lambda: True)  # an AVX-512 host
   choice, why = attention.resolve(impl, device, jnp.dtype(dtype), head_dim)
   assert choice == expected and why
+
+
+def test_without_avx512_the_default_cpu_backend_is_blocked(monkeypatch):
+  monkeypatch.setattr(cpu_fused, 'has_wide_vectors', lambda: False)
+  choice, why = attention.resolve('', _fake_device('cpu', 'cpu'), jnp.dtype(jnp.float32), 64)
+  assert choice == 'blocked' and 'AVX-512' in why
+  named, _ = attention.resolve('cpu_fused', _fake_device('cpu', 'cpu'), jnp.dtype(jnp.float32), 64)
+  assert named == 'cpu_fused'  # named, it still runs
+
+
+def test_wide_vectors_are_read_from_the_cpu_flags(monkeypatch):
+  monkeypatch.setattr(cpu_fused, '_cpu_model', lambda: 'model name : X\nflags : fpu avx2 avx512f\n')
+  assert cpu_fused.has_wide_vectors()
+  monkeypatch.setattr(cpu_fused, '_cpu_model', lambda: 'model name : X\nflags : fpu avx2 avx512\n')
+  assert not cpu_fused.has_wide_vectors()
 
 
 @pytest.mark.parametrize('device, dtype, head_dim', [
@@ -119,8 +136,9 @@ def test_an_unknown_backend_in_the_config_is_refused():
 
 @pytest.mark.parametrize('d_model, expected', [(32, 'gptjax_causal_attention_fwd'),
                                               (16, 'bkgch,bksh->bkgcs')])
-def test_the_resolved_cpu_backend_is_what_the_model_compiles(d_model, expected):
+def test_the_resolved_cpu_backend_is_what_the_model_compiles(d_model, expected, monkeypatch):
   """Head size 16 takes the fused kernel; 8, which it was not built for, the blocked attention."""
+  monkeypatch.setattr(cpu_fused, 'has_wide_vectors', lambda: True)  # an AVX-512 host
   cfg = GPTConfig(vocab_size=16, d_model=d_model, num_layers=1, num_heads=2, max_seq_len=8,
                   attention_impl='')
   impl, _ = attention.resolve('', jax.devices()[0], cfg.compute_dtype, cfg.head_dim)

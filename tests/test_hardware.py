@@ -8,6 +8,7 @@ from absl import logging
 
 from experiments.configs import base
 from gptjax import hardware, sharding
+from gptjax.attention import cpu_fused
 
 
 def test_a_cpu_step_splits_the_batch_into_cache_sized_passes():
@@ -60,6 +61,7 @@ def test_the_run_setup_resolves_the_config_to_a_pass_count_and_logs_it(
     tokens_per_pass, grad_accum, expected, monkeypatch):
   logged = []
   monkeypatch.setattr(logging, 'info', lambda message, *args: logged.append(message % args))
+  monkeypatch.setattr(cpu_fused, 'has_wide_vectors', lambda: True)  # an AVX-512 host
   config = _config(**{'train.tokens_per_pass': tokens_per_pass,
                       'train.grad_accum_steps': grad_accum})
   mesh = sharding.make_mesh(config.mesh, jax.devices()[:1])

@@ -56,10 +56,10 @@ def masked_attention(q_BxTxNxH: Array, k_BxSxKxH: Array, v_BxSxKxH: Array, mask_
 def resolve(impl: str, device: jax.Device, dtype: jnp.dtype, head_dim: int) -> tuple[str, str]:
   """The backend for `model.attention_impl=impl` on `device`, and why it was chosen.
 
-  '' picks: on a CPU the fused kernel where it applies (float32, head sizes 16-128, a C++
-  compiler at hand), else 'blocked'; on an NVIDIA GPU of compute capability 8.0 or later in 16-bit
-  compute with a head size cuDNN's flash kernel takes, 'cudnn' (XLA's path materialises the
-  [B, N, T, T] scores); elsewhere 'xla'.
+  '' picks: on a CPU the fused kernel where it applies and is fast (float32, head sizes 16-128,
+  AVX-512, a C++ compiler at hand), else 'blocked'; on an NVIDIA GPU of compute capability 8.0
+  or later in 16-bit compute with a head size cuDNN's flash kernel takes, 'cudnn' (XLA's path
+  materialises the [B, N, T, T] scores); elsewhere 'xla'.
   """
   if impl not in ('',) + BACKENDS:
     raise ValueError(f'model.attention_impl={impl!r}; choose one of {BACKENDS}, or leave it empty '
@@ -81,6 +81,9 @@ def resolve(impl: str, device: jax.Device, dtype: jnp.dtype, head_dim: int) -> t
     if not cpu_fused.supports(dtype, head_dim):
       return 'blocked', (f'the fused CPU kernel takes float32 with head sizes '
                          f'{cpu_fused.HEAD_SIZES}, not {dtype_name} with head size {head_dim}')
+    if not cpu_fused.has_wide_vectors():
+      return 'blocked', ('the fused CPU kernel is slower without AVX-512, which this CPU lacks; '
+                         "model.attention_impl='cpu_fused' still runs it")
     if cpu_fused.unavailable_reason():
       return 'blocked', f'the fused CPU kernel is unavailable: {cpu_fused.unavailable_reason()}'
     return 'cpu_fused', f'the fastest measured for {where}'

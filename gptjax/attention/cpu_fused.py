@@ -36,6 +36,16 @@ def supports(dtype: jnp.dtype, head_dim: int) -> bool:
   return jnp.dtype(dtype) == jnp.float32 and head_dim in HEAD_SIZES
 
 
+def has_wide_vectors() -> bool:
+  """Whether this CPU runs the kernel's 16-float vectors natively (x86 AVX-512).
+
+  With narrower vectors (AVX2, NEON) each 8 x 16 register tile needs more registers than the CPU
+  has, the tiles spill to memory, and the kernel is slower than the blocked JAX attention
+  (BENCHMARKS.md), so `gptjax.attention.resolve` picks it by default only here.
+  """
+  return 'avx512f' in _cpu_model().split()
+
+
 def _cpu_model() -> str:
   """The CPU's model and instruction-set flags: a VM may hide some of its model's extensions."""
   try:
