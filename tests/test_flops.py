@@ -72,7 +72,7 @@ def xla_forward_flops(cfg: GPTConfig, batch: int, seq_len: int) -> float:
 
 
 # XLA's attention computes the full T×T square that the 'full' count assumes; the CPU default,
-# 'blocked', skips the masked blocks above the diagonal (see gptjax/attention.py).
+# 'blocked', skips the masked blocks above the diagonal (see gptjax/attention/blocked.py).
 XLA_CONFIGS = {
     'gelu': GPTConfig(vocab_size=512, d_model=256, num_layers=2, num_heads=4, max_seq_len=128,
                       attention_impl='xla'),
