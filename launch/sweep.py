@@ -67,7 +67,7 @@ class _Job:
   config: ml_collections.ConfigDict
   plan: launch.Plan
   directory: str
-  start_step: int  # where this session starts it (approximately: the last record's step)
+  start_step: int  # where this runner starts it (approximately: the last record's step)
   state: str = 'waiting'  # 'waiting' | 'running' | 'ended'
   process: subprocess.Popen | None = None
   log_offset: int = 0  # where this attempt's output starts in log.txt
