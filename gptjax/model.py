@@ -21,7 +21,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-from gptjax import attention
+from gptjax import attention, parametrization
 
 Array = jax.Array
 
@@ -51,6 +51,9 @@ class GPTConfig:
   tie_embeddings: bool = True
   dropout: float = 0.0
   init_std: float = 0.02
+  # 'sp' or 'mup' (gptjax/parametrization.py); under muP, base_width is the proxy's d_model.
+  parametrization: str = 'sp'
+  base_width: int = 0
   dtype: str = 'float32'
   param_dtype: str = 'float32'
   scan_layers: bool = False
@@ -83,6 +86,8 @@ class GPTConfig:
     check(self.dtype in DTYPES and self.param_dtype in DTYPES,
           f'dtype={self.dtype!r}, param_dtype={self.param_dtype!r}; choose from {tuple(DTYPES)}.')
     check(0.0 <= self.dropout < 1.0, f'dropout={self.dropout} must be in [0, 1).')
+    problem = parametrization.config_problem(self.parametrization, self.base_width, self.d_model)
+    check(problem is None, problem)
     check(self.attention_impl in ('',) + attention.BACKENDS,
           f'attention_impl={self.attention_impl!r}; choose one of {attention.BACKENDS}, or leave it '
           "'' to pick one where the run is set up.")
@@ -122,6 +127,10 @@ class GPTConfig:
     return 4 * self.d_model
 
   @property
+  def width_mult(self) -> float:
+    return parametrization.width_mult(self.parametrization, self.d_model, self.base_width)
+
+  @property
   def compute_dtype(self) -> jnp.dtype:
     return DTYPES[self.dtype]
 
@@ -130,7 +139,9 @@ class GPTConfig:
     return DTYPES[self.param_dtype]
 
 
-def _init(std: float, names: tuple[str | None, ...]) -> Callable:
+def _init(cfg: GPTConfig, std: float, names: tuple[str, ...]) -> Callable:
+  """Normal init at `std` times the parameter class's width multiplier (1 under SP)."""
+  std = std * parametrization.init_multiplier(names, cfg.width_mult)
   return nn.with_logical_partitioning(nn.initializers.normal(stddev=std), names)
 
 
@@ -184,7 +195,8 @@ class _HeadProjection(nn.Module):
   @nn.compact
   def __call__(self, x_BxTxD: Array) -> Array:
     cfg = self.config
-    kernel_DxNxH = self.param('kernel', _init(cfg.init_std, ('embed', self.heads_axis, 'head_dim')),
+    names = ('embed', self.heads_axis, 'head_dim')
+    kernel_DxNxH = self.param('kernel', _init(cfg, cfg.init_std, names),
                               (cfg.d_model, self.heads, cfg.head_dim), cfg.weights_dtype)
     y_BxTxNxH = jnp.einsum('btd,dnh->btnh', x_BxTxD.astype(cfg.compute_dtype),
                            kernel_DxNxH.astype(cfg.compute_dtype))
@@ -220,6 +232,8 @@ class CausalSelfAttention(nn.Module):
     if cfg.position == 'rope':
       q_BxTxNxH = apply_rope(q_BxTxNxH, positions_BxT, cfg.rope_theta)
       k_BxTxKxH = apply_rope(k_BxTxKxH, positions_BxT, cfg.rope_theta)
+    if cfg.width_mult != 1.0:  # muP: scores scale as 1/head_dim (gptjax/parametrization.py)
+      q_BxTxNxH = q_BxTxNxH * parametrization.attention_multiplier(cfg.width_mult)
     q_BxTxNxH = nn.with_logical_constraint(q_BxTxNxH, attention.ACTIVATION_AXES)
 
     if self.decode:
@@ -241,7 +255,7 @@ class CausalSelfAttention(nn.Module):
                                                impl=cfg.attention_impl)
 
     out_std = cfg.init_std / math.sqrt(2 * cfg.num_layers)
-    kernel_NxHxD = self.param('out_kernel', _init(out_std, ('heads', 'head_dim', 'embed')),
+    kernel_NxHxD = self.param('out_kernel', _init(cfg, out_std, ('heads', 'head_dim', 'embed')),
                               (n, h, cfg.d_model), cfg.weights_dtype)
     y_BxTxD = jnp.einsum('btnh,nhd->btd', out_BxTxNxH, kernel_NxHxD.astype(cfg.compute_dtype))
     if cfg.use_bias:
@@ -280,7 +294,7 @@ class MLP(nn.Module):
     cfg = self.config
     dense = lambda features, names, std, name: nn.Dense(
         features, use_bias=cfg.use_bias, dtype=cfg.compute_dtype, param_dtype=cfg.weights_dtype,
-        kernel_init=_init(std, names), bias_init=_zeros(names[-1:]), name=name)
+        kernel_init=_init(cfg, std, names), bias_init=_zeros(names[-1:]), name=name)
     f = cfg.mlp_hidden
     if cfg.mlp == 'swiglu':
       gate_BxTxF = dense(f, ('embed', 'mlp'), cfg.init_std, 'gate')(x_BxTxD)
@@ -339,10 +353,10 @@ class GPT(nn.Module):
       positions_BxT = jnp.broadcast_to(jnp.arange(t, dtype=jnp.int32), (b, t))
     embed = nn.Embed(cfg.vocab_size, cfg.d_model, dtype=cfg.compute_dtype,
                      param_dtype=cfg.weights_dtype,
-                     embedding_init=_init(cfg.init_std, ('vocab', 'embed')), name='embed')
+                     embedding_init=_init(cfg, cfg.init_std, ('vocab', 'embed')), name='embed')
     x_BxTxD = embed(tokens_BxT)
     if cfg.position == 'learned':
-      table_PxD = self.param('pos_embed', _init(cfg.init_std, ('length', 'embed')),
+      table_PxD = self.param('pos_embed', _init(cfg, cfg.init_std, ('length', 'embed')),
                              (cfg.max_seq_len, cfg.d_model), cfg.weights_dtype)
       x_BxTxD = x_BxTxD + jnp.take(table_PxD, positions_BxT, axis=0).astype(cfg.compute_dtype)
     elif cfg.position == 'sinusoidal':
@@ -370,6 +384,9 @@ class GPT(nn.Module):
     else:
       logits_BxTxV = nn.Dense(cfg.vocab_size, use_bias=False, dtype=cfg.compute_dtype,
                               param_dtype=cfg.weights_dtype,
-                              kernel_init=_init(cfg.init_std, ('embed', 'vocab')), name='head')(x_BxTxD)
+                              kernel_init=_init(cfg, cfg.init_std, ('embed', 'vocab')),
+                              name='head')(x_BxTxD)
+    if cfg.width_mult != 1.0:  # muP's readout multiplier (gptjax/parametrization.py)
+      logits_BxTxV = logits_BxTxV * parametrization.readout_multiplier(cfg.width_mult)
     logits_BxTxV = nn.with_logical_constraint(logits_BxTxV, ('batch', 'length', 'act_vocab'))
     return logits_BxTxV.astype(jnp.float32)

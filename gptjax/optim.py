@@ -1,12 +1,22 @@
-"""AdamW with a warmup schedule, global-norm clipping and weight decay on matrices only."""
+"""AdamW with a warmup schedule, global-norm clipping and weight decay on matrices only.
+
+Under muP (`model.parametrization='mup'`, see `gptjax/parametrization.py`) each parameter's Adam
+update is scaled by its class's learning-rate multiplier before the weight decay is added, so the
+decay per step stays lr(t) * weight_decay at every width.
+"""
 
 from __future__ import annotations
 
-from typing import Any
+import dataclasses
+from typing import Any, Mapping
 
 import jax
+import jax.numpy as jnp
 import ml_collections
 import optax
+
+from gptjax import parametrization
+from gptjax.model import GPT, GPTConfig
 
 SCHEDULES = ('cosine', 'constant', 'inverse_sqrt')
 # Parameters that are decayed: weight matrices and embedding tables. Norm scales and biases are not:
@@ -44,10 +54,56 @@ def decay_mask(params: Any) -> Any:
   return jax.tree_util.tree_map_with_path(is_decayed, params)
 
 
-def make_optimizer(train_config: ml_collections.ConfigDict) -> optax.GradientTransformation:
+def abstract_params(model_cfg: GPTConfig) -> Any:
+  """The model's parameters as shapes in flax `LogicallyPartitioned` boxes; nothing is allocated."""
+  model = GPT(dataclasses.replace(model_cfg, attention_impl='xla'))  # any backend: same params
+  init = lambda: model.init(jax.random.key(0), jnp.zeros((1, 1), jnp.int32))['params']
+  return jax.eval_shape(init)
+
+
+def param_table(model_cfg: GPTConfig) -> list[parametrization.Row]:
+  """Every parameter of the model with its logical axes, class and width multipliers."""
+  return parametrization.table(abstract_params(model_cfg), model_cfg.width_mult)
+
+
+def scale_by_class(lr_multipliers: Mapping[tuple[str, ...], float]) -> optax.GradientTransformation:
+  """Multiplies each parameter's update by its learning-rate multiplier, looked up by its path of
+  dict keys (`parametrization.dict_path`); a parameter missing from the table is an error."""
+
+  def update(updates, state, params=None):
+    del params
+
+    def scale(path, update_leaf):
+      key = parametrization.dict_path(path)
+      if key not in lr_multipliers:
+        raise KeyError(f'No learning-rate multiplier for parameter {"/".join(key)}.')
+      mult = lr_multipliers[key]
+      return update_leaf if mult == 1.0 else update_leaf * jnp.asarray(mult, update_leaf.dtype)
+
+    return jax.tree_util.tree_map_with_path(scale, updates), state
+
+  return optax.GradientTransformation(lambda params: optax.EmptyState(), update)
+
+
+def make_optimizer(train_config: ml_collections.ConfigDict,
+                   model_cfg: GPTConfig | None = None) -> optax.GradientTransformation:
+  """AdamW; under muP the model's config gives each parameter its learning-rate multiplier.
+
+  The SP form is `optax.adamw` itself; the muP form is the same chain with the per-class scale
+  between Adam's direction and the decoupled weight decay, so at d_model == base_width (every
+  multiplier 1) it computes the same updates bit for bit.
+  """
   schedule = learning_rate_schedule(train_config)
-  adamw = optax.adamw(schedule, b1=train_config.b1, b2=train_config.b2, eps=train_config.eps,
-                      weight_decay=train_config.weight_decay, mask=decay_mask)
+  t = train_config
+  if model_cfg is None or model_cfg.parametrization == 'sp':
+    adamw = optax.adamw(schedule, b1=t.b1, b2=t.b2, eps=t.eps, weight_decay=t.weight_decay,
+                        mask=decay_mask)
+  else:
+    lr_multipliers = {row.path: row.multipliers.learning_rate for row in param_table(model_cfg)}
+    adamw = optax.chain(optax.scale_by_adam(b1=t.b1, b2=t.b2, eps=t.eps),
+                        scale_by_class(lr_multipliers),
+                        optax.add_decayed_weights(t.weight_decay, decay_mask),
+                        optax.scale_by_learning_rate(schedule))
   if train_config.grad_clip > 0:
     return optax.chain(optax.clip_by_global_norm(train_config.grad_clip), adamw)
   return adamw

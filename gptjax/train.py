@@ -45,7 +45,8 @@ def _init(config: ml_collections.ConfigDict):
   # it needs nothing resolved for the hardware.
   model_cfg = dataclasses.replace(GPTConfig.from_run_config(config), attention_impl='xla')
   return functools.partial(_init_fn, model=GPT(model_cfg),
-                           optimizer=optim.make_optimizer(config.train), seq_len=config.data.seq_len)
+                           optimizer=optim.make_optimizer(config.train, model_cfg),
+                           seq_len=config.data.seq_len)
 
 
 def abstract_train_state(config: ml_collections.ConfigDict) -> TrainState:
@@ -76,7 +77,7 @@ def jit_steps(config: ml_collections.ConfigDict, setup: hardware.Setup, mesh: Me
   """The train and eval steps jitted with explicit shardings; the train state is donated."""
   model = GPT(setup.model)
   step_fn = functools.partial(
-      train_step, model=model, optimizer=optim.make_optimizer(config.train),
+      train_step, model=model, optimizer=optim.make_optimizer(config.train, setup.model),
       schedule=optim.learning_rate_schedule(config.train), grad_accum_steps=setup.passes,
       dropout_seed=config.seed if setup.model.dropout > 0 else None)
   batch_sharding = sharding.batch_sharding(mesh)

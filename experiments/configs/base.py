@@ -24,6 +24,11 @@ def get_model_config() -> ml_collections.ConfigDict:
   m.tie_embeddings = True
   m.dropout = 0.0
   m.init_std = 0.02  # residual output projections are scaled by 1/sqrt(2 * num_layers)
+  # 'sp' | 'mup' (docs/mup.md): under muP the init, the Adam learning rate of each parameter and
+  # the readout and attention multipliers scale with d_model / base_width, so the hyperparameters
+  # tuned at d_model == base_width hold at every width (where muP equals SP exactly).
+  m.parametrization = 'sp'
+  m.base_width = 0  # the proxy's d_model; needed under 'mup', unused under 'sp'
   m.dtype = 'float32'  # compute dtype: 'float32' | 'bfloat16'
   m.param_dtype = 'float32'
   m.scan_layers = False  # nn.scan over blocks: compile time independent of depth
