@@ -115,17 +115,30 @@ def train_bpe(texts: Iterator[str], vocab_size: int) -> BPETokenizer:
   if vocab_size < 257:
     raise ValueError(f'data.bpe_vocab_size={vocab_size} must exceed the 256 byte symbols plus '
                      f'{EOS_TOKEN!r}; use data.tokenizer="byte" for a 256-token vocabulary.')
-  tok = tokenizers.Tokenizer(tokenizers.models.BPE())
-  # No prefix space and no normaliser: the pre-tokenizer and decoder are exact inverses, so any
-  # text (whitespace, non-ASCII, control characters) round-trips unchanged.
-  byte_level = tokenizers.pre_tokenizers.ByteLevel
-  tok.pre_tokenizer = byte_level(add_prefix_space=False, use_regex=True)
-  tok.decoder = tokenizers.decoders.ByteLevel()
+  tok = _byte_level(tokenizers.Tokenizer(tokenizers.models.BPE()))
   trainer = tokenizers.trainers.BpeTrainer(
       vocab_size=vocab_size, special_tokens=[EOS_TOKEN], show_progress=False,
-      initial_alphabet=byte_level.alphabet())  # every byte, seen or not
+      initial_alphabet=tokenizers.pre_tokenizers.ByteLevel.alphabet())  # every byte, seen or not
   tok.train_from_iterator(texts, trainer=trainer)
   return BPETokenizer(tok)
+
+
+def gpt2_bpe(vocab_path: str, merges_path: str) -> BPETokenizer:
+  """GPT-2's own byte-level BPE, from the `vocab.json` and `merges.txt` it was released with."""
+  tok = _byte_level(tokenizers.Tokenizer(tokenizers.models.BPE.from_file(vocab_path, merges_path)))
+  tok.add_special_tokens([EOS_TOKEN])  # in GPT-2's vocabulary already: marks it, adds no id
+  return BPETokenizer(tok)
+
+
+def _byte_level(tok: tokenizers.Tokenizer) -> tokenizers.Tokenizer:
+  """GPT-2's byte-level pre-tokenizer (its regex, no prefix space) and the matching decoder.
+
+  With no normaliser the two are exact inverses, so any text (whitespace, non-ASCII, control
+  characters) round-trips unchanged.
+  """
+  tok.pre_tokenizer = tokenizers.pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
+  tok.decoder = tokenizers.decoders.ByteLevel()
+  return tok
 
 
 def load_tokenizer(directory: str) -> Tokenizer:

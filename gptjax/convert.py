@@ -1,0 +1,219 @@
+"""GPT-2 checkpoints between the Hugging Face layout and gptjax run directories.
+
+  python -m gptjax.convert from-hf --hf_dir=gpt2 --workdir=runs/gpt2_import \
+      --config=experiments/configs/gpt2.py:124m
+  python -m gptjax.convert to-hf --workdir=runs/gpt2_import --out=gpt2_export
+
+from-hf reads a local `config.json` with `model.safetensors` (or `pytorch_model.bin`), and GPT-2's
+`vocab.json` + `merges.txt` where they are present, and writes a run directory as the trainer
+does: `config.json` (the --config, whose model section becomes the checkpoint's), `tokenizer.json`
+and a step-0 checkpoint of the imported parameters with fresh optimizer state. `gptjax.main` with
+the command it prints trains on from there, and `gptjax.generate` samples from it.
+
+to-hf writes `config.json` and `model.safetensors` (float32) that
+`transformers.GPT2LMHeadModel.from_pretrained` loads, and the run's BPE as `tokenizer.json`; a model
+GPT-2 cannot express (RoPE, SwiGLU, RMSNorm, grouped-query attention, an untied head...) is refused.
+
+Everything is read and checked before anything is written; a bad input ends in one line on stderr
+and exit status 2. The `hf` extra (`pip install -e '.[hf]'`) provides safetensors and torch.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import os
+import shlex
+import sys
+from typing import Any
+
+import jax
+import ml_collections
+import numpy as np
+from absl import app, flags
+from ml_collections import config_flags
+
+from gptjax import checkpointing, hf_gpt2, run_dir, sharding, train
+from gptjax.hf_gpt2 import ConversionError
+from gptjax.model import GPTConfig
+from gptjax.tokenizer import BPETokenizer, Tokenizer, gpt2_bpe, load_tokenizer
+
+HF_CONFIG = 'config.json'
+SAFETENSORS = 'model.safetensors'
+TORCH_BIN = 'pytorch_model.bin'
+GPT2_VOCAB, GPT2_MERGES = 'vocab.json', 'merges.txt'
+COMMANDS = ('from-hf', 'to-hf')
+
+_CONFIG = config_flags.DEFINE_config_file(
+    'config', None, 'from-hf: the get_config() file the imported run trains with; its model '
+    'section is replaced by the checkpoint\'s architecture.', lock_config=True)
+_HF_DIR = flags.DEFINE_string('hf_dir', None, 'from-hf: a local Hugging Face GPT-2 directory.')
+_WORKDIR = flags.DEFINE_string('workdir', None, 'The gptjax run directory to write or read.')
+_OUT = flags.DEFINE_string('out', None, 'to-hf: the directory to write the GPT-2 files into.')
+
+
+def _hf_module(name: str) -> Any:
+  """An import of the `hf` extra's packages, or an error that says how to install them."""
+  try:
+    return importlib.import_module(name)
+  except ImportError:
+    raise ConversionError(f"Converting Hugging Face checkpoints needs {name.split('.')[0]!r}: "
+                          "install the hf extra, pip install -e '.[hf]'.") from None
+
+
+def read_hf_checkpoint(hf_dir: str) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+  """(config.json as a dict, every stored tensor by name) of a local GPT-2 directory."""
+  if not os.path.isdir(hf_dir):
+    raise ConversionError(f'--hf_dir={hf_dir}: no such directory; pass a local directory holding a '
+                          f'GPT-2 {HF_CONFIG} and {SAFETENSORS} or {TORCH_BIN}.')
+  config_path = os.path.join(hf_dir, HF_CONFIG)
+  try:
+    with open(config_path) as f:
+      hf_config = json.load(f)
+  except (OSError, json.JSONDecodeError) as error:
+    raise ConversionError(f'{config_path} cannot be read ({error}); a Hugging Face model '
+                          'directory holds its config.json.') from None
+  safetensors_path, bin_path = os.path.join(hf_dir, SAFETENSORS), os.path.join(hf_dir, TORCH_BIN)
+  try:
+    if os.path.exists(safetensors_path):
+      return hf_config, dict(_hf_module('safetensors.numpy').load_file(safetensors_path))
+    if os.path.exists(bin_path):
+      state = _hf_module('torch').load(bin_path, map_location='cpu', weights_only=True)
+      return hf_config, {name: tensor.float().numpy() for name, tensor in state.items()}
+  except ConversionError:
+    raise
+  except Exception as error:  # each format raises its own types for a damaged file  # noqa: BLE001
+    raise ConversionError(f'The weights in {hf_dir} cannot be read ({type(error).__name__}: '
+                          f'{str(error)[:200]}).') from None
+  raise ConversionError(f'{hf_dir} has no {SAFETENSORS} or {TORCH_BIN}; a sharded checkpoint is '
+                        'not read: save it as one file (save_pretrained with a larger max_shard_size).')
+
+
+def _gpt2_tokenizer(hf_dir: str) -> BPETokenizer | None:
+  vocab, merges = os.path.join(hf_dir, GPT2_VOCAB), os.path.join(hf_dir, GPT2_MERGES)
+  if not (os.path.exists(vocab) and os.path.exists(merges)):
+    return None
+  try:
+    return gpt2_bpe(vocab, merges)
+  except Exception as error:  # the tokenizers library raises its own exception type  # noqa: BLE001
+    raise ConversionError(f'{vocab} and {merges} are not a GPT-2 BPE ({error}).') from None
+
+
+def imported_config(config: ml_collections.ConfigDict, hf_config: dict[str, Any],
+                    has_tokenizer: bool) -> ml_collections.ConfigDict:
+  """`config` with the checkpoint's architecture as its model (and GPT-2's BPE as its tokenizer)."""
+  config = ml_collections.ConfigDict(config.to_dict())  # an unlocked copy
+  config.model.update(hf_gpt2.model_fields(hf_config))
+  if has_tokenizer:
+    config.data.tokenizer = 'bpe'
+  if config.data.seq_len > config.model.max_seq_len:
+    raise ConversionError(f'data.seq_len={config.data.seq_len} exceeds the checkpoint\'s '
+                          f'n_positions={config.model.max_seq_len}; pass '
+                          f'--config.data.seq_len={config.model.max_seq_len} or less.')
+  GPTConfig.from_run_config(config)
+  return config
+
+
+def import_hf(hf_dir: str, workdir: str, config: ml_collections.ConfigDict
+              ) -> ml_collections.ConfigDict:
+  """Writes `workdir` as a step-0 run of the GPT-2 in `hf_dir`; returns the config it holds."""
+  if run_dir.read_config_dict(workdir) or os.path.exists(os.path.join(workdir, run_dir.CHECKPOINT_DIR)):
+    raise ConversionError(f'--workdir={workdir} already holds a run; import into a new directory.')
+  hf_config, tensors = read_hf_checkpoint(hf_dir)
+  tokenizer = _gpt2_tokenizer(hf_dir)
+  config = imported_config(config, hf_config, tokenizer is not None)
+  model_cfg = GPTConfig.from_run_config(config)
+  params = hf_gpt2.params_from_hf(tensors, model_cfg)
+  if tokenizer is not None and tokenizer.vocab_size != model_cfg.vocab_size:
+    raise ConversionError(f'{GPT2_VOCAB} has {tokenizer.vocab_size} tokens but the model '
+                          f'{model_cfg.vocab_size}; the tokenizer and weights are from different models.')
+
+  # The trainer's own initialisation gives the state's structure and fresh optimizer moments; a
+  # mesh over the local devices suffices, since a restore places the state per the run's mesh.
+  one_host = ml_collections.ConfigDict({**config.mesh.to_dict(), 'data': -1, 'fsdp': 1, 'tensor': 1})
+  mesh = sharding.make_mesh(one_host)
+  state, shardings = train.create_train_state(config, mesh, sharding.logical_rules(one_host))
+  expected = jax.tree.map(lambda x: (x.shape, x.dtype), state.params)
+  if jax.tree.map(lambda x: (x.shape, x.dtype), params) != expected:
+    raise AssertionError('hf_gpt2.params_from_hf does not build the model\'s parameter tree.')
+  state = state.replace(params=jax.device_put(params, shardings.params))
+
+  manager = checkpointing.make_manager(workdir, save_every=1, keep=1, async_save=False)
+  checkpointing.save(manager, 0, state, None, force=True)
+  manager.wait_until_finished()
+  manager.close()
+  if tokenizer is not None:
+    tokenizer.save(workdir)
+  run_dir.write_config(workdir, config)  # last: a directory with config.json is a whole run
+  return config
+
+
+def _run_tokenizer(workdir: str) -> Tokenizer | None:
+  if not os.path.exists(os.path.join(workdir, run_dir.TOKENIZER_FILE)):
+    return None
+  return load_tokenizer(workdir)
+
+
+def export_hf(workdir: str, out: str) -> GPTConfig:
+  """Writes the latest checkpoint of the run in `workdir` to `out` as a GPT-2; returns its model."""
+  config = run_dir.read_config(workdir)
+  model_cfg = GPTConfig.from_config(config.model)
+  reasons = hf_gpt2.unexpressible(model_cfg)
+  tokenizer = _run_tokenizer(workdir)
+  if tokenizer is not None and tokenizer.vocab_size > model_cfg.vocab_size:
+    reasons.append(f'its tokenizer has {tokenizer.vocab_size} tokens, more than the model\'s '
+                   f'vocab_size={model_cfg.vocab_size}')
+  if reasons:
+    raise ConversionError(f'GPT-2 cannot express the model of {workdir}: {"; ".join(reasons)}. '
+                          'Only a run trained with the GPT-2 architecture exports to GPT-2.')
+  _, params = train.load_params(workdir)
+  tensors = hf_gpt2.params_to_hf(jax.device_get(params), model_cfg)
+  eos_id = None if tokenizer is None else int(tokenizer.eos_id)
+  payload = _hf_module('safetensors.numpy').save(tensors, metadata={'format': 'pt'})
+
+  run_dir.write_atomic(os.path.join(out, SAFETENSORS), payload)
+  if isinstance(tokenizer, BPETokenizer):  # a byte-level run has no tokenizer transformers reads
+    tokenizer.save(out)
+  # last: transformers takes a directory with config.json for a model
+  run_dir.write_atomic(os.path.join(out, HF_CONFIG),
+                       json.dumps(hf_gpt2.hf_config(model_cfg, eos_id), indent=2, sort_keys=True))
+  return model_cfg
+
+
+def continue_command(config_file: str, argv: list[str], workdir: str,
+                     written: ml_collections.ConfigDict, given: ml_collections.ConfigDict) -> str:
+  """The `gptjax.main` command line whose config equals the imported run's: the --config file,
+  the user's overrides, and the fields the import changed."""
+  changed = {f'--config.{section}.{name}': value for section in ('model', 'data')
+             for name, value in written[section].items() if value != given[section][name]}
+  kept = [arg for arg in argv if arg.startswith('--config.') and arg.split('=')[0] not in changed]
+  args = [f'--config={config_file}', f'--workdir={workdir}', *kept,
+          *(f'{flag}={value}' for flag, value in changed.items())]
+  return 'python -m gptjax.main ' + ' '.join(shlex.quote(arg) for arg in args)
+
+
+def main(argv: list[str]) -> None:
+  if argv[1:] not in ([command] for command in COMMANDS):
+    raise app.UsageError(f'Name one command, {" or ".join(COMMANDS)}; got {argv[1:]}.')
+  try:
+    if argv[1] == 'from-hf':
+      if not (_HF_DIR.value and _WORKDIR.value and _CONFIG.value):
+        raise ConversionError('from-hf needs --hf_dir, --workdir and --config (the settings the '
+                              'imported run trains with, e.g. experiments/configs/gpt2.py:124m).')
+      written = import_hf(_HF_DIR.value, _WORKDIR.value, _CONFIG.value)
+      command = continue_command(config_flags.get_config_filename(flags.FLAGS['config']),
+                                 sys.argv, _WORKDIR.value, written, _CONFIG.value)
+      print(f'Imported {_HF_DIR.value} into {_WORKDIR.value}.\nTrain on with: {command}\n'
+            f'Sample with: python -m gptjax.generate --workdir={_WORKDIR.value} --prompt=...')
+    else:
+      if not (_WORKDIR.value and _OUT.value):
+        raise ConversionError('to-hf needs --workdir (a gptjax run) and --out.')
+      export_hf(_WORKDIR.value, _OUT.value)
+      print(f'Wrote {_OUT.value}: transformers.GPT2LMHeadModel.from_pretrained({_OUT.value!r}).')
+  except (ValueError, OSError, checkpointing.CheckpointError) as error:
+    print('gptjax.convert: error: ' + ' '.join(str(error).split()), file=sys.stderr)
+    sys.exit(2)
+
+
+if __name__ == '__main__':
+  app.run(main)
