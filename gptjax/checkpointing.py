@@ -74,7 +74,10 @@ def restore_latest(manager: ocp.CheckpointManager, abstract_state: Any, data_ite
   steps = sorted(manager.all_steps(), reverse=True)
   for step in steps:
     items = {'state': ocp.args.StandardRestore(abstract_state)}
-    if data_iter is not None:
+    # A step-0 checkpoint may hold no data position (a model imported by `gptjax.convert`): the
+    # data then starts at its beginning, which is where a run's step-0 data starts anyway.
+    has_data = os.path.isdir(os.path.join(str(manager.directory), str(step), 'data'))
+    if data_iter is not None and (step > 0 or has_data):
       items['data'] = grain.checkpoint.CheckpointRestore(data_iter)
       saved = _saved_process_count(manager, step)
       if saved is not None and saved != jax.process_count():  # readable, but not by this topology
