@@ -26,10 +26,10 @@ import json
 import math
 from typing import Any, Sequence
 
-from absl import app, flags
+from absl import flags
 from ml_collections import config_flags
 
-from gptjax import flops
+from gptjax import cli, flops
 from gptjax.flops import Accelerator, ParamCounts
 from gptjax.model import GPTConfig
 from gptjax.progress import format_duration
@@ -246,6 +246,11 @@ def _load_fit(spec: str) -> Any:
 def _main(argv: Sequence[str]) -> None:
   del argv
   f = flags.FLAGS
+  if not (math.isfinite(f.tokens) and f.tokens >= 0):
+    raise ValueError(f'--tokens={f.tokens} must be a finite number >= 0 (0: 20 per parameter).')
+  if f.price_per_hour is not None and not (math.isfinite(f.price_per_hour) and
+                                           f.price_per_hour >= 0):
+    raise ValueError(f'--price_per_hour={f.price_per_hour} must be a finite number of USD >= 0.')
   config = f.config
   cfg = GPTConfig.from_config(config.model)
   seq_len = int(config.data.seq_len) if 'data' in config else cfg.max_seq_len
@@ -287,4 +292,4 @@ def _define_flags() -> None:
 
 if __name__ == '__main__':
   _define_flags()
-  app.run(_main)
+  cli.run(_main, 'gptjax.cost')

@@ -16,7 +16,7 @@ import jax
 import numpy as np
 from absl import app, flags
 
-from gptjax import hardware, train
+from gptjax import cli, hardware, train
 from gptjax.beam_search import BeamSearchConfig, beam_search
 from gptjax.decoding import left_pad, sample_windowed
 from gptjax.model import GPTConfig
@@ -43,6 +43,10 @@ def main(argv: Sequence[str]) -> None:
   """Loads a run's latest checkpoint and tokenizer, then prints the prompt and its continuation."""
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}.')
+  if _MAX_NEW.value < 1:
+    raise ValueError(f'--max_new_tokens={_MAX_NEW.value} must be at least 1.')
+  if _BEAMS.value < 1:
+    raise ValueError(f'--num_beams={_BEAMS.value} must be at least 1 (1 samples, more search).')
   config, params = train.load_params(_WORKDIR.value)
   model_config = hardware.resolve_attention(GPTConfig.from_config(config.model), jax.devices()[0])
   tokenizer = load_or_train_tokenizer(config, _WORKDIR.value)
@@ -50,8 +54,12 @@ def main(argv: Sequence[str]) -> None:
   stop_tokens = (int(tokenizer.eos_id),)
   if _BEAMS.value > 1:  # beams need the whole output in one cache: no sliding window
     room = model_config.max_seq_len - len(prompt_ids) + 1
+    if room < 1:
+      raise ValueError(f'The prompt has {len(prompt_ids)} tokens, but beam search keeps prompt and '
+                       f'output in the model\'s {model_config.max_seq_len}-token context: shorten '
+                       f'the prompt, or sample (--num_beams=1), which slides the context window.')
     if _MAX_NEW.value > room:
-      raise app.UsageError(f'Beam search keeps prompt and output in one {model_config.max_seq_len}-'
+      raise ValueError(f'Beam search keeps prompt and output in one {model_config.max_seq_len}-'
                            f'token context: use --max_new_tokens<={room} or sample instead.')
     out = beam_search(params, *left_pad([prompt_ids]), config=model_config,
                       max_new_tokens=_MAX_NEW.value, stop_tokens=stop_tokens,
@@ -66,4 +74,4 @@ def main(argv: Sequence[str]) -> None:
 
 
 if __name__ == '__main__':
-  app.run(main)
+  cli.run(main, 'gptjax.generate')

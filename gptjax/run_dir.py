@@ -8,6 +8,7 @@ A run directory (`--workdir`) holds
   tokenizer.json       the run's tokenizer (`gptjax.tokenizer`)
   data/<fingerprint>/  the tokenised corpus cache (`gptjax.tokens`)
   checkpoints/<step>/  orbax checkpoints of the train state and data iterator (`gptjax.checkpointing`)
+  run.lock             held by the run training in it (`gptjax.workdir_lock`)
 Sweeps, fits and plots read runs only through this module and `gptjax.records`.
 """
 
@@ -29,6 +30,14 @@ TOKENIZER_FILE = 'tokenizer.json'
 DATA_DIR = 'data'
 CHECKPOINT_DIR = 'checkpoints'
 UNREADABLE_DIR = 'checkpoints.unreadable'
+LOCK_FILE = 'run.lock'
+
+# Fields that change how a run reports or which hardware runs it, not what it trains. A difference
+# anywhere else means another experiment: a workdir made with one config does not resume another.
+REPORTING_AND_HARDWARE = ('train.log_every', 'train.eval_every', 'train.checkpoint_every',
+                          'train.keep_checkpoints', 'train.async_checkpoints',
+                          'train.tokens_per_pass', 'model.attention_impl', 'data.worker_count')
+HARDWARE_SECTIONS = ('mesh.', 'distributed.')
 
 _NON_FINITE = {'nan': math.nan, 'inf': math.inf, '-inf': -math.inf, 'infinity': math.inf,
                '-infinity': -math.inf}
@@ -65,8 +74,42 @@ def read_config_dict(workdir: str) -> dict[str, Any]:
   path = os.path.join(workdir, CONFIG_FILE)
   if not os.path.exists(path):
     return {}
-  with open(path) as f:
-    return json.load(f)
+  try:
+    with open(path, 'rb') as f:
+      values = json.loads(f.read().decode())
+  except (UnicodeDecodeError, json.JSONDecodeError) as error:
+    raise ValueError(f'{path} is not a readable config ({error}); restore it from a copy, or '
+                     'delete the run directory to start the run afresh.') from None
+  if not isinstance(values, dict):
+    raise ValueError(f'{path} holds no config object; restore it from a copy, or delete the run '
+                     'directory to start the run afresh.')
+  return values
+
+
+def _flat(values: Any, prefix: str = '') -> dict[str, Any]:
+  if not isinstance(values, dict) or not values:
+    return {prefix: values}
+  flat = {}
+  for name, child in values.items():
+    flat.update(_flat(child, f'{prefix}.{name}' if prefix else name))
+  return flat
+
+
+def config_differences(saved: dict[str, Any], config: ml_collections.ConfigDict) -> list[str]:
+  """'key: saved -> intended' for every field that changes training where the configs differ.
+
+  `model.vocab_size` is compared only for token shards: otherwise the run fills it in from its
+  tokenizer, whose own fields (`data.tokenizer`, `data.bpe_vocab_size`...) are compared instead.
+  """
+  intended = _flat(json.loads(config.to_json_best_effort()))  # tuples become lists, as saved
+  saved = _flat(saved)
+  ignored = set(REPORTING_AND_HARDWARE)
+  if intended.get('data.source') != 'tokens':
+    ignored.add('model.vocab_size')
+  return [f'{key}: {saved.get(key)!r} -> {intended.get(key)!r}'
+          for key in sorted(set(intended) | set(saved))
+          if key not in ignored and not key.startswith(HARDWARE_SECTIONS)
+          and saved.get(key) != intended.get(key)]
 
 
 def read_config(workdir: str) -> ml_collections.ConfigDict:
@@ -102,24 +145,33 @@ def read_metrics(workdir: str) -> list[dict[str, Any]]:
   """Every record of one run, in file order.
 
   A line that does not parse (the half-written last line of a crashed run, or a line a restart
-  appended to it) is skipped with a warning rather than failing the whole sweep.
+  appended to it) is skipped with a warning rather than failing the whole sweep. A file that is
+  not text at all is not a metrics file: a ValueError names it.
   """
   path = os.path.join(workdir, METRICS_FILE)
   if not os.path.exists(path):
     raise FileNotFoundError(f'{path} does not exist; is {workdir!r} a run workdir?')
+  with open(path, 'rb') as f:
+    lines = f.read().split(b'\n')
   records = []
-  with open(path) as f:
-    for line_number, line in enumerate(f, start=1):
-      if not line.strip():
-        continue
-      try:
-        record = json.loads(line)
-      except json.JSONDecodeError:
-        record = None
-      if not isinstance(record, dict):
-        warnings.warn(f'{path}:{line_number}: skipping a malformed record ({line[:60]!r}...).')
-        continue
-      records.append({key: _number(value) for key, value in record.items()})
+  for line_number, raw in enumerate(lines, start=1):
+    try:
+      line = raw.decode()
+    except UnicodeDecodeError:
+      if line_number < len(lines) - 1 or b'\0' in raw:  # a crash cuts only the last line short
+        raise ValueError(f'{path}:{line_number} is not text: the file is damaged. Restore it, '
+                         'or delete the run directory to train the run afresh.') from None
+      line = raw.decode(errors='replace')
+    if not line.strip():
+      continue
+    try:
+      record = json.loads(line)
+    except json.JSONDecodeError:
+      record = None
+    if not isinstance(record, dict):
+      warnings.warn(f'{path}:{line_number}: skipping a malformed record ({line[:60]!r}...).')
+      continue
+    records.append({key: _number(value) for key, value in record.items()})
   return records
 
 

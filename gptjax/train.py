@@ -9,8 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import math
-import signal
+import os
 import time
 from typing import Any, Callable
 
@@ -23,16 +22,13 @@ from absl import logging
 from jax.experimental import multihost_utils
 from jax.sharding import Mesh
 
-from gptjax import checkpointing, data as data_lib, evaluate, flops, hardware, metrics as metrics_lib
-from gptjax import optim, run_dir, sharding, tokens
+from gptjax import checkpointing, corpus, data as data_lib, evaluate, flops, hardware
+from gptjax import metrics as metrics_lib, optim, run_dir, sharding, stopping, tokens, workdir_lock
 from gptjax.model import GPT, GPTConfig
 from gptjax.progress import Progress
+from gptjax.records import EVAL_KEY
 from gptjax.steps import TrainState, eval_step, train_step
 from gptjax.tokenizer import load_or_train_tokenizer
-
-
-class NonFiniteLossError(FloatingPointError):
-  pass
 
 
 def _init_fn(rng: jax.Array, model: GPT, optimizer, seq_len: int) -> TrainState:
@@ -97,44 +93,6 @@ def _global_batch(local_batch: np.ndarray, batch_sharding: jax.sharding.NamedSha
                                                 global_shape)
 
 
-@dataclasses.dataclass
-class _Preemption:
-  """A SIGTERM stops the run at a step boundary after saving a checkpoint.
-
-  A single process catches SIGTERM itself. With several, each would see the signal at a different
-  step, save alone and leave the others blocked in the next step's collectives (the run hangs with
-  no checkpoint); instead jax.distributed's preemption service, which catches SIGTERM on any host
-  and tells the others, picks one step at which all of them save.
-  """
-
-  requested: bool = False
-
-  def install(self) -> None:
-    if jax.process_count() == 1:
-      signal.signal(signal.SIGTERM, self._handle)
-
-  def reached(self, step: int) -> bool:
-    """Whether to save and stop after `step`; every process must call it after every step."""
-    if (not self.requested and jax.process_count() > 1 and
-        multihost_utils.reached_preemption_sync_point(step)):
-      logging.warning('Preemption notice: every process saves a checkpoint at step %d.', step)
-      self.requested = True
-    return self.requested
-
-  def _handle(self, signum, frame) -> None:
-    del signum, frame
-    logging.warning('SIGTERM received: saving a checkpoint and stopping at the next step.')
-    self.requested = True
-
-
-def _check_finite(loss: float, step: int) -> None:
-  if not math.isfinite(loss):
-    raise NonFiniteLossError(
-        f'The training loss became {loss} at step {step}. Checkpoints and metrics written before '
-        'this step are intact. Lower train.learning_rate, raise train.warmup_steps, or enable '
-        'train.grad_clip, then resume from the last checkpoint or restart.')
-
-
 def _prepare_data(config: ml_collections.ConfigDict, workdir: str, mesh: Mesh
                   ) -> tuple[data_lib.Data, ml_collections.ConfigDict]:
   """This process's data, and the config completed with the tokenizer's vocabulary size.
@@ -158,7 +116,7 @@ def _prepare_data(config: ml_collections.ConfigDict, workdir: str, mesh: Mesh
 
 def _restore(manager, workdir: str, state: TrainState, state_shardings: Any,
              data: data_lib.Data) -> tuple[int, TrainState]:
-  """(step, state) of the latest readable checkpoint, or (0, state) for a fresh run.
+  """(step, state) of the latest intact checkpoint, or (0, state) for a fresh run.
 
   A resumed run drops the metrics records past its checkpoint: it writes them again.
   """
@@ -177,6 +135,40 @@ def _restore(manager, workdir: str, state: TrainState, state_shardings: Any,
     if dropped:
       logging.info('Dropped %d records past step %d; the resumed run rewrites them.', dropped, step)
   return step, state
+
+
+def _check_unchanged(config: ml_collections.ConfigDict, workdir: str, allow_change: bool) -> bool:
+  """Refuses to continue a run with another config than it was made with; returns whether the
+  config changed (and that is allowed). Reads only: nothing is written before this check."""
+  saved = run_dir.read_config_dict(workdir)
+  differences = run_dir.config_differences(saved, config) if saved else []
+  if not differences:
+    return False
+  listed = '; '.join(differences[:5]) + (f' and {len(differences) - 5} more'
+                                         if len(differences) > 5 else '')
+  if not allow_change:
+    raise ValueError(
+        f'{workdir} holds a run made with another config ({listed}); training this config there '
+        'would mix two experiments in one record. Pass a new --workdir to start this config, or '
+        '--allow_config_change to continue this run with it (its old config.json is kept).')
+  logging.warning('Continuing the run in %s with a changed config: %s.', workdir, listed)
+  return True
+
+
+def _take_workdir(workdir: str) -> workdir_lock.WorkdirLock:
+  """The workdir's lock, held by process 0 for all processes, which agree on the outcome."""
+  lock, busy = workdir_lock.WorkdirLock(workdir), None
+  if jax.process_index() == 0:
+    try:
+      lock.acquire()
+    except workdir_lock.WorkdirBusyError as error:
+      busy = error
+  if jax.process_count() > 1 and not multihost_utils.broadcast_one_to_all(np.int32(busy is None)):
+    busy = busy or workdir_lock.WorkdirBusyError(
+        f'{workdir} is in use by another run (process 0 logs which); pass another --workdir.')
+  if busy is not None:
+    raise busy
+  return lock
 
 
 class _Recorder:
@@ -211,34 +203,71 @@ class _Recorder:
       logging.info(self.progress.line(record))
     return record
 
+  def record_missing_final_eval(self, step: int, evaluate_now: Callable[[], dict[str, float]],
+                                workdir: str) -> None:
+    """A run resumed at its last step writes nothing more; if the final eval record was lost
+    (cut off by a crash), it is measured again from the restored state and written."""
+    result = evaluate_now()  # every process takes part in the evaluation
+    if self.is_main and not any(row.get('step') == step and EVAL_KEY in row
+                                for row in run_dir.read_metrics(workdir)):
+      self.writer.write({'step': step, **result, **evaluate.scaling_record(
+          self.model_cfg, self.seq_len, step * self.tokens_per_step)})
+      logging.info('Wrote the missing final eval record of step %d: eval %.4f.', step,
+                   result[EVAL_KEY])
+
   def close(self) -> None:
     self.writer.close()
+
+
+_AT_LEAST_ONE = ('data.batch_size', 'data.seq_len', 'train.num_steps', 'train.log_every',
+                 'train.eval_every', 'train.eval_batches', 'train.checkpoint_every',
+                 'train.keep_checkpoints', 'train.grad_accum_steps')
 
 
 def check_config(config: ml_collections.ConfigDict, mesh: Mesh) -> None:
   """Raises a ValueError naming the field and the fix if `config` cannot train on `mesh`.
 
-  It needs nothing but the config and the devices, so a run calls it before it writes anything:
-  the model's shapes, the learning-rate schedule, the batch's split over the mesh and the pass
-  budget. The model is checked with the config's own vocabulary size, which a tokenizer trained
-  later may replace.
+  It needs nothing but the config and the devices, so a run calls it before it writes or reads
+  anything: the counts and sizes, the data source, the model's shapes, the learning-rate schedule,
+  the batch's split over the mesh and the pass budget. The model is checked with the config's own
+  vocabulary size, which a tokenizer trained later may replace.
   """
+  for key in _AT_LEAST_ONE:
+    section, field = key.split('.')
+    if not isinstance(config[section][field], int) or config[section][field] < 1:
+      raise ValueError(f'{key}={config[section][field]!r} must be a whole number >= 1.')
+  if config.data.max_corpus_bytes < 0:
+    raise ValueError(f'data.max_corpus_bytes={config.data.max_corpus_bytes} must be >= 0 (0 reads '
+                     'the whole corpus).')
+  corpus.check_config(config.data)
   GPTConfig.from_run_config(config)
   optim.learning_rate_schedule(config.train)
   sharding.check_batch_divisible(config.data.batch_size, mesh, config.train.grad_accum_steps)
   hardware.tokens_per_pass(config.train.tokens_per_pass, mesh.devices.flat[0].platform)
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
+                       allow_config_change: bool = False) -> dict[str, Any]:
   """Trains `config` in `workdir`, resuming from its latest checkpoint; returns the final record.
 
-  A config that cannot run is refused (`check_config`) before anything is written to `workdir`.
+  Before anything is written: a config that cannot run is refused (`check_config`), the workdir is
+  locked to this run (a second run on it is refused while this one lives), and a workdir made with
+  another config is refused unless `allow_config_change`.
   """
   mesh = sharding.make_mesh(config.mesh)
   check_config(config, mesh)
+  workdir_lock.prepare(workdir)
+  lock = _take_workdir(workdir)
+  try:
+    changed = _check_unchanged(config, workdir, allow_config_change)
+    return _train(config, workdir, mesh, keep_old_config=changed)
+  finally:
+    lock.release()
+
+
+def _train(config: ml_collections.ConfigDict, workdir: str, mesh: Mesh, *,
+           keep_old_config: bool) -> dict[str, Any]:
   data, config = _prepare_data(config, workdir, mesh)
-  if jax.process_index() == 0:
-    run_dir.write_config(workdir, config)
   rules = sharding.logical_rules(config.mesh)
   setup = hardware.resolve(config, mesh)
   state, state_shardings = create_train_state(config, mesh, rules)
@@ -246,6 +275,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
       workdir, save_every=config.train.checkpoint_every, keep=config.train.keep_checkpoints,
       async_save=config.train.async_checkpoints)
   start_step, state = _restore(manager, workdir, state, state_shardings, data)
+  if jax.process_index() == 0:  # only once the checkpoint fits this config
+    config_path = os.path.join(workdir, run_dir.CONFIG_FILE)
+    if keep_old_config:
+      os.replace(config_path, os.path.join(workdir, f'config.until-step-{start_step}.json'))
+    run_dir.write_config(workdir, config)
   jit_train, jit_eval = jit_steps(config, setup, mesh, rules, state_shardings)
   counts = flops.param_counts(setup.model)
   recorder = _Recorder(config, setup.model, workdir, data, start_step)
@@ -255,18 +289,37 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   to_global = functools.partial(
       _global_batch, batch_sharding=sharding.batch_sharding(mesh),
       global_shape=(config.data.batch_size, config.data.seq_len + 1))
-  preemption = _Preemption()
+  evaluate_with = functools.partial(evaluate.evaluate, eval_fn=jit_eval, to_global=to_global,
+                                    tokens_per_byte=recorder.tokens_per_byte)
+  t = config.train
+  if start_step == t.num_steps:
+    with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
+      recorder.record_missing_final_eval(
+          start_step, lambda: evaluate_with(state.params, batches=data.eval_batches()), workdir)
+  preemption = stopping.StopSignals()
   preemption.install()
+  try:
+    record = _loop(config, state, start_step, data, jit_train, evaluate_with, to_global, manager,
+                   recorder, preemption, mesh, rules)
+  finally:
+    preemption.uninstall()
+  manager.wait_until_finished()
+  manager.close()
+  recorder.close()
+  return record
 
+
+def _loop(config, state, step, data, jit_train, evaluate_with, to_global, manager, recorder,
+          preemption, mesh, rules) -> dict[str, Any]:
+  """Steps from `step` to the end (or a stop signal); returns the last record."""
   t = config.train
   record: dict[str, Any] = {}
   previous: tuple[int, Any] | None = None
-  step = start_step
   with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
     while step < t.num_steps:
       state, step_metrics = jit_train(state, to_global(next(data.train_iter)))
-      if previous is not None:  # read step t-1's loss while step t runs
-        _check_finite(float(previous[1]['train_loss']), previous[0])
+      if previous is not None:  # read step t-1's metrics while step t runs
+        stopping.check_finite(previous[1], previous[0], manager.latest_step())
       step += 1
       previous = (step, step_metrics)
 
@@ -278,11 +331,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
       if not (do_log or do_save):
         continue
       host_metrics = jax.device_get(step_metrics)
-      _check_finite(float(host_metrics['train_loss']), step)
+      stopping.check_finite(host_metrics, step, manager.latest_step())  # never save a non-finite state
       if do_log:
-        evaluate_now = functools.partial(
-            evaluate.evaluate, state.params, jit_eval, data.eval_batches(), to_global,
-            tokens_per_byte=recorder.tokens_per_byte) if do_eval else None
+        evaluate_now = functools.partial(evaluate_with, state.params,
+                                         batches=data.eval_batches()) if do_eval else None
         record = recorder.record(step, host_metrics, evaluate_now)
       if do_save:
         checkpointing.save(manager, step, state, data.train_iter, force=True)
@@ -290,8 +342,4 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         logging.warning('Stopped at step %d after saving a checkpoint; rerun the same command to '
                         'resume.', step)
         break
-
-  manager.wait_until_finished()
-  manager.close()
-  recorder.close()
   return record

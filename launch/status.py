@@ -1,58 +1,45 @@
-"""Where each member of a sweep stands on disk (new, partial, finished or stale), and the table of
-members, their sizes, tokens and compute that the runner prints before it trains."""
+"""Where each member of a sweep stands on disk (new, partial, finished, stale, running or broken),
+and the table of members, their sizes, tokens and compute that the runner prints before it trains."""
 
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
-from typing import Any, Sequence
+from typing import Sequence
 
 import ml_collections
 
 import launch
-from gptjax import records, run_dir
+from gptjax import records, run_dir, workdir_lock
 
 
 @dataclasses.dataclass(frozen=True)
 class Status:
   """Where a member's workdir stands, from its saved config and metrics."""
 
-  state: str  # 'new' | 'partial' | 'finished' | 'stale'
+  state: str  # 'new' | 'partial' | 'finished' | 'stale' | 'running' | 'broken'
   step: int = 0  # the last step with a record
   eval_loss: float | None = None  # the latest eval
   detail: str = ''
 
 
-# Fields that change how a run reports, not what it trains; `vocab_size` is filled in from the
-# tokenizer by the train loop. A difference elsewhere makes a member's workdir stale.
-_NOT_EXPERIMENT = ('train.log_every', 'train.eval_every', 'train.checkpoint_every',
-                   'train.keep_checkpoints', 'train.async_checkpoints', 'model.vocab_size')
-
-
-def _flat(values: Any, prefix: str = '') -> dict[str, Any]:
-  if not isinstance(values, dict) or not values:
-    return {prefix: values}
-  flat = {}
-  for name, child in values.items():
-    flat.update(_flat(child, f'{prefix}.{name}' if prefix else name))
-  return flat
-
-
-def config_differences(saved: dict[str, Any], config: ml_collections.ConfigDict) -> list[str]:
-  """'key: saved -> intended' for every experiment field where a saved config.json differs."""
-  intended = _flat(json.loads(config.to_json_best_effort()))  # tuples become lists, as saved
-  saved = _flat(saved)
-  return [f'{key}: {saved.get(key)!r} -> {intended.get(key)!r}'
-          for key in sorted(set(intended) | set(saved))
-          if key not in _NOT_EXPERIMENT and saved.get(key) != intended.get(key)]
-
-
 def member_status(member_dir: str, config: ml_collections.ConfigDict) -> Status:
   """Finished means a record at the final step with an eval loss. Stale means the workdir was made
-  with another config than the member now has: resuming or fitting it would mix two experiments."""
+  with another config than the member now has: resuming or fitting it would mix two experiments.
+  Running means a process (this runner's or another's) holds the member's workdir. Broken means a
+  file of the member cannot be read; the detail names it."""
+  try:
+    return _member_status(member_dir, config)
+  except (OSError, ValueError) as error:
+    return Status('broken', detail=' '.join(str(error).split()))
+
+
+def _member_status(member_dir: str, config: ml_collections.ConfigDict) -> Status:
+  holder = workdir_lock.holder(member_dir) if os.path.isdir(member_dir) else None
+  if holder is not None:
+    return Status('running', detail=f'by {holder.describe()}')
   saved = run_dir.read_config_dict(member_dir) if os.path.isdir(member_dir) else {}
-  differences = config_differences(saved, config) if saved else []
+  differences = run_dir.config_differences(saved, config) if saved else []
   if differences:
     more = f' and {len(differences) - 2} more' if len(differences) > 2 else ''
     return Status('stale', detail='; '.join(differences[:2]) + more)

@@ -9,8 +9,10 @@ base config to `gptjax.main`): a fresh JAX per run, and a crash, OOM or NaN in o
 take the others down. Its output goes to `workdir/<member>/log.txt`.
 
 Rerunning the command skips finished members (final step reached, final eval recorded: see
-`launch.status`) and resumes unfinished ones from their checkpoints. Ctrl-C stops the running
-members after they save a checkpoint. Then the fits run on the finished members (`launch.fit`):
+`launch.status`) and resumes unfinished ones from their checkpoints; a member another process is
+still training (its workdir is locked, e.g. after this runner was killed) is left to it, and a
+member whose files cannot be read is reported and skipped. Ctrl-C stops the running members after
+they save a checkpoint. Then the fits run on the finished members (`launch.fit`):
 the L(C) frontier power law, IsoFLOP minima (Chinchilla approach 2), L(N, D) with bootstrap
 intervals (approach 3), the holdout check of the largest budget, and the compute-optimal N and D at
 the largest budget and 10x and 100x it. Figures go to `workdir/plots`, the numbers to
@@ -278,6 +280,13 @@ def run_sweep(sweep_path: str, workdir: str, *, parallel: int = 1, dry_run: bool
   failures = {job.member.name: f'its workdir is stale ({status.detail}); delete {job.directory} '
                                'to rerun it, or rename the member'
               for job, status in jobs if status.state == 'stale'}
+  failures.update({job.member.name: status.detail for job, status in jobs
+                   if status.state == 'broken'})
+  busy = [f'  {job.member.name}: {status.detail}' for job, status in jobs
+          if status.state == 'running']
+  if busy:
+    print(f'{len(busy)} member(s) are being trained by another process; this run leaves them '
+          'alone:\n' + '\n'.join(busy), flush=True)
   if not fit_only:
     to_run = [job for job, status in jobs if status.state in ('new', 'partial')
               and (not only or job.member.name in only)]

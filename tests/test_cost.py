@@ -155,3 +155,15 @@ def test_cli_prints_a_report_and_takes_config_overrides():
   kv_bytes = batch * context * layers * 2 * d * 2  # K and V of every layer, bfloat16
   assert memory.groups() == (f'{2 * total / 1e9:.3g}', f'{kv_bytes / 1e9:.3g}')
   assert 'memory-bound' in out and 'per 1,000 tokens' in out
+
+
+@pytest.mark.parametrize('flag, line', [
+    ('--tokens=nan', 'gptjax.cost: error: --tokens=nan must be a finite number >= 0'),
+    ('--price_per_hour=-2', 'gptjax.cost: error: --price_per_hour=-2.0 must be a finite number'),
+    ('--mfu=1.5', 'gptjax.cost: error: num_accelerators=1 must be >= 1 and mfu=1.5 in (0, 1]'),
+])
+def test_cli_refuses_impossible_numbers_in_one_line(flag, line):
+  run = subprocess.run([sys.executable, '-m', 'gptjax.cost', '--config=experiments/configs/tiny.py',
+                        flag], capture_output=True, text=True, cwd=ROOT)
+  assert run.returncode == 2 and run.stdout == ''
+  assert run.stderr.strip().startswith(line) and len(run.stderr.strip().splitlines()) == 1

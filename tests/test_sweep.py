@@ -10,9 +10,11 @@ runner builds actually trains with `gptjax.main`.
 import json
 import math
 import os
+import signal
 import subprocess
 import sys
 import textwrap
+import time
 
 import numpy as np
 import pytest
@@ -294,6 +296,69 @@ def test_stale_member_is_neither_resumed_nor_fitted(tmp_path, fake_trainer, caps
   assert 'its workdir is stale (train.learning_rate: 0.5 -> 0.001); delete' in out
 
 
+HOLD_LOCK = textwrap.dedent('''
+    import sys, time
+    from gptjax import workdir_lock
+    workdir_lock.prepare(sys.argv[1])
+    lock = workdir_lock.WorkdirLock(sys.argv[1])
+    lock.acquire()
+    print('holding', flush=True)
+    time.sleep(120)
+''')
+
+
+def _hold_lock(directory) -> subprocess.Popen:
+  """A process that holds a member's workdir, as a member started by a killed runner does."""
+  process = subprocess.Popen([sys.executable, '-c', HOLD_LOCK, directory], cwd=ROOT,
+                             stdout=subprocess.PIPE, text=True)
+  assert process.stdout.readline() == 'holding\n'
+  return process
+
+
+def test_a_member_another_process_trains_is_left_to_it(tmp_path, fake_trainer, capsys):
+  sweep = _write_sweep(tmp_path, [('busy', 16, 8), ('free', 16, 8)])
+  workdir = str(tmp_path / 'runs')
+  holder = _hold_lock(os.path.join(workdir, 'busy'))
+  try:
+    busy = status.member_status(os.path.join(workdir, 'busy'), _configs(sweep)['busy'])
+    assert busy.state == 'running' and f'PID {holder.pid} on host ' in busy.detail
+    assert runner.run_sweep(sweep, workdir, n_bootstrap=2) == 0
+    assert fake_trainer.read_text().split() == ['free']  # no duplicate of the running member
+    out = capsys.readouterr().out
+    assert '1 member(s) are being trained by another process' in out
+    assert f'busy: by PID {holder.pid} on host' in out
+    assert 'not trained to the end yet, left out of the fits: busy' in out
+  finally:
+    holder.send_signal(signal.SIGKILL)  # a killed holder gives the workdir back
+    holder.wait()
+  assert status.member_status(os.path.join(workdir, 'busy'), _configs(sweep)['busy']).state == 'new'
+  assert runner.run_sweep(sweep, workdir, n_bootstrap=2) == 0
+  assert fake_trainer.read_text().split() == ['free', 'busy']
+
+
+def test_a_member_with_unreadable_files_is_reported_and_the_others_run(tmp_path, fake_trainer,
+                                                                      capsys):
+  sweep = _write_sweep(tmp_path, [('binary', 16, 8), ('garbled', 16, 8), ('fine', 32, 8)])
+  workdir = str(tmp_path / 'runs')
+  configs = _configs(sweep)
+  for name in ('binary', 'garbled'):
+    os.makedirs(os.path.join(workdir, name))
+    with open(os.path.join(workdir, name, run_dir.CONFIG_FILE), 'w') as f:
+      f.write(configs[name].to_json_best_effort())
+  with open(os.path.join(workdir, 'binary', run_dir.METRICS_FILE), 'wb') as f:
+    f.write(np.random.default_rng(0).integers(0, 256, 4096, dtype=np.uint8).tobytes())
+  with open(os.path.join(workdir, 'garbled', run_dir.CONFIG_FILE), 'r+b') as f:
+    f.write(b'\xff\xfe{{')
+  assert runner.run_sweep(sweep, workdir, dry_run=True) == 0
+  table = capsys.readouterr().out
+  assert 'broken' in table and run_dir.METRICS_FILE in table and run_dir.CONFIG_FILE in table
+  assert runner.run_sweep(sweep, workdir, n_bootstrap=2) == 1
+  assert fake_trainer.read_text().split() == ['fine']
+  failed = capsys.readouterr().out.split('failed and are left out of the fits')[-1]
+  assert f'binary: {os.path.join(workdir, "binary", run_dir.METRICS_FILE)}:' in failed
+  assert f'garbled: {os.path.join(workdir, "garbled", run_dir.CONFIG_FILE)} is not a readable' in failed
+
+
 def test_dry_run_lists_members_and_runs_nothing(tmp_path, cpu_sweep, capsys):
   workdir = tmp_path / 'runs'
   assert runner.run_sweep(CPU_SWEEP, str(workdir), dry_run=True) == 0
@@ -473,3 +538,12 @@ def test_one_real_member_trains_and_is_then_skipped(tmp_path, monkeypatch, capsy
   assert runner.run_sweep(sweep, workdir, n_bootstrap=2) == 0
   assert '1 of 1 members already finished; training 0' in capsys.readouterr().out
   np.testing.assert_equal(run_dir.read_metrics(os.path.join(workdir, 'real')), rows)  # untouched
+  metrics = os.path.join(workdir, 'real', run_dir.METRICS_FILE)
+  with open(metrics, 'rb') as f:
+    text = f.read()
+  with open(metrics, 'wb') as f:  # a crash cut the final record short
+    f.write(text[:text.rstrip(b'\n').rfind(b'\n') + 20])
+  assert runner.run_sweep(sweep, workdir, n_bootstrap=2) == 0
+  assert 'finished real: eval_loss' in capsys.readouterr().out
+  again = run_dir.read_metrics(os.path.join(workdir, 'real'))
+  assert again[-1]['step'] == 4 and again[-1]['eval_loss'] == rows[-1]['eval_loss']

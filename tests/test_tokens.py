@@ -1,9 +1,11 @@
 """Token streams: shard reads, the shard split, the tokenised cache, its key, and the vocab check."""
 
+import hashlib
 import json
 import math
 import os
 import pickle
+from unittest import mock
 
 import ml_collections
 import numpy as np
@@ -109,8 +111,10 @@ def test_text_cache_holds_each_document_then_eos_and_is_reused(tmp_path):
     on_disk = np.fromfile(os.path.join(workdir, 'data', cache, f'{split.name}.bin'), np.uint16)
     np.testing.assert_array_equal(on_disk, expected)
     np.testing.assert_array_equal(stream.read(0, len(stream)), expected)
+    checksum = hashlib.blake2b(expected.astype(np.uint16).tobytes(), digest_size=16).hexdigest()
     assert meta[split.name] == {'files': len(texts), 'bytes': sum(len(t.encode()) for t in texts),
-                                'tokens': len(expected), 'skipped': [], 'replaced': 0}
+                                'tokens': len(expected), 'checksum': checksum, 'skipped': [],
+                                'replaced': 0}
   assert meta['val_unigram_entropy'] == pytest.approx(
       tokens.unigram_entropy_nats(val.read(0, len(val))))
 
@@ -149,3 +153,44 @@ def test_token_shards_vocab_check_and_rewritten_shards(tmp_path):
   with pytest.raises(ValueError, match=r'holds token id 700 \(at token offset 2000\)'):
     tokens.token_streams(config, ByteTokenizer(), workdir)
   assert len(os.listdir(os.path.join(workdir, 'data'))) == 2
+
+
+def _damage_truncate(path):
+  with open(path, 'r+b') as f:
+    f.truncate(os.path.getsize(path) - 64)  # whole tokens gone: the size is still even
+
+
+def _damage_flip(path):
+  with open(path, 'r+b') as f:
+    f.seek(os.path.getsize(path) // 2)
+    byte = f.read(1)
+    f.seek(-1, os.SEEK_CUR)
+    f.write(bytes([byte[0] ^ 0x01]))
+
+
+def _damage_meta(path):
+  meta = os.path.join(os.path.dirname(path), 'meta.json')
+  with open(meta, 'wb') as f:
+    f.write(b'{"source": "text", "tra\xff\x00')
+
+
+@pytest.mark.parametrize('damage, split, says', [
+    (_damage_truncate, 'train', 'bytes'), (_damage_truncate, 'validation', 'bytes'),
+    (_damage_flip, 'train', 'checksum'), (_damage_meta, 'train', 'meta.json')],
+    ids=['truncated-train', 'truncated-validation', 'flipped-byte', 'garbled-meta'])
+def test_a_damaged_cache_is_rebuilt_never_read(tmp_path, damage, split, says):
+  config = _config(tmp_path)
+  workdir = str(tmp_path / 'run')
+  tok = ByteTokenizer()
+  train, val, meta = tokens.token_streams(config, tok, workdir)
+  intact = [s.read(0, len(s)) for s in (train, val)]
+  cache, = os.listdir(os.path.join(workdir, 'data'))
+  path = os.path.join(workdir, 'data', cache, f'{split}.bin')
+  damage(path)
+  with mock.patch.object(tokens.logging, 'warning') as warning:
+    train, val, again = tokens.token_streams(config, tok, workdir)
+  (message, *args), _ = warning.call_args
+  assert says in message % tuple(args)
+  assert again == meta
+  for stream, expected in zip((train, val), intact):
+    np.testing.assert_array_equal(stream.read(0, len(stream)), expected)

@@ -1,4 +1,5 @@
-"""End-to-end training: loss falls, records, NaN guard, exact resume, corrupt checkpoints, preemption.
+"""End-to-end training: loss falls, records, NaN guard, exact resume, damaged checkpoints, changed
+configs, lost records, preemption and Ctrl-C.
 
 One 30-step run (module fixture) is shared; resume tests copy its workdir, remove or damage the last
 checkpoint, and rerun: the resumed run must reach the very same parameters and loss curve.
@@ -6,6 +7,7 @@ checkpoint, and rerun: the resumed run must reach the very same parameters and l
 
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -17,7 +19,7 @@ import numpy as np
 import pytest
 
 from experiments.configs import base
-from gptjax import decoding, hardware, run_dir, train
+from gptjax import checkpointing, decoding, hardware, run_dir, stopping, train
 from gptjax.model import GPTConfig
 from gptjax.sampling import SamplingConfig
 from gptjax.tokenizer import load_tokenizer
@@ -132,6 +134,36 @@ def test_the_generate_command_continues_a_prompt_from_the_latest_checkpoint(fini
                                                      if i != tokenizer.eos_id]) + '\n'
 
 
+def _generate(*flags):
+  return subprocess.run([sys.executable, '-m', 'gptjax.generate', *flags], cwd=ROOT,
+                        capture_output=True, text=True, timeout=300)
+
+
+@pytest.mark.parametrize('flags, says', [
+    (['--max_new_tokens=0'], '--max_new_tokens=0 must be at least 1'),
+    (['--num_beams=0'], '--num_beams=0 must be at least 1'),
+    (['--num_beams=2', '--prompt=' + 'x' * 40],
+     "The prompt has 40 tokens, but beam search keeps prompt and output in the model's 32-token "
+     'context: shorten the prompt, or sample (--num_beams=1)'),
+], ids=['no-tokens', 'no-beams', 'prompt-too-long'])
+def test_the_generate_command_refuses_impossible_requests_in_one_line(finished_run, flags, says):
+  run = _generate(f'--workdir={finished_run}', *flags)
+  assert run.returncode == 2 and run.stdout == '', run.stderr[-3000:]
+  assert run.stderr.strip().splitlines()[-1].startswith('gptjax.generate: error: ' + says)
+  assert 'Traceback' not in run.stderr
+
+
+def test_the_generate_command_on_a_run_without_checkpoints_writes_nothing(finished_run, tmp_path):
+  workdir = tmp_path / 'untrained'
+  workdir.mkdir()
+  shutil.copy(os.path.join(finished_run, run_dir.CONFIG_FILE), workdir)
+  run = _generate(f'--workdir={workdir}')
+  assert run.returncode == 1 and 'Traceback' not in run.stderr, run.stderr[-3000:]
+  assert run.stderr.strip().splitlines()[-1].startswith(
+      f'gptjax.generate: error: No checkpoint in {workdir / "checkpoints"}: train the run first')
+  assert os.listdir(workdir) == [run_dir.CONFIG_FILE]
+
+
 def test_resume_reaches_bit_identical_parameters_and_curve(finished_run, tmp_path):
   workdir = _copy_without_last_checkpoint(finished_run, str(tmp_path / 'resumed'))
   train.train_and_evaluate(_config(), workdir)
@@ -177,14 +209,113 @@ def test_a_bad_config_is_refused_before_the_workdir_is_written(tmp_path, overrid
   assert not workdir.exists()
 
 
-def test_non_finite_loss_stops_the_run_and_keeps_earlier_checkpoints(tmp_path):
+def _tree(path) -> dict[str, bytes]:
+  """Every file under `path` and its bytes, but the lock file (it names the latest holder)."""
+  return {os.path.relpath(os.path.join(root, name), path):
+          open(os.path.join(root, name), 'rb').read()
+          for root, _, names in os.walk(path) for name in names if name != run_dir.LOCK_FILE}
+
+
+def test_a_changed_config_is_refused_before_anything_is_touched(finished_run, tmp_path):
+  workdir = shutil.copytree(finished_run, str(tmp_path / 'changed'))
+  before = _tree(workdir)
+  with pytest.raises(ValueError, match=r'another config \(model.d_model: 64 -> 32\).* new '
+                                       r'--workdir.*--allow_config_change'):
+    train.train_and_evaluate(_config(**{'model.d_model': 32}), workdir)
+  assert _tree(workdir) == before
+  # Reporting and hardware fields are no change of experiment: the run resumes (and is done).
+  train.train_and_evaluate(_config(**{'train.log_every': 3, 'mesh.data': 1, 'mesh.fsdp': 8}),
+                           workdir)
+  assert _records(workdir) == _records(finished_run)
+
+
+def test_allow_config_change_continues_the_run_and_keeps_its_old_config(finished_run, tmp_path):
+  workdir = shutil.copytree(finished_run, str(tmp_path / 'longer'))
+  with open(os.path.join(workdir, run_dir.CONFIG_FILE)) as f:
+    old_config = f.read()
+  train.train_and_evaluate(_config(**{'train.num_steps': 40}), workdir, allow_config_change=True)
+  with open(os.path.join(workdir, 'config.until-step-30.json')) as f:
+    assert f.read() == old_config
+  assert run_dir.read_config(workdir).train.num_steps == 40
+  assert [r['step'] for r in _records(workdir)] == [5, 10, 15, 20, 25, 30, 35, 40]
+  assert _records(workdir)[:6] == _records(finished_run)
+
+
+def test_a_checkpoint_of_another_model_is_refused_not_set_aside(finished_run, tmp_path):
+  workdir = shutil.copytree(finished_run, str(tmp_path / 'reshaped'))
+  before = _tree(os.path.join(workdir, 'checkpoints'))
+  with pytest.raises(checkpointing.CheckpointError,
+                     match=r'step 30 .* another layout .*\(64, 4, 16\) -> \(32, 4, 8\)'):
+    train.train_and_evaluate(_config(**{'model.d_model': 32}), workdir, allow_config_change=True)
+  assert _tree(os.path.join(workdir, 'checkpoints')) == before
+  assert not os.path.exists(os.path.join(workdir, run_dir.UNREADABLE_DIR))
+  assert run_dir.read_config(workdir).model.d_model == 64
+
+
+def _flip_a_byte_of_the_largest_array_file(step_dir):
+  files = [os.path.join(root, name) for root, _, names in os.walk(os.path.join(step_dir, 'state'))
+           for name in names]
+  path = max(files, key=os.path.getsize)
+  with open(path, 'r+b') as f:
+    f.seek(os.path.getsize(path) // 2)
+    byte = f.read(1)
+    f.seek(-1, os.SEEK_CUR)
+    f.write(bytes([byte[0] ^ 0x01]))
+
+
+def _alter_one_saved_checksum(step_dir):
+  """What a flipped bit inside an array's bytes looks like to the restore, deterministically."""
+  path = os.path.join(step_dir, 'checksums', 'metadata')
+  with open(path) as f:
+    sums = json.load(f)
+  sums['params.embed.embedding'] ^= 1
+  with open(path, 'w') as f:
+    json.dump(sums, f)
+
+
+@pytest.mark.parametrize('damage', [_flip_a_byte_of_the_largest_array_file,
+                                    _alter_one_saved_checksum], ids=['flipped-byte', 'checksum'])
+def test_a_checkpoint_that_fails_its_checksum_is_set_aside(finished_run, tmp_path, damage):
+  workdir = shutil.copytree(finished_run, str(tmp_path / 'altered'))
+  damage(os.path.join(workdir, 'checkpoints', '30'))
+  train.train_and_evaluate(_config(), workdir)
+  _assert_same_params(_params(workdir), _params(finished_run))  # retrained from step 20
+  set_aside = os.listdir(os.path.join(workdir, run_dir.UNREADABLE_DIR))
+  assert len(set_aside) == 1 and set_aside[0].startswith('30-')
+
+
+def test_a_lost_final_record_is_measured_again_on_rerun(finished_run, tmp_path):
+  workdir = shutil.copytree(finished_run, str(tmp_path / 'cut'))
+  metrics = os.path.join(workdir, run_dir.METRICS_FILE)
+  with open(metrics, 'rb') as f:
+    text = f.read()
+  with open(metrics, 'wb') as f:  # a crash cut the last record short
+    f.write(text[:text.rstrip(b'\n').rfind(b'\n') + 30])
+  train.train_and_evaluate(_config(), workdir)
+  final, original = _records(workdir)[-1], _records(finished_run)[-1]
+  assert final['step'] == 30 and final['eval_loss'] == original['eval_loss']
+  assert final['flops_kaplan'] == original['flops_kaplan']
+  train.train_and_evaluate(_config(), workdir)  # present now: nothing is added
+  assert len(_records(workdir)) == len(_records(finished_run))
+
+
+def test_a_non_finite_state_is_never_saved_and_the_error_names_the_last_good_step(tmp_path):
   workdir = str(tmp_path / 'nan')
-  config = _config(**{'train.learning_rate': 1e12, 'train.grad_clip': 0.0, 'train.warmup_steps': 0,
+  config = _config(**{'train.learning_rate': 1e3, 'train.warmup_steps': 0,
                       'train.schedule': 'constant', 'train.checkpoint_every': 1})
-  with pytest.raises(train.NonFiniteLossError, match=r'became (nan|inf) at step \d+'):
+  with pytest.raises(stopping.NonFiniteLossError,
+                     match=r'non-finite at step (\d+) .*last checkpoint, step (\d+), is finite') as e:
     train.train_and_evaluate(config, workdir)
-  saved = [int(s) for s in os.listdir(os.path.join(workdir, 'checkpoints')) if s.isdigit()]
-  assert saved and all(np.isfinite(x).all() for x in jax.tree.leaves(_params(workdir)))
+  bad_step, last_good = map(int, re.search(r'step (\d+) .*step (\d+),', str(e.value)).groups())
+  saved = sorted(int(s) for s in os.listdir(os.path.join(workdir, 'checkpoints')) if s.isdigit())
+  assert saved[-1] == last_good == bad_step - 1
+  abstract = train.abstract_train_state(run_dir.read_config(workdir))
+  for step in saved:  # every array of every saved state, optimizer moments included
+    manager = checkpointing.make_manager(workdir, save_every=1, keep=100, async_save=False)
+    state = manager.restore(step, args=checkpointing.ocp.args.Composite(
+        state=checkpointing.ocp.args.StandardRestore(abstract)))['state']
+    manager.close()
+    assert all(np.isfinite(x).all() for x in jax.tree.leaves(state)), step
 
 
 def test_sigterm_saves_a_checkpoint_and_the_rerun_finishes_identically(finished_run, tmp_path):

@@ -1,0 +1,94 @@
+"""One run per workdir: a second owner is refused with the holder's PID and host, a killed holder
+gives the workdir back, and a workdir that is a file or cannot be made is a one-line error."""
+
+import os
+import pathlib
+import signal
+import socket
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+from experiments.configs import base
+from gptjax import run_dir, train, workdir_lock
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+HOLD = textwrap.dedent('''
+    import sys, time
+    from gptjax import workdir_lock
+    workdir_lock.prepare(sys.argv[1])
+    lock = workdir_lock.WorkdirLock(sys.argv[1])
+    lock.acquire()
+    print('holding', flush=True)
+    time.sleep(120)
+''')
+
+
+@pytest.fixture
+def held(tmp_path):
+  """A workdir held by another process, as by a run in progress; yields (workdir, process)."""
+  workdir = str(tmp_path / 'run')
+  process = subprocess.Popen([sys.executable, '-c', HOLD, workdir], cwd=ROOT,
+                             stdout=subprocess.PIPE, text=True)
+  assert process.stdout.readline() == 'holding\n'
+  yield workdir, process
+  process.kill()
+  process.wait()
+
+
+def test_a_free_workdir_has_no_holder_and_is_taken_once(tmp_path):
+  workdir = str(tmp_path)
+  assert workdir_lock.holder(workdir) is None
+  with workdir_lock.WorkdirLock(workdir):
+    found = workdir_lock.holder(workdir)
+    assert (found.pid, found.host) == (os.getpid(), socket.gethostname())
+    with pytest.raises(workdir_lock.WorkdirBusyError, match=f'PID {os.getpid()} on host'):
+      workdir_lock.WorkdirLock(workdir).acquire()
+  assert workdir_lock.holder(workdir) is None  # released on exit
+  with workdir_lock.WorkdirLock(workdir):
+    pass
+
+
+def test_a_killed_holder_gives_the_workdir_back(held):
+  workdir, process = held
+  assert workdir_lock.holder(workdir).pid == process.pid
+  process.send_signal(signal.SIGKILL)
+  process.wait()
+  assert workdir_lock.holder(workdir) is None
+  with workdir_lock.WorkdirLock(workdir):
+    pass
+
+
+def test_training_refuses_a_held_workdir_before_writing_anything(held):
+  workdir, process = held
+  config = base.get_config()
+  config.data.max_corpus_bytes = 100_000
+  with pytest.raises(workdir_lock.WorkdirBusyError,
+                     match=f'in use by PID {process.pid} on host .*another --workdir'):
+    train.train_and_evaluate(config, workdir)
+  assert os.listdir(workdir) == [run_dir.LOCK_FILE]
+
+
+def test_the_command_line_names_the_holder_in_one_line(held):
+  workdir, process = held
+  run = subprocess.run(
+      [sys.executable, '-m', 'gptjax.main', '--config=experiments/configs/tiny.py',
+       f'--workdir={workdir}'], cwd=ROOT, capture_output=True, text=True, timeout=300,
+      env={**os.environ, 'JAX_PLATFORMS': 'cpu'})
+  assert run.returncode == 1, run.stderr[-3000:]
+  assert 'Traceback' not in run.stderr
+  last = run.stderr.strip().splitlines()[-1]
+  assert last.startswith('gptjax.main: error: ') and f'PID {process.pid} on host' in last
+  assert os.listdir(workdir) == [run_dir.LOCK_FILE]
+
+
+def test_a_workdir_that_is_a_file_or_cannot_be_made_is_named(tmp_path):
+  a_file = tmp_path / 'notes.txt'
+  a_file.write_text('kept\n')
+  with pytest.raises(ValueError, match='is a file, not a directory'):
+    workdir_lock.prepare(str(a_file))
+  with pytest.raises(ValueError, match='cannot be created'):
+    workdir_lock.prepare(str(a_file / 'run'))
+  assert a_file.read_text() == 'kept\n'
