@@ -28,14 +28,16 @@ import sys
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import ml_collections
 import numpy as np
-from absl import app, flags
+from absl import app, flags, logging
 from ml_collections import config_flags
 
-from gptjax import checkpointing, hf_gpt2, run_dir, sharding, train
+from gptjax import checkpointing, hf_gpt2, optim, run_dir, train
 from gptjax.hf_gpt2 import ConversionError
 from gptjax.model import GPTConfig
+from gptjax.steps import TrainState
 from gptjax.tokenizer import BPETokenizer, Tokenizer, gpt2_bpe, load_tokenizer
 
 HF_CONFIG = 'config.json'
@@ -43,14 +45,6 @@ SAFETENSORS = 'model.safetensors'
 TORCH_BIN = 'pytorch_model.bin'
 GPT2_VOCAB, GPT2_MERGES = 'vocab.json', 'merges.txt'
 COMMANDS = ('from-hf', 'to-hf')
-
-_CONFIG = config_flags.DEFINE_config_file(
-    'config', None, 'from-hf: the get_config() file the imported run trains with; its model '
-    'section is replaced by the checkpoint\'s architecture.', lock_config=True)
-_HF_DIR = flags.DEFINE_string('hf_dir', None, 'from-hf: a local Hugging Face GPT-2 directory.')
-_WORKDIR = flags.DEFINE_string('workdir', None, 'The gptjax run directory to write or read.')
-_OUT = flags.DEFINE_string('out', None, 'to-hf: the directory to write the GPT-2 files into.')
-
 
 def _hf_module(name: str) -> Any:
   """An import of the `hf` extra's packages, or an error that says how to install them."""
@@ -128,15 +122,15 @@ def import_hf(hf_dir: str, workdir: str, config: ml_collections.ConfigDict
     raise ConversionError(f'{GPT2_VOCAB} has {tokenizer.vocab_size} tokens but the model '
                           f'{model_cfg.vocab_size}; the tokenizer and weights are from different models.')
 
-  # The trainer's own initialisation gives the state's structure and fresh optimizer moments; a
-  # mesh over the local devices suffices, since a restore places the state per the run's mesh.
-  one_host = ml_collections.ConfigDict({**config.mesh.to_dict(), 'data': -1, 'fsdp': 1, 'tensor': 1})
-  mesh = sharding.make_mesh(one_host)
-  state, shardings = train.create_train_state(config, mesh, sharding.logical_rules(one_host))
-  expected = jax.tree.map(lambda x: (x.shape, x.dtype), state.params)
-  if jax.tree.map(lambda x: (x.shape, x.dtype), params) != expected:
-    raise AssertionError('hf_gpt2.params_from_hf does not build the model\'s parameter tree.')
-  state = state.replace(params=jax.device_put(params, shardings.params))
+  # Fresh optimizer state for the imported parameters; the whole state must have the layout the
+  # trainer builds from this config, or its restore would refuse the checkpoint.
+  params = jax.device_put(params)
+  state = TrainState(step=jnp.zeros((), jnp.int32), params=params,
+                     opt_state=optim.make_optimizer(config.train, model_cfg).init(params))
+  layout = lambda tree: [(jax.tree_util.keystr(path), x.shape, x.dtype)
+                        for path, x in jax.tree_util.tree_flatten_with_path(tree)[0]]
+  if layout(state) != layout(train.abstract_train_state(config)):
+    raise AssertionError('The imported state differs in layout from the one train.py builds.')
 
   manager = checkpointing.make_manager(workdir, save_every=1, keep=1, async_save=False)
   checkpointing.save(manager, 0, state, None, force=True)
@@ -192,28 +186,47 @@ def continue_command(config_file: str, argv: list[str], workdir: str,
   return 'python -m gptjax.main ' + ' '.join(shlex.quote(arg) for arg in args)
 
 
-def main(argv: list[str]) -> None:
+def _main(argv: list[str]) -> None:
+  """Runs one command; a bad input raises ConversionError (or the ValueError of a bad config)."""
   if argv[1:] not in ([command] for command in COMMANDS):
     raise app.UsageError(f'Name one command, {" or ".join(COMMANDS)}; got {argv[1:]}.')
+  f = flags.FLAGS
+  if argv[1] == 'from-hf':
+    if not (f.hf_dir and f.workdir and f.config):
+      raise ConversionError('from-hf needs --hf_dir, --workdir and --config (the settings the '
+                            'imported run trains with, e.g. experiments/configs/gpt2.py:124m).')
+    written = import_hf(f.hf_dir, f.workdir, f.config)
+    command = continue_command(config_flags.get_config_filename(f['config']), sys.argv,
+                               f.workdir, written, f.config)
+    print(f'Imported {f.hf_dir} into {f.workdir}.\nTrain on with: {command}\n'
+          f'Sample with: python -m gptjax.generate --workdir={f.workdir} --prompt=...')
+  else:
+    if not (f.workdir and f.out):
+      raise ConversionError('to-hf needs --workdir (a gptjax run) and --out.')
+    export_hf(f.workdir, f.out)
+    print(f'Wrote {f.out}: transformers.GPT2LMHeadModel.from_pretrained({f.out!r}) loads it.')
+
+
+def main(argv: list[str]) -> None:
+  """`_main`, with a bad input ending in one line on stderr and exit status 2."""
+  logging.set_verbosity(logging.WARNING)  # orbax's per-save INFO lines; the result is printed
   try:
-    if argv[1] == 'from-hf':
-      if not (_HF_DIR.value and _WORKDIR.value and _CONFIG.value):
-        raise ConversionError('from-hf needs --hf_dir, --workdir and --config (the settings the '
-                              'imported run trains with, e.g. experiments/configs/gpt2.py:124m).')
-      written = import_hf(_HF_DIR.value, _WORKDIR.value, _CONFIG.value)
-      command = continue_command(config_flags.get_config_filename(flags.FLAGS['config']),
-                                 sys.argv, _WORKDIR.value, written, _CONFIG.value)
-      print(f'Imported {_HF_DIR.value} into {_WORKDIR.value}.\nTrain on with: {command}\n'
-            f'Sample with: python -m gptjax.generate --workdir={_WORKDIR.value} --prompt=...')
-    else:
-      if not (_WORKDIR.value and _OUT.value):
-        raise ConversionError('to-hf needs --workdir (a gptjax run) and --out.')
-      export_hf(_WORKDIR.value, _OUT.value)
-      print(f'Wrote {_OUT.value}: transformers.GPT2LMHeadModel.from_pretrained({_OUT.value!r}).')
+    _main(argv)
   except (ValueError, OSError, checkpointing.CheckpointError) as error:
     print('gptjax.convert: error: ' + ' '.join(str(error).split()), file=sys.stderr)
     sys.exit(2)
 
 
+def _define_flags() -> None:
+  """Flags exist only when run as a script: importing the library must not claim global names."""
+  config_flags.DEFINE_config_file(
+      'config', None, 'from-hf: the get_config() file the imported run trains with; its model '
+      "section is replaced by the checkpoint's architecture.", lock_config=True)
+  flags.DEFINE_string('hf_dir', None, 'from-hf: a local Hugging Face GPT-2 directory.')
+  flags.DEFINE_string('workdir', None, 'The gptjax run directory to write (from-hf) or read (to-hf).')
+  flags.DEFINE_string('out', None, 'to-hf: the directory to write the GPT-2 files into.')
+
+
 if __name__ == '__main__':
+  _define_flags()
   app.run(main)

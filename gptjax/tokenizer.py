@@ -1,4 +1,5 @@
-"""Tokenizers: raw UTF-8 bytes, or a byte-level BPE trained on the run's own training split.
+"""Tokenizers: raw UTF-8 bytes, or a byte-level BPE trained on the run's own training split (or
+GPT-2's released one, for a run imported by `gptjax.convert`).
 
 Both share one small interface (`Tokenizer`) and save themselves as `tokenizer.json` in the run's
 workdir, so a resumed run, an eval or a sampler decodes with exactly the tokenizer the model was

@@ -78,14 +78,21 @@ def corpus(tmp_path_factory):
   return str(path)
 
 
-@pytest.fixture(scope='module', params=[False, True], ids=['unrolled', 'scan'])
-def imported(request, hf_dir, corpus, tmp_path_factory):
-  """(workdir, model config, params) of the GPT-2 imported with scan_layers off or on."""
-  workdir = str(tmp_path_factory.mktemp('run') / 'imported')
-  convert.import_hf(hf_dir[0], workdir, _run_config(corpus, **{'model.scan_layers': request.param}))
-  config, params = train.load_params(workdir)
-  cfg = dataclasses.replace(GPTConfig.from_config(config.model), attention_impl='xla')
-  return workdir, cfg, jax.device_get(params)
+@pytest.fixture(scope='module')
+def imported(hf_dir, corpus, tmp_path_factory):
+  """scan_layers -> (workdir, model config, params) of the GPT-2 imported with it; each import is
+  made on first use and shared by the module's tests."""
+  made = {}
+
+  def get(scan_layers: bool):
+    if scan_layers not in made:
+      workdir = str(tmp_path_factory.mktemp('run') / 'imported')
+      convert.import_hf(hf_dir[0], workdir, _run_config(corpus, **{'model.scan_layers': scan_layers}))
+      config, params = train.load_params(workdir)
+      cfg = dataclasses.replace(GPTConfig.from_config(config.model), attention_impl='xla')
+      made[scan_layers] = workdir, cfg, jax.device_get(params)
+    return made[scan_layers]
+  return get
 
 
 def _tokens(batch: int, length: int, seed: int = 0) -> np.ndarray:
@@ -97,11 +104,13 @@ def _torch_logits(model, tokens: np.ndarray) -> np.ndarray:
     return model(torch.from_numpy(tokens.astype(np.int64))).logits.numpy()
 
 
+@pytest.mark.parametrize('scan_layers', [False, True], ids=['unrolled', 'scan'])
 @pytest.mark.parametrize('impl', BACKENDS)
-def test_imported_logits_equal_transformers_for_every_cpu_attention_backend(hf_dir, imported, impl):
+def test_imported_logits_equal_transformers_for_every_cpu_attention_backend(hf_dir, imported, impl,
+                                                                            scan_layers):
   if impl == 'cpu_fused' and cpu_fused.unavailable_reason():
     pytest.skip(cpu_fused.unavailable_reason())
-  _, cfg, params = imported
+  _, cfg, params = imported(scan_layers)
   tokens = _tokens(2, N_POSITIONS)
   cfg = dataclasses.replace(cfg, attention_impl=impl)
   ours = jax.jit(GPT(cfg).apply)({'params': params}, tokens)
@@ -110,8 +119,10 @@ def test_imported_logits_equal_transformers_for_every_cpu_attention_backend(hf_d
   np.testing.assert_allclose(ours, want, atol=1e-5, rtol=0)
 
 
-def test_export_loads_in_transformers_and_imports_back_bitwise(imported, tmp_path):
-  workdir, cfg, params = imported
+@pytest.mark.parametrize('scan_layers', [False, True], ids=['unrolled', 'scan'])
+def test_export_loads_in_transformers_and_imports_back_bitwise(hf_dir, imported, tmp_path,
+                                                               scan_layers):
+  workdir, cfg, params = imported(scan_layers)
   out = str(tmp_path / 'export')
   convert.export_hf(workdir, out)
   model = transformers.GPT2LMHeadModel.from_pretrained(out, attn_implementation='eager').eval()
@@ -123,6 +134,11 @@ def test_export_loads_in_transformers_and_imports_back_bitwise(imported, tmp_pat
   fields = hf_gpt2.model_fields(hf_config)
   assert fields == {name: getattr(cfg, name) for name in fields}
   jax.tree.map(np.testing.assert_array_equal, hf_gpt2.params_from_hf(tensors, cfg), params)
+  # and export(import(x)) is x, tensor by tensor (the key biases included, which no logit shows)
+  _, original = convert.read_hf_checkpoint(hf_dir[0])
+  assert sorted(tensors) == sorted(original)
+  for name, tensor in original.items():
+    np.testing.assert_array_equal(tensors[name], tensor, err_msg=name)
 
   # The run's tokenizer goes along, readable by transformers, with the same ids.
   hf_tokenizer = transformers.PreTrainedTokenizerFast(tokenizer_file=os.path.join(out, 'tokenizer.json'))
@@ -131,7 +147,7 @@ def test_export_loads_in_transformers_and_imports_back_bitwise(imported, tmp_pat
 
 
 def test_loss_and_gradients_of_a_batch_equal_pytorch(hf_dir, imported):
-  _, cfg, params = imported
+  _, cfg, params = imported(False)
   batch = _tokens(4, 33, seed=2)
   loss, grads = jax.value_and_grad(steps.loss_fn)(params, GPT(cfg), batch, None)
   model = hf_dir[1]
@@ -152,7 +168,7 @@ def test_loss_and_gradients_of_a_batch_equal_pytorch(hf_dir, imported):
 
 
 def test_greedy_decoding_of_32_tokens_equals_transformers_generate(hf_dir, imported):
-  workdir, cfg, params = imported
+  workdir, cfg, params = imported(True)
   tokenizer = load_tokenizer(workdir)  # the run's copy of GPT-2's BPE
   prompt = tokenizer.encode('def add(x, y):')
   hf_tokenizer = transformers.AutoTokenizer.from_pretrained(hf_dir[0])  # from the same two files
@@ -168,9 +184,7 @@ def test_greedy_decoding_of_32_tokens_equals_transformers_generate(hf_dir, impor
 def test_the_imported_run_trains_on_from_its_weights(imported, corpus, tmp_path):
   """gptjax.main's own loop resumes the imported step-0 checkpoint (a tiny learning rate keeps the
   trained weights within 1e-3 of it; a fresh initialisation would be ~0.2 away)."""
-  workdir, cfg, params = imported
-  if not cfg.scan_layers:
-    pytest.skip('one layout suffices: the loop does not depend on it')
+  workdir, _, params = imported(True)
   run = str(tmp_path / 'run')
   shutil.copytree(workdir, run)
   record = train.train_and_evaluate(run_dir.read_config(run), run)
@@ -182,7 +196,7 @@ def test_the_imported_run_trains_on_from_its_weights(imported, corpus, tmp_path)
 
 
 def test_pytorch_bin_without_prefix_and_with_mask_buffers_reads_the_same(hf_dir, imported, tmp_path):
-  _, cfg, params = imported
+  _, cfg, params = imported(False)
   source, model = hf_dir
   state = {name.removeprefix('transformer.'): tensor for name, tensor in model.state_dict().items()
            if name != 'lm_head.weight'}  # GPT2Model's names, as in the original release
@@ -237,7 +251,7 @@ def test_a_missing_directory_or_a_taken_workdir_is_refused(imported, corpus, tmp
   with pytest.raises(ConversionError, match='no such directory'):
     convert.import_hf(str(tmp_path / 'absent'), str(tmp_path / 'run'), _run_config(corpus))
   with pytest.raises(ConversionError, match='already holds a run'):
-    convert.import_hf(str(tmp_path / 'absent'), imported[0], _run_config(corpus))
+    convert.import_hf(str(tmp_path / 'absent'), imported(False)[0], _run_config(corpus))
 
 
 @pytest.mark.parametrize('overrides, reason', [
