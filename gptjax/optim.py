@@ -24,6 +24,20 @@ SCHEDULES = ('cosine', 'constant', 'inverse_sqrt')
 DECAYED_PARAM_NAMES = ('kernel', 'embedding', 'pos_embed')
 
 
+def check_config(train_config: ml_collections.ConfigDict) -> None:
+  """Raises, naming the field, for optimizer settings outside their range, and a bad schedule."""
+  t = train_config
+  ranges = {'learning_rate': (t.learning_rate > 0, '> 0'),
+            'weight_decay': (t.weight_decay >= 0, '>= 0'),
+            'b1': (0 <= t.b1 < 1, 'in [0, 1)'), 'b2': (0 <= t.b2 < 1, 'in [0, 1)'),
+            'eps': (t.eps > 0, '> 0'), 'grad_clip': (t.grad_clip >= 0, '>= 0 (0 disables it)'),
+            'min_lr_ratio': (0 <= t.min_lr_ratio <= 1, 'in [0, 1]')}
+  for name, (ok, wanted) in ranges.items():
+    if not ok:
+      raise ValueError(f'train.{name}={t[name]} must be {wanted}.')
+  learning_rate_schedule(t)
+
+
 def learning_rate_schedule(train_config: ml_collections.ConfigDict) -> optax.Schedule:
   """Linear warmup from 0 to the peak, then cosine decay, a constant, or 1/sqrt(step) decay."""
   peak = train_config.learning_rate

@@ -113,9 +113,7 @@ class BPETokenizer(Tokenizer):
 
 def train_bpe(texts: Iterator[str], vocab_size: int) -> BPETokenizer:
   """Trains a byte-level BPE with `vocab_size` entries (fewer if the corpus runs out of merges)."""
-  if vocab_size < 257:
-    raise ValueError(f'data.bpe_vocab_size={vocab_size} must exceed the 256 byte symbols plus '
-                     f'{EOS_TOKEN!r}; use data.tokenizer="byte" for a 256-token vocabulary.')
+  _check_bpe_vocab_size(vocab_size)
   tok = _byte_level(tokenizers.Tokenizer(tokenizers.models.BPE()))
   trainer = tokenizers.trainers.BpeTrainer(
       vocab_size=vocab_size, special_tokens=[EOS_TOKEN], show_progress=False,
@@ -155,6 +153,28 @@ def load_tokenizer(directory: str) -> Tokenizer:
   return BPETokenizer(tokenizers.Tokenizer.from_str(text))
 
 
+def check_config(d: ml_collections.ConfigDict) -> None:
+  """Raises, naming the field and the fix, for a tokenizer setting that cannot work; reads no data."""
+  if d.tokenizer not in ('byte', 'bpe'):
+    raise ValueError(f"data.tokenizer={d.tokenizer!r}; choose 'byte' or 'bpe'.")
+  if d.tokenizer == 'bpe' and d.get('tokenizer_path', ''):
+    if not os.path.isfile(os.path.expanduser(d.tokenizer_path)):
+      raise ValueError(f'data.tokenizer_path={d.tokenizer_path!r} is not a file; name a '
+                       'tokenizer.json, or leave it empty to train a BPE.')
+  elif d.tokenizer == 'bpe' and d.source == 'tokens':
+    raise ValueError("data.source='tokens' with data.tokenizer='bpe' cannot train a BPE (there is "
+                     'no text); set data.tokenizer_path to the tokenizer.json that produced the '
+                     'shards.')
+  elif d.tokenizer == 'bpe':
+    _check_bpe_vocab_size(d.bpe_vocab_size)
+
+
+def _check_bpe_vocab_size(vocab_size: int) -> None:
+  if vocab_size < 257:
+    raise ValueError(f'data.bpe_vocab_size={vocab_size} must exceed the 256 byte symbols plus '
+                     f'{EOS_TOKEN!r}; use data.tokenizer="byte" for a 256-token vocabulary.')
+
+
 def load_or_train_tokenizer(config: ml_collections.ConfigDict, workdir: str) -> Tokenizer:
   """The run's tokenizer: reloaded from `workdir/tokenizer.json` if present, else built and saved.
 
@@ -162,8 +182,7 @@ def load_or_train_tokenizer(config: ml_collections.ConfigDict, workdir: str) -> 
   vocabulary), or copied from `data.tokenizer_path` when that is set.
   """
   d = config.data
-  if d.tokenizer not in ('byte', 'bpe'):
-    raise ValueError(f"data.tokenizer={d.tokenizer!r}; choose 'byte' or 'bpe'.")
+  check_config(d)
   path = os.path.join(workdir, run_dir.TOKENIZER_FILE)
   if os.path.exists(path):
     tokenizer = load_tokenizer(workdir)
@@ -181,10 +200,6 @@ def load_or_train_tokenizer(config: ml_collections.ConfigDict, workdir: str) -> 
     source = os.path.expanduser(d.tokenizer_path)
     tokenizer = BPETokenizer(tokenizers.Tokenizer.from_file(source))
     logging.info('Using the BPE tokenizer %s (vocab %d).', source, tokenizer.vocab_size)
-  elif d.source == 'tokens':
-    raise ValueError("data.source='tokens' with data.tokenizer='bpe' cannot train a BPE (there is "
-                     'no text); set data.tokenizer_path to the tokenizer.json that produced the '
-                     'shards.')
   else:
     train_split = corpus.text_splits(d)[0]
     logging.info('Training a %d-token BPE on %d train documents...', d.bpe_vocab_size,

@@ -23,12 +23,12 @@ from jax.experimental import multihost_utils
 from jax.sharding import Mesh
 
 from gptjax import checkpointing, corpus, data as data_lib, evaluate, flops, hardware
-from gptjax import metrics as metrics_lib, optim, run_dir, sharding, stopping, tokens, workdir_lock
+from gptjax import metrics as metrics_lib, optim, run_dir, sharding, stopping, tokenizer, tokens
+from gptjax import workdir_lock
 from gptjax.model import GPT, GPTConfig
 from gptjax.progress import Progress
 from gptjax.records import EVAL_KEY
 from gptjax.steps import TrainState, eval_step, train_step
-from gptjax.tokenizer import load_or_train_tokenizer
 
 
 def _init_fn(rng: jax.Array, model: GPT, optimizer, seq_len: int) -> TrainState:
@@ -103,7 +103,7 @@ def _prepare_data(config: ml_collections.ConfigDict, workdir: str, mesh: Mesh
   """
   if jax.process_count() > 1:
     if jax.process_index() == 0:
-      tokens.token_streams(config, load_or_train_tokenizer(config, workdir), workdir)
+      tokens.token_streams(config, tokenizer.load_or_train_tokenizer(config, workdir), workdir)
     multihost_utils.sync_global_devices('gptjax: tokenizer and token cache written')
   batch_shape = (config.data.batch_size, config.data.seq_len + 1)  # windows: inputs + next token
   block, num_blocks = sharding.process_batch_block(sharding.batch_sharding(mesh), *batch_shape)
@@ -240,8 +240,9 @@ def check_config(config: ml_collections.ConfigDict, mesh: Mesh) -> None:
     raise ValueError(f'data.max_corpus_bytes={config.data.max_corpus_bytes} must be >= 0 (0 reads '
                      'the whole corpus).')
   corpus.check_config(config.data)
+  tokenizer.check_config(config.data)
   GPTConfig.from_run_config(config)
-  optim.learning_rate_schedule(config.train)
+  optim.check_config(config.train)
   sharding.check_batch_divisible(config.data.batch_size, mesh, config.train.grad_accum_steps)
   hardware.tokens_per_pass(config.train.tokens_per_pass, mesh.devices.flat[0].platform)
 

@@ -201,7 +201,14 @@ def test_resume_on_a_different_mesh(finished_run, tmp_path):
     ({'train.warmup_steps': 30}, r'train.warmup_steps=30 must be in \[0, num_steps=30\)'),
     ({'data.batch_size': 12}, 'data.batch_size=12 must be divisible'),
     ({'train.tokens_per_pass': 'lots'}, "train.tokens_per_pass='lots'"),
-], ids=['heads', 'warmup', 'batch', 'passes'])
+    ({'data.batch_size': 0}, 'data.batch_size=0 must be a whole number >= 1'),
+    ({'train.eval_every': -5}, 'train.eval_every=-5 must be a whole number >= 1'),
+    ({'data.tokenizer': 'words'}, "data.tokenizer='words'; choose 'byte' or 'bpe'"),
+    ({'data.tokenizer': 'bpe', 'data.bpe_vocab_size': 10}, 'data.bpe_vocab_size=10 must exceed'),
+    ({'train.learning_rate': -1e-3}, r'train.learning_rate=-0.001 must be > 0'),
+    ({'train.b2': 1.5}, r'train.b2=1.5 must be in \[0, 1\)'),
+], ids=['heads', 'warmup', 'batch', 'passes', 'empty-batch', 'eval-every', 'tokenizer',
+        'bpe-vocab', 'learning-rate', 'b2'])
 def test_a_bad_config_is_refused_before_the_workdir_is_written(tmp_path, override, message):
   workdir = tmp_path / 'run'
   with pytest.raises(ValueError, match=message):
