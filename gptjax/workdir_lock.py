@@ -7,8 +7,9 @@ ends (SIGKILL and OOM included), so a crash never leaves a stale lock behind. Th
 who holds it (PID, host, start time, command), for the message that refuses a second run.
 
 With several processes on shared storage, process 0 alone takes the lock (the caller arranges
-that). NFS serves `flock` as a POSIX lock; a filesystem without locks (gcsfuse, some FUSE mounts)
-is reported with a warning and the run goes on unprotected.
+that). NFS serves `flock` to every client as a POSIX lock; a FUSE mount such as gcsfuse holds it
+only within one machine; a filesystem that refuses locks is reported with a warning and the run
+goes on unprotected.
 """
 
 from __future__ import annotations
