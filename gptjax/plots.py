@@ -7,6 +7,10 @@ Writes PNGs to --out_dir (default <sweep_dir>/plots):
   training_curves.png   eval loss against tokens seen, one line per run
 A figure whose fit the sweep cannot support (one budget, too few points) is skipped with a warning
 naming what is missing; the rest are still drawn. The fits are also logged, with the holdout check.
+
+Two more figures take plain tables, not sweep records: `plot_coord_check` (muP's coordinate check,
+`gptjax.mup_check`) and `plot_lr_transfer` (final loss against learning rate per width,
+`experiments/lr_transfer.py`).
 """
 
 from __future__ import annotations
@@ -159,6 +163,60 @@ def make_plots(sweep_dir: str, out_dir: str, *, compute_key: str = 'flops_kaplan
   except ValueError as e:
     logging.warning('No holdout check: %s', e)
   return written
+
+
+def plot_coord_check(result: Mapping[str, Mapping[int, Sequence[Mapping[str, float]]]],
+                     path: str) -> str:
+  """Mean |activation| against width, one panel per (parametrisation, step), one line per layer:
+  flat lines are what muP promises (`gptjax.mup_check`)."""
+  names = list(result)
+  steps = len(next(iter(result[names[0]].values())))
+  fig, axes = plt.subplots(len(names), steps, figsize=(3.2 * steps, 3.0 * len(names)),
+                           sharex=True, squeeze=False)
+  for row, name in zip(axes, names):
+    widths = sorted(result[name])
+    layers = list(result[name][widths[0]][0])
+    colors = plt.get_cmap(COLORMAP)(np.linspace(0, 0.9, len(layers)))
+    for t, ax in enumerate(row):
+      for layer, color in zip(layers, colors):
+        values = [result[name][w][t][layer] for w in widths]
+        ax.plot(widths, values, 'o-', color=color, ms=3, lw=1, label=layer)
+      ax.set(xscale='log', yscale='log', title=f'{name}, step {t}')
+      ax.set_xticks(widths, [str(w) for w in widths])
+      ax.minorticks_off()
+    row[0].set_ylabel('mean |activation|')
+  for ax in axes[-1]:
+    ax.set_xlabel('d_model')
+  axes[0][-1].legend(fontsize=6, loc='center left', bbox_to_anchor=(1.0, 0.5))
+  return _save(fig, path)
+
+
+def plot_lr_transfer(losses: Mapping[str, Mapping[int, Mapping[float, float]]], path: str) -> str:
+  """Final loss against log2 learning rate, one line per width, one panel per parametrisation;
+  a star marks each width's best rate. Under muP the stars should line up vertically."""
+  names = list(losses)
+  widths = sorted({w for by_width in losses.values() for w in by_width})
+  norm = LogNorm(min(widths), max(max(widths), min(widths) * 1.01))
+  cmap = plt.get_cmap(COLORMAP)
+  fig, axes = plt.subplots(1, len(names), figsize=(6 * len(names), 4.5), sharey=True,
+                           squeeze=False)
+  for ax, name in zip(axes[0], names):
+    for width, by_lr in sorted(losses[name].items()):
+      lrs = sorted(by_lr)
+      log2_lr, loss = np.log2(lrs), np.array([by_lr[lr] for lr in lrs])
+      color = cmap(norm(width) * 0.9)
+      ax.plot(log2_lr, loss, 'o-', color=color, ms=3, lw=1, label=f'd_model {width}')
+      finite = np.isfinite(loss)
+      if finite.any():
+        best = np.nanargmin(np.where(finite, loss, np.nan))
+        ax.plot(log2_lr[best], loss[best], '*', color=color, ms=12, mec='k')
+    ax.set(xlabel='log2 peak learning rate', ylabel='final eval loss', title=name)
+    ax.legend(fontsize=8)
+  finite_losses = [v for p in losses.values() for b in p.values() for v in b.values()
+                   if np.isfinite(v)]
+  if finite_losses:  # diverged runs would stretch the axis: show at most 3 nats above the best
+    axes[0][0].set_ylim(min(finite_losses) - 0.05, min(max(finite_losses), min(finite_losses) + 3))
+  return _save(fig, path)
 
 
 FLAGS = flags.FLAGS
