@@ -15,7 +15,7 @@ to-hf writes `config.json` and `model.safetensors` (float32) that
 GPT-2 cannot express (RoPE, SwiGLU, RMSNorm, grouped-query attention, an untied head...) is refused.
 
 Everything is read and checked before anything is written; a bad input ends in one line on stderr
-and exit status 2. The `hf` extra (`pip install -e '.[hf]'`) provides safetensors and torch.
+and exit status 2 (`gptjax.cli`). The `hf` extra (`pip install -e '.[hf]'`) provides safetensors and torch.
 """
 
 from __future__ import annotations
@@ -31,10 +31,10 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
-from absl import app, flags, logging
+from absl import flags, logging
 from ml_collections import config_flags
 
-from gptjax import checkpointing, hf_gpt2, optim, run_dir, train
+from gptjax import checkpointing, cli, hf_gpt2, optim, run_dir, train
 from gptjax.hf_gpt2 import ConversionError
 from gptjax.model import GPTConfig
 from gptjax.steps import TrainState
@@ -43,7 +43,7 @@ from gptjax.tokenizer import BPETokenizer, Tokenizer, gpt2_bpe, load_tokenizer
 HF_CONFIG = 'config.json'
 SAFETENSORS = 'model.safetensors'
 TORCH_BIN = 'pytorch_model.bin'
-GPT2_VOCAB, GPT2_MERGES = 'vocab.json', 'merges.txt'
+VOCAB_FILE, MERGES_FILE = 'vocab.json', 'merges.txt'  # GPT-2's BPE, as released
 COMMANDS = ('from-hf', 'to-hf')
 
 def _hf_module(name: str) -> Any:
@@ -84,7 +84,7 @@ def read_hf_checkpoint(hf_dir: str) -> tuple[dict[str, Any], dict[str, np.ndarra
 
 
 def _gpt2_tokenizer(hf_dir: str) -> BPETokenizer | None:
-  vocab, merges = os.path.join(hf_dir, GPT2_VOCAB), os.path.join(hf_dir, GPT2_MERGES)
+  vocab, merges = os.path.join(hf_dir, VOCAB_FILE), os.path.join(hf_dir, MERGES_FILE)
   if not (os.path.exists(vocab) and os.path.exists(merges)):
     return None
   try:
@@ -119,7 +119,7 @@ def import_hf(hf_dir: str, workdir: str, config: ml_collections.ConfigDict
   model_cfg = GPTConfig.from_run_config(config)
   params = hf_gpt2.params_from_hf(tensors, model_cfg)
   if tokenizer is not None and tokenizer.vocab_size != model_cfg.vocab_size:
-    raise ConversionError(f'{GPT2_VOCAB} has {tokenizer.vocab_size} tokens but the model '
+    raise ConversionError(f'{VOCAB_FILE} has {tokenizer.vocab_size} tokens but the model '
                           f'{model_cfg.vocab_size}; the tokenizer and weights are from different models.')
 
   # Fresh optimizer state for the imported parameters; the whole state must have the layout the
@@ -186,10 +186,11 @@ def continue_command(config_file: str, argv: list[str], workdir: str,
   return 'python -m gptjax.main ' + ' '.join(shlex.quote(arg) for arg in args)
 
 
-def _main(argv: list[str]) -> None:
-  """Runs one command; a bad input raises ConversionError (or the ValueError of a bad config)."""
+def main(argv: list[str]) -> None:
+  """Runs one command; a bad input raises ConversionError, which `cli.run` ends in one line."""
+  logging.set_verbosity(logging.WARNING)  # orbax's per-save INFO lines; the result is printed
   if argv[1:] not in ([command] for command in COMMANDS):
-    raise app.UsageError(f'Name one command, {" or ".join(COMMANDS)}; got {argv[1:]}.')
+    raise ConversionError(f'Name one command, {" or ".join(COMMANDS)}; got {argv[1:]}.')
   f = flags.FLAGS
   if argv[1] == 'from-hf':
     if not (f.hf_dir and f.workdir and f.config):
@@ -207,16 +208,6 @@ def _main(argv: list[str]) -> None:
     print(f'Wrote {f.out}: transformers.GPT2LMHeadModel.from_pretrained({f.out!r}) loads it.')
 
 
-def main(argv: list[str]) -> None:
-  """`_main`, with a bad input ending in one line on stderr and exit status 2."""
-  logging.set_verbosity(logging.WARNING)  # orbax's per-save INFO lines; the result is printed
-  try:
-    _main(argv)
-  except (ValueError, OSError, checkpointing.CheckpointError) as error:
-    print('gptjax.convert: error: ' + ' '.join(str(error).split()), file=sys.stderr)
-    sys.exit(2)
-
-
 def _define_flags() -> None:
   """Flags exist only when run as a script: importing the library must not claim global names."""
   config_flags.DEFINE_config_file(
@@ -229,4 +220,4 @@ def _define_flags() -> None:
 
 if __name__ == '__main__':
   _define_flags()
-  app.run(main)
+  cli.run(main, 'gptjax.convert')
