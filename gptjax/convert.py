@@ -15,7 +15,8 @@ to-hf writes `config.json` and `model.safetensors` (float32) that
 GPT-2 cannot express (RoPE, SwiGLU, RMSNorm, grouped-query attention, an untied head...) is refused.
 
 Everything is read and checked before anything is written; a bad input ends in one line on stderr
-and exit status 2 (`gptjax.cli`). The `hf` extra (`pip install -e '.[hf]'`) provides safetensors and torch.
+and exit status 2 (`gptjax.cli`). The `hf` extra (`pip install -e '.[hf]'`) provides safetensors
+and torch. docs/interop.md has the details and the tensor mapping (`gptjax/hf_gpt2.py`).
 """
 
 from __future__ import annotations
@@ -45,6 +46,7 @@ SAFETENSORS = 'model.safetensors'
 TORCH_BIN = 'pytorch_model.bin'
 VOCAB_FILE, MERGES_FILE = 'vocab.json', 'merges.txt'  # GPT-2's BPE, as released
 COMMANDS = ('from-hf', 'to-hf')
+
 
 def _hf_module(name: str) -> Any:
   """An import of the `hf` extra's packages, or an error that says how to install them."""
