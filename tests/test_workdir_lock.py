@@ -92,3 +92,15 @@ def test_a_workdir_that_is_a_file_or_cannot_be_made_is_named(tmp_path):
   with pytest.raises(ValueError, match='cannot be created'):
     workdir_lock.prepare(str(a_file / 'run'))
   assert a_file.read_text() == 'kept\n'
+
+
+def test_a_workdir_that_cannot_be_written_is_named(tmp_path, monkeypatch):
+  """`os.access` stands in for a read-only mount (permission bits do not bind root, who runs CI)."""
+  workdir = tmp_path / 'run'
+  workdir.mkdir()
+  real_access = os.access
+  monkeypatch.setattr(os, 'access', lambda path, mode: False if str(path) == str(workdir)
+                      else real_access(path, mode))
+  with pytest.raises(ValueError, match=f'--workdir={workdir} is not writable'):
+    workdir_lock.prepare(str(workdir))
+  assert list(workdir.iterdir()) == []
