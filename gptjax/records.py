@@ -26,12 +26,12 @@ def eval_records(records: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
 
 
 def run_dirs(sweep_dir: str) -> list[str]:
-  """Sub-directories of `sweep_dir` holding a metrics file, sorted by name."""
-  if not os.path.isdir(sweep_dir):
+  """Sub-directories of `sweep_dir` holding a metrics file, sorted by name (`gs://` too)."""
+  if not run_dir.isdir(sweep_dir):
     raise FileNotFoundError(f'sweep_dir={sweep_dir!r} is not a directory.')
-  names = sorted(os.listdir(sweep_dir))
+  names = sorted(run_dir.listdir(sweep_dir))
   return [os.path.join(sweep_dir, n) for n in names
-          if os.path.exists(os.path.join(sweep_dir, n, run_dir.METRICS_FILE))]
+          if run_dir.exists(os.path.join(sweep_dir, n, run_dir.METRICS_FILE))]
 
 
 def load_sweep(sweep_dir: str) -> list[dict[str, Any]]:

@@ -10,6 +10,10 @@ A run directory (`--workdir`) holds
   checkpoints/<step>/  orbax checkpoints of the train state and data iterator (`gptjax.checkpointing`)
   run.lock             held by the run training in it (`gptjax.workdir_lock`)
 Sweeps, fits and plots read runs only through this module and `gptjax.records`.
+
+A path with a scheme (`gs://BUCKET/PATH`) is read and written through `etils.epath`, which orbax
+uses for the same storage, so a sweep's records can be surveyed straight from a bucket; a plain
+path is read and written with the standard library exactly as before.
 """
 
 from __future__ import annotations
@@ -19,7 +23,7 @@ import math
 import os
 import tempfile
 import warnings
-from typing import Any
+from typing import Any, Callable
 
 import ml_collections
 
@@ -43,18 +47,63 @@ _NON_FINITE = {'nan': math.nan, 'inf': math.inf, '-inf': -math.inf, 'infinity': 
                '-infinity': -math.inf}
 
 
+def is_local(path: str) -> bool:
+  """Whether `path` is a plain filesystem path rather than a URI such as gs://BUCKET/PATH."""
+  return '://' not in os.fspath(path)
+
+
+def _remote(path: str, operation: Callable[[Any], Any]) -> Any:
+  """`operation(epath.Path(path))`; a scheme this machine has no filesystem package for is an
+  OSError that names the package, not an ImportError from deep inside fsspec."""
+  from etils import epath  # only for URIs: a local run never imports it
+  try:
+    return operation(epath.Path(path))
+  except ImportError as error:
+    raise OSError(f'{path}: this machine cannot reach that storage ({error}); install its '
+                  'filesystem package, e.g. `pip install gcsfs` for gs://.') from None
+
+
+def exists(path: str) -> bool:
+  return os.path.exists(path) if is_local(path) else _remote(path, lambda p: p.exists())
+
+
+def isdir(path: str) -> bool:
+  return os.path.isdir(path) if is_local(path) else _remote(path, lambda p: p.is_dir())
+
+
+def listdir(path: str) -> list[str]:
+  if is_local(path):
+    return os.listdir(path)
+  return _remote(path, lambda p: [child.name for child in p.iterdir()])
+
+
+def read_bytes(path: str) -> bytes:
+  if is_local(path):
+    with open(path, 'rb') as f:
+      return f.read()
+  return _remote(path, lambda p: p.read_bytes())
+
+
 def write_atomic(path: str, payload: bytes | str) -> str:
   """Writes `path` so that a reader (or a crash) never sees half a file; returns `path`.
 
   The payload goes to a temporary file beside `path`, which is then renamed over it. The file is
   made readable by everyone (mkstemp's 0o600 would hide a shared workdir's files from its users).
+  An object store's upload is all-or-nothing by itself, so a URI is written in one piece.
   """
+  data = payload.encode() if isinstance(payload, str) else payload
+  if not is_local(path):
+    def write(target):
+      target.parent.mkdir(parents=True, exist_ok=True)
+      target.write_bytes(data)
+    _remote(path, write)
+    return path
   directory = os.path.dirname(path) or '.'
   os.makedirs(directory, exist_ok=True)
   fd, tmp = tempfile.mkstemp(dir=directory, prefix=os.path.basename(path) + '.tmp')
   try:
     with os.fdopen(fd, 'wb') as f:
-      f.write(payload.encode() if isinstance(payload, str) else payload)
+      f.write(data)
     os.chmod(tmp, 0o644)
     os.replace(tmp, path)
   finally:
@@ -72,11 +121,10 @@ def write_config(workdir: str, config: ml_collections.ConfigDict) -> None:
 def read_config_dict(workdir: str) -> dict[str, Any]:
   """The run's config as nested dicts, or {} if the run wrote none (a member not started yet)."""
   path = os.path.join(workdir, CONFIG_FILE)
-  if not os.path.exists(path):
+  if not exists(path):
     return {}
   try:
-    with open(path, 'rb') as f:
-      values = json.loads(f.read().decode())
+    values = json.loads(read_bytes(path).decode())
   except (UnicodeDecodeError, json.JSONDecodeError) as error:
     raise ValueError(f'{path} is not a readable config ({error}); restore it from a copy, or '
                      'delete the run directory to start the run afresh.') from None
@@ -149,10 +197,9 @@ def read_metrics(workdir: str) -> list[dict[str, Any]]:
   not text at all is not a metrics file: a ValueError names it.
   """
   path = os.path.join(workdir, METRICS_FILE)
-  if not os.path.exists(path):
+  if not exists(path):
     raise FileNotFoundError(f'{path} does not exist; is {workdir!r} a run workdir?')
-  with open(path, 'rb') as f:
-    lines = f.read().split(b'\n')
+  lines = read_bytes(path).split(b'\n')
   records = []
   for line_number, raw in enumerate(lines, start=1):
     try:

@@ -2,9 +2,9 @@
 
 A sweep file is a Python file with `get_sweep() -> (base, members)`: `base` is an
 `ml_collections.ConfigDict` every member starts from, and each `Member` is a name plus dotted
-overrides such as `{'model.d_model': 96, 'train.num_steps': 400}`. Launchers (the local runner in
-`launch/sweep.py`; a Cloud TPU VM or SLURM launcher would be the same) only need this module: they
-resolve each member, check it, and start `python -m gptjax.main` with the overrides as flags,
+overrides such as `{'model.d_model': 96, 'train.num_steps': 400}`. Launchers (`launch/sweep.py`
+on this machine, `launch/slurm.py` and `launch/tpu_vm.py` on a cluster) only need this module:
+they resolve each member, check it, and start `python -m gptjax.main` with the overrides as flags,
 `--config=launch/__init__.py:<sweep file>` (this module's `get_config` returns the sweep's base).
 
 IsoFLOP design (Hoffmann et al. 2022, approach 2): for each compute budget C, several model sizes,
@@ -33,7 +33,8 @@ from gptjax.model import GPTConfig
 
 PARAMS_KEYS = {'kaplan': 'params_non_embedding', 'full': 'params_total'}
 _NAME = re.compile(r'^[A-Za-z0-9][A-Za-z0-9_.-]*$')
-RESERVED_NAMES = ('fit', 'plots')  # the runner's own sub-directories of a sweep's workdir
+RESERVED_NAMES = ('fit', 'plots', 'slurm')  # the runner's own sub-directories of a sweep's workdir
+CONFIG_FILE = 'launch/__init__.py'  # this module, from the repository root: see get_config
 _FLAG_TYPES = (bool, int, float, str)  # what `--config.x=value` can carry
 
 
@@ -126,6 +127,12 @@ def check_members(base: ml_collections.ConfigDict, members: Sequence[Member]) ->
       raise ValueError(f'Two members are named {member.name!r}; each needs its own workdir.')
     seen.add(member.name)
     resolve(base, member)
+
+
+def member_flags(member: Member) -> list[str]:
+  """The member's overrides as `--config.x=y` flags; a float keeps its repr, so 1e-05 stays one."""
+  return [f'--config.{key}={repr(value) if isinstance(value, float) else value}'
+          for key, value in member.overrides.items()]
 
 
 def get_config(sweep_path: str) -> ml_collections.ConfigDict:

@@ -1,10 +1,18 @@
 """Where each member of a sweep stands on disk (new, partial, finished, stale, running or broken),
-and the table of members, their sizes, tokens and compute that the runner prints before it trains."""
+and the table of members, their sizes, tokens and compute that the runner prints before it trains.
+
+Every backend (this machine, SLURM, Cloud TPU VMs) plans from the same survey, so they agree on
+what is left to train. A workdir may be a `gs://` URI: its files are read through `gptjax.run_dir`.
+
+  python -m launch.status MEMBER_DIR   exits 0 if the run there is finished by its own config, 1
+                                       if not: a SLURM array task asks this before it trains.
+"""
 
 from __future__ import annotations
 
 import dataclasses
 import os
+import sys
 from typing import Sequence
 
 import ml_collections
@@ -35,15 +43,17 @@ def member_status(member_dir: str, config: ml_collections.ConfigDict) -> Status:
 
 
 def _member_status(member_dir: str, config: ml_collections.ConfigDict) -> Status:
-  holder = workdir_lock.holder(member_dir) if os.path.isdir(member_dir) else None
+  # The lock is an flock on a local or NFS file; an object store has none to ask.
+  local = run_dir.is_local(member_dir)
+  holder = workdir_lock.holder(member_dir) if local and os.path.isdir(member_dir) else None
   if holder is not None:
     return Status('running', detail=f'by {holder.describe()}')
-  saved = run_dir.read_config_dict(member_dir) if os.path.isdir(member_dir) else {}
+  saved = run_dir.read_config_dict(member_dir) if run_dir.isdir(member_dir) else {}
   differences = run_dir.config_differences(saved, config) if saved else []
   if differences:
     more = f' and {len(differences) - 2} more' if len(differences) > 2 else ''
     return Status('stale', detail='; '.join(differences[:2]) + more)
-  if not os.path.exists(os.path.join(member_dir, run_dir.METRICS_FILE)):
+  if not run_dir.exists(os.path.join(member_dir, run_dir.METRICS_FILE)):
     return Status('partial' if saved else 'new')
   rows = run_dir.read_metrics(member_dir)
   evals = records.eval_records(rows)
@@ -51,6 +61,48 @@ def _member_status(member_dir: str, config: ml_collections.ConfigDict) -> Status
   last_eval = evals[-1][records.EVAL_KEY] if evals else None
   done = any(row.get('step') == config.train.num_steps for row in evals)
   return Status('finished' if done else 'partial', step, last_eval)
+
+
+@dataclasses.dataclass(frozen=True)
+class Entry:
+  """One member as every backend sees it: resolved config, plan, workdir and where it stands."""
+
+  member: launch.Member
+  config: ml_collections.ConfigDict
+  plan: launch.Plan
+  directory: str
+  status: Status
+
+  @property
+  def name(self) -> str:
+    return self.member.name
+
+  @property
+  def unfinished(self) -> bool:
+    """New or partial: a member to (re)start. Stale, broken and running ones are not."""
+    return self.status.state in ('new', 'partial')
+
+
+def survey(base: ml_collections.ConfigDict, members: Sequence[launch.Member], workdir: str,
+           method: str = 'kaplan') -> list[Entry]:
+  """Each member resolved, planned and its status read from `workdir/<member>`."""
+  entries = []
+  for member in members:
+    config = launch.resolve(base, member)
+    directory = os.path.join(workdir, member.name)
+    entries.append(Entry(member, config, launch.plan(config, method), directory,
+                         member_status(directory, config)))
+  return entries
+
+
+def run_finished(member_dir: str) -> bool:
+  """Whether the run in `member_dir` reached its final step with its eval, by its own config."""
+  try:
+    saved = run_dir.read_config_dict(member_dir) if run_dir.isdir(member_dir) else {}
+  except (OSError, ValueError):
+    return False  # training it reports the damage, with the fix
+  return bool(saved) and member_status(member_dir, ml_collections.ConfigDict(saved)).state == (
+      'finished')
 
 
 def format_table(sweep: Sequence[tuple[launch.Member, launch.Plan, Status]]) -> str:
@@ -72,3 +124,10 @@ def format_table(sweep: Sequence[tuple[launch.Member, launch.Plan, Status]]) -> 
   total = sum(p.flops for _, p, _ in sweep)
   lines.append(f'{len(sweep)} members, {total:.3g} FLOPs ({method}) in all.')
   return '\n'.join(lines)
+
+
+if __name__ == '__main__':
+  if len(sys.argv) != 2:
+    print('usage: python -m launch.status MEMBER_DIR', file=sys.stderr)
+    sys.exit(2)
+  sys.exit(0 if run_finished(sys.argv[1]) else 1)
