@@ -147,18 +147,18 @@ def sbatch_command(count: int, commands_file: str, sweep_path: str, options: Opt
 
 def submit(entries: Sequence[Entry], sweep_path: str, workdir: str, options: Options, *,
            dry_run: bool = False) -> int:
-  """Submits the unfinished members that have no job queued or running; returns 0, or 1 when
-  sbatch refused. With `dry_run`, prints the task lines and the sbatch commands instead."""
+  """Submits the entries (the unfinished members) that have no job queued or running; returns 0,
+  or 1 when sbatch refused. With `dry_run`, prints the task lines and sbatch commands instead."""
   submissions = read_submissions(workdir)
   jobs = member_jobs(submissions)
   queued = queue_states() if jobs else {}
   live = {name: [f'{job} {queued[job]}' for job in ids
                  if job in queued and queued[job] not in ENDED] for name, ids in jobs.items()}
-  waiting = [entry for entry in entries if entry.unfinished and live.get(entry.name)]
+  waiting = [entry for entry in entries if live.get(entry.name)]
   for entry in waiting:
     print(f'{entry.name}: already in the queue ({", ".join(live[entry.name])}); not submitted '
           'again.')
-  to_submit = [entry for entry in entries if entry.unfinished and not live.get(entry.name)]
+  to_submit = [entry for entry in entries if not live.get(entry.name)]
   if not to_submit:
     print('Nothing to submit: every member is finished, queued, running or needs a fix above.')
     return 0

@@ -43,9 +43,8 @@ def member_status(member_dir: str, config: ml_collections.ConfigDict) -> Status:
 
 
 def _member_status(member_dir: str, config: ml_collections.ConfigDict) -> Status:
-  # The lock is an flock on a local or NFS file; an object store has none to ask.
-  local = run_dir.is_local(member_dir)
-  holder = workdir_lock.holder(member_dir) if local and os.path.isdir(member_dir) else None
+  # The lock is an flock on a local or NFS file: a gs:// workdir is never a local directory.
+  holder = workdir_lock.holder(member_dir) if os.path.isdir(member_dir) else None
   if holder is not None:
     return Status('running', detail=f'by {holder.describe()}')
   saved = run_dir.read_config_dict(member_dir) if run_dir.isdir(member_dir) else {}

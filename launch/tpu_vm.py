@@ -185,12 +185,11 @@ class _Runner:
 
 def run(entries: Sequence[Entry], sweep_path: str, workdir: str, options: Options, *,
         dry_run: bool = False) -> dict[str, str]:
-  """Trains the unfinished entries on the slices; {member: why it failed} for those that did."""
+  """Trains the entries (the unfinished members) on the slices; {member: why it failed}."""
   sweep, fetch = repo_path(sweep_path), fetch_dir(workdir, options)
   fetch_to = '' if fetch == workdir else fetch
-  to_run = [entry for entry in entries if entry.unfinished]
   if dry_run:
-    for i, entry in enumerate(to_run):  # in order; a free slice takes the next member
+    for i, entry in enumerate(entries):  # in order; a free slice takes the next member
       name = options.names[i % len(options.names)]
       print('+ ' + shlex.join(run_command(options, name, sweep, entry, fetch_to)))
     if options.accelerator_type:
@@ -198,9 +197,9 @@ def run(entries: Sequence[Entry], sweep_path: str, workdir: str, options: Option
         print(f'# when slice {name} is lost:')
         print('\n'.join('+ ' + shlex.join(c) for c in recreate_commands(options, name)))
     return {}
-  print(f'Training {len(to_run)} member(s) on {len(options.names)} slice(s): '
+  print(f'Training {len(entries)} member(s) on {len(options.names)} slice(s): '
         f'{", ".join(options.names)}.', flush=True)
-  runner = _Runner(to_run, sweep, options, fetch, fetch_to)
+  runner = _Runner(entries, sweep, options, fetch, fetch_to)
   threads = [threading.Thread(target=runner.serve, args=(name,), daemon=True)
              for name in options.names]
   for thread in threads:

@@ -175,8 +175,10 @@ def test_slurm_submits_the_unfinished_members_once(tiny, fake_slurm, capsys):
   assert [call[0] for call in _calls(fake_slurm)] == ['sbatch', 'squeue']
 
 
-def test_slurm_resubmits_a_failed_member_and_shows_job_states(tiny, fake_slurm, capsys):
+def test_slurm_resubmits_a_failed_member_and_shows_job_states(tiny, fake_slurm, fake_tools,
+                                                              capsys):
   sweep, workdir = tiny
+  bin_dir = fake_tools[1]
   assert _submit(sweep, workdir) == 0
   _records(os.path.join(workdir, 'half'), 8)  # task 0 finished its member
   _set_tasks(fake_slurm, **{'1000_0': 'COMPLETED', '1000_1': 'FAILED', '1000_2': 'RUNNING'})
@@ -189,6 +191,12 @@ def test_slurm_resubmits_a_failed_member_and_shows_job_states(tiny, fake_slurm, 
   assert job_lines['b'][:2] == ['1000_2', 'RUNNING']  # from squeue
   assert job_lines['a'][2] == os.path.join(workdir, 'slurm', '1000_1.out')
   assert len(_cluster(fake_slurm)['arrays']) == 1  # --status submits nothing
+  _tool(bin_dir, 'sacct', 'print("Slurm accounting storage is disabled", file=sys.stderr)\n'
+                          'sys.exit(1)\n')
+  assert runner.run_sweep(sweep, workdir, backend='slurm', status=True) == 0
+  lines = capsys.readouterr().out.splitlines()
+  states = {line.split()[0]: line.split()[2] for line in lines[lines.index('') + 2:]}
+  assert states == {'half': 'ENDED', 'a': 'ENDED', 'b': 'RUNNING'}  # squeue alone
 
   assert _submit(sweep, workdir) == 0
   arrays = _cluster(fake_slurm)['arrays']
