@@ -94,13 +94,15 @@ def run_command(options: Options, name: str, sweep: str, entry: Entry, fetch_to:
           '--', *launch.member_flags(entry.member)]
 
 
-def recreate_commands(options: Options, name: str) -> list[list[str]]:
-  """Deleting what is left of slice `name`, then creating and setting it up again."""
+def recreate_commands(options: Options, name: str, workdir: str) -> list[list[str]]:
+  """Deleting what is left of slice `name`, then creating and setting it up again (the setup
+  mounts a gs:// workdir on every worker)."""
   queued = ['--queued'] if options.queued else []
   return [[*_slice(options, name), *queued, '--steps=', '--delete'],
           [*_slice(options, name), f'--accelerator-type={options.accelerator_type}',
            *([f'--version={options.version}'] if options.version else []), *queued,
-           *(['--spot'] if options.spot else []), '--steps=create,setup', *options.setup_args]]
+           *(['--spot'] if options.spot else []), '--steps=create,setup', f'--workdir={workdir}',
+           *options.setup_args]]
 
 
 def describe_command(options: Options, name: str) -> list[str]:
@@ -112,10 +114,11 @@ def describe_command(options: Options, name: str) -> list[str]:
 class _Runner:
   """Hands the members to the slices, first free slice first; one thread per slice."""
 
-  def __init__(self, entries: Sequence[Entry], sweep: str, options: Options, fetch: str,
-               fetch_to: str):
+  def __init__(self, entries: Sequence[Entry], sweep: str, workdir: str, options: Options,
+               fetch: str, fetch_to: str):
     self.waiting = collections.deque(entries)
-    self.sweep, self.options, self.fetch, self.fetch_to = sweep, options, fetch, fetch_to
+    self.sweep, self.workdir, self.options = sweep, workdir, options
+    self.fetch, self.fetch_to = fetch, fetch_to
     self.lock = threading.Lock()
     self.failures: dict[str, str] = {}
     self.stopping = False
@@ -155,7 +158,7 @@ class _Runner:
                self.options.accelerator_type else f'recreated {recreated} time(s) already')
         return f'slice {name} is {state} ({how}); rerun to resume the member'
       self.say(f'slice {name} is {state}: recreating it, then resuming {entry.name}')
-      delete, create = recreate_commands(self.options, name)
+      delete, create = recreate_commands(self.options, name, self.workdir)
       self._call(delete, log_path)  # nothing to delete is fine: create is what must succeed
       if self._call(create, log_path) != 0:
         return f'slice {name} is {state} and could not be created again'
@@ -195,11 +198,11 @@ def run(entries: Sequence[Entry], sweep_path: str, workdir: str, options: Option
     if options.accelerator_type:
       for name in options.names:
         print(f'# when slice {name} is lost:')
-        print('\n'.join('+ ' + shlex.join(c) for c in recreate_commands(options, name)))
+        print('\n'.join('+ ' + shlex.join(c) for c in recreate_commands(options, name, workdir)))
     return {}
   print(f'Training {len(entries)} member(s) on {len(options.names)} slice(s): '
         f'{", ".join(options.names)}.', flush=True)
-  runner = _Runner(entries, sweep, options, fetch, fetch_to)
+  runner = _Runner(entries, sweep, workdir, options, fetch, fetch_to)
   threads = [threading.Thread(target=runner.serve, args=(name,), daemon=True)
              for name in options.names]
   for thread in threads:

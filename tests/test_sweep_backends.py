@@ -466,6 +466,9 @@ def test_tpu_vm_recreates_a_preempted_slice_and_resumes_that_member(tmp_path, fa
   assert verbs == ['describe', 'delete', 'create']
   create = next(call for call in calls if call[4] == 'create')
   assert '--accelerator-type=v4-32' in create and '--spot' in create
+  mount = next(i for i, call in enumerate(calls) if 'gcsfuse' in call[-1] and ' b ' in call[-1])
+  resumed = [i for i, call in enumerate(calls) if 'gptjax.main' in call[-1]][2]
+  assert calls.index(create) < mount < resumed  # the bucket is mounted on the new slice
   assert 'slice s1 is PREEMPTED: recreating it, then resuming' in capsys.readouterr().out
 
 
