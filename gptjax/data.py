@@ -8,6 +8,10 @@ repeated forever) and groups them into global batches of `data.batch_size` rows;
 reads only rows [p*l, (p+1)*l), l = batch_size / P, of each global batch, so the processes
 together see exactly the one-process batch, in the same order.
 
+Under the MLM objective (`train.objective='mlm'`, `gptjax/mlm.py`) each window is masked before
+batching by a grain random map seeded with the run's seed (the evaluation's with a fixed one), and
+a batch is int32 [B, 2, seq_len] of inputs and labels instead; the windows are the same.
+
 Checkpointing the position: `Data.train_iter` is a grain `DatasetIterator`; `get_state()` returns a
 small JSON-able dict and `set_state()` resumes exactly. With orbax, save it next to the model:
   mngr.save(step, args=ocp.args.Composite(
@@ -28,7 +32,7 @@ import grain
 import ml_collections
 import numpy as np
 
-from gptjax import tokens
+from gptjax import mlm, tokens
 from gptjax.tokenizer import Tokenizer, load_or_train_tokenizer
 
 _EVAL_SEED = 0  # fixed, so every run (whatever its seed) evaluates on the same windows
@@ -39,7 +43,7 @@ _SPLITS = ('train', 'validation')
 @dataclasses.dataclass
 class Data:
   tokenizer: Tokenizer
-  train_iter: grain.DatasetIterator  # np.int32 [local_batch, seq_len + 1], forever
+  train_iter: grain.DatasetIterator  # np.int32 [local_batch, *row_shape(config)], forever
   eval_batches: Callable[[], Iterator[np.ndarray]]  # a fresh, identical iterator on every call
   unigram_entropy: float  # of the validation tokens, nats: the loss of the best context-free model
   train_tokens: int
@@ -69,14 +73,20 @@ def build_data(config: ml_collections.ConfigDict, workdir: str, *, process_index
           f'seq_len+1={window} tokens, fewer than one batch of data.batch_size={d.batch_size}; '
           'lower data.batch_size or data.seq_len, raise data.max_corpus_bytes, or add data.')
 
+  masker = None
+  if config.train.objective == 'mlm':
+    data_vocab = config.model.vocab_size if d.source == 'tokens' else tokenizer.vocab_size
+    masker = mlm.Masker(data_vocab, special_ids=(tokenizer.eos_id,))
   train_ds = window_batches(train, d.seq_len, d.batch_size, seed=config.seed, repeat=True,
-                            process_index=process_index, process_count=process_count)
+                            process_index=process_index, process_count=process_count,
+                            transform=masker)
   train_iter_ds = train_ds.to_iter_dataset(_READ_OPTIONS)
   if d.worker_count > 0:
     workers = grain.MultiprocessingOptions(num_workers=d.worker_count)
     train_iter_ds = train_iter_ds.mp_prefetch(workers)
   val_ds = window_batches(val, d.seq_len, d.batch_size, seed=_EVAL_SEED, repeat=False,
-                          process_index=process_index, process_count=process_count)
+                          process_index=process_index, process_count=process_count,
+                          transform=masker)
   num_eval = min(config.train.eval_batches, len(val) // window // d.batch_size)
   if num_eval < config.train.eval_batches:
     logging.warning('Validation split holds only %d batches; evaluating on those, not '
@@ -88,6 +98,13 @@ def build_data(config: ml_collections.ConfigDict, workdir: str, *, process_index
   return Data(tokenizer=tokenizer, train_iter=iter(train_iter_ds), eval_batches=eval_batches,
               unigram_entropy=meta['val_unigram_entropy'], train_tokens=len(train),
               val_tokens=len(val), val_bytes=meta['validation'].get('bytes', 0))
+
+
+def row_shape(config: ml_collections.ConfigDict) -> tuple[int, ...]:
+  """The shape of one batch row: a next-token window, or a masked example's inputs and labels."""
+  if config.train.objective == 'mlm':
+    return (2, config.data.seq_len)
+  return (config.data.seq_len + 1,)
 
 
 def local_batch_size(batch_size: int, process_index: int, process_count: int) -> int:
@@ -118,8 +135,9 @@ class Windows:
 
 def window_batches(stream: tokens.TokenStream, seq_len: int, batch_size: int, *,
                    seed: int | None, repeat: bool, process_index: int = 0,
-                   process_count: int = 1) -> grain.MapDataset:
-  """This process's rows of each global batch of windows: int32 [batch_size / P, seq_len + 1].
+                   process_count: int = 1, transform=None) -> grain.MapDataset:
+  """This process's rows of each global batch of windows: int32 [batch_size / P, seq_len + 1],
+  or what `transform(window, rng)` makes of each window (a grain random map seeded with `seed`).
 
   Consecutive groups of l = batch_size / P windows form local batches; global batch i is local
   batches i*P .. i*P + P-1, so process p takes every P-th local batch starting at p.
@@ -130,4 +148,6 @@ def window_batches(stream: tokens.TokenStream, seq_len: int, batch_size: int, *,
     ds = ds.shuffle(seed=seed)
   if repeat:
     ds = ds.repeat(None)  # reshuffled every epoch; shuffle before repeat keeps epochs whole
+  if transform is not None:  # after repeat: each epoch draws new random choices
+    ds = ds.random_map(transform, seed=seed or 0)
   return ds.batch(local, drop_remainder=True)[process_index::process_count]

@@ -20,12 +20,13 @@ from gptjax.model import GPTConfig
 def evaluate(params: Any, eval_fn: Callable, batches: Iterator[np.ndarray],
              to_global: Callable[[np.ndarray], jax.Array], *,
              tokens_per_byte: float = 0.0) -> dict[str, float]:
-  """Mean validation NLL over all target tokens of `batches`, its perplexity and bits per byte.
+  """Mean validation NLL over the predicted tokens of `batches`, its perplexity, the top-1 accuracy
+  and bits per byte. The predicted tokens are every next token, or the masked ones under MLM.
 
   Bits per byte (`loss / ln 2 * tokens / bytes`) compares runs with different tokenizers;
   it is reported when the split's tokens-per-byte ratio is known.
   """
-  totals = np.zeros(2)
+  totals = np.zeros(3)  # summed NLL, predicted tokens, top-1 hits
   for batch in batches:
     totals += np.asarray(eval_fn(params, to_global(batch)))
   if totals[1] == 0:
@@ -33,7 +34,7 @@ def evaluate(params: Any, eval_fn: Callable, batches: Iterator[np.ndarray],
                      'larger validation set (data.val_fraction or data.val_paths).')
   loss = totals[0] / totals[1]
   result = {'eval_loss': loss, 'eval_perplexity': math.exp(min(loss, 700.0)),
-            'eval_tokens': int(totals[1])}
+            'eval_accuracy': totals[2] / totals[1], 'eval_tokens': int(totals[1])}
   if tokens_per_byte:
     result['eval_bits_per_byte'] = loss / math.log(2) * tokens_per_byte
   return result

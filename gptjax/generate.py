@@ -48,6 +48,9 @@ def main(argv: Sequence[str]) -> None:
   if _BEAMS.value < 1:
     raise ValueError(f'--num_beams={_BEAMS.value} must be at least 1 (1 samples, more search).')
   config, params = train.load_params(_WORKDIR.value)
+  if not config.model.get('causal', True):
+    raise ValueError(f'{_WORKDIR.value} holds a bidirectional model (model.causal=False, trained '
+                     'on masked tokens): it cannot generate text left to right.')
   model_config = hardware.resolve_attention(GPTConfig.from_config(config.model), jax.devices()[0])
   tokenizer = load_or_train_tokenizer(config, _WORKDIR.value)
   prompt_ids = [int(i) for i in tokenizer.encode(_PROMPT.value)] or [int(tokenizer.eos_id)]

@@ -26,7 +26,8 @@ CPU_TOKENS_PER_PASS = 1024
 
 def resolve_attention(cfg: GPTConfig, device: jax.Device) -> GPTConfig:
   """`cfg` with a concrete attention backend for `device`; the choice and its reason are logged."""
-  impl, why = attention.resolve(cfg.attention_impl, device, cfg.compute_dtype, cfg.head_dim)
+  impl, why = attention.resolve(cfg.attention_impl, device, cfg.compute_dtype, cfg.head_dim,
+                                causal=cfg.causal)
   logging.info('Attention: %s (%s).', impl, why)
   return dataclasses.replace(cfg, attention_impl=impl)
 

@@ -21,7 +21,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-from gptjax import attention, parametrization
+from gptjax import attention, mlm, parametrization
 
 Array = jax.Array
 
@@ -61,6 +61,8 @@ class GPTConfig:
   # A backend of `gptjax.attention`; '' (the config files' default) is resolved to one where the
   # run is set up (`gptjax.hardware.resolve_attention`), before the model is applied.
   attention_impl: str = 'xla'
+  # False: every position attends to the whole sequence (the MLM objective, `gptjax/mlm.py`).
+  causal: bool = True
 
   def __post_init__(self):
     def check(ok: bool, message: str):
@@ -91,6 +93,9 @@ class GPTConfig:
     check(self.attention_impl in ('',) + attention.BACKENDS,
           f'attention_impl={self.attention_impl!r}; choose one of {attention.BACKENDS}, or leave it '
           "'' to pick one where the run is set up.")
+    check(self.causal or self.attention_impl in ('',) + attention.BIDIRECTIONAL_BACKENDS,
+          f'attention_impl={self.attention_impl!r} computes causal attention only; with '
+          f'causal=False choose one of {attention.BIDIRECTIONAL_BACKENDS}, or leave it empty.')
 
   @classmethod
   def from_config(cls, model_config: ml_collections.ConfigDict | dict[str, Any]) -> GPTConfig:
@@ -103,12 +108,17 @@ class GPTConfig:
 
   @classmethod
   def from_run_config(cls, config: ml_collections.ConfigDict) -> GPTConfig:
-    """The model of a whole run config, checked against the sequences its data will feed it."""
+    """The model of a whole run config, checked against the sequences its data will feed it and
+    its objective; under MLM the vocabulary holds one more id, `[MASK]` (`gptjax/mlm.py`)."""
     if config.data.seq_len > config.model.max_seq_len and config.model.position == 'learned':
       raise ValueError(f'data.seq_len={config.data.seq_len} exceeds model.max_seq_len='
                        f'{config.model.max_seq_len}, the size of the learned position table; raise '
                        'model.max_seq_len or shorten data.seq_len.')
-    return cls.from_config(config.model)
+    mlm.check_config(config)
+    cfg = cls.from_config(config.model)
+    if config.train.objective == 'mlm':
+      cfg = dataclasses.replace(cfg, vocab_size=mlm.mask_id(cfg.vocab_size) + 1)
+    return cfg
 
   @property
   def kv_heads(self) -> int:
@@ -208,7 +218,7 @@ class _HeadProjection(nn.Module):
 
 
 class CausalSelfAttention(nn.Module):
-  """Multi-head (or grouped-query) causal attention.
+  """Multi-head (or grouped-query) causal attention, or bidirectional where `config.causal` is off.
 
   Unpadded training and scoring run `config.attention_impl`'s backend of `gptjax.attention`;
   padded batches and decoding, which need an explicit mask, run `attention.masked_attention`.
@@ -236,6 +246,9 @@ class CausalSelfAttention(nn.Module):
       q_BxTxNxH = q_BxTxNxH * parametrization.attention_multiplier(cfg.width_mult)
     q_BxTxNxH = nn.with_logical_constraint(q_BxTxNxH, attention.ACTIVATION_AXES)
 
+    if self.decode and not cfg.causal:
+      raise ValueError('A non-causal model (model.causal=False) cannot decode: each position '
+                       'attends to tokens that are not generated yet.')
     if self.decode:
       k_BxSxKxH, v_BxSxKxH, mask_Bx1xTxS = self._update_cache(k_BxTxKxH, v_BxTxKxH, kv_mask_BxS)
       if mask_Bx1xTxS is None:  # initialisation pass: the cache is only being created
@@ -244,15 +257,18 @@ class CausalSelfAttention(nn.Module):
                                                impl=cfg.attention_impl)
     elif kv_mask_BxS is not None:
       t = x_BxTxD.shape[1]
-      causal_TxT = jnp.tril(jnp.ones((t, t), bool))
+      visible_TxT = jnp.tril(jnp.ones((t, t), bool)) if cfg.causal else jnp.ones((t, t), bool)
       # A padded query still sees itself, so its softmax row is never empty (no NaN).
-      mask_Bx1xTxT = ((causal_TxT[None, None] & kv_mask_BxS[:, None, None, :])
+      mask_Bx1xTxT = ((visible_TxT[None, None] & kv_mask_BxS[:, None, None, :])
                       | jnp.eye(t, dtype=bool)[None, None])
       out_BxTxNxH = attention.masked_attention(q_BxTxNxH, k_BxTxKxH, v_BxTxKxH, mask_Bx1xTxT,
                                                impl=cfg.attention_impl)
-    else:
+    elif cfg.causal:
       out_BxTxNxH = attention.causal_attention(q_BxTxNxH, k_BxTxKxH, v_BxTxKxH,
                                                impl=cfg.attention_impl)
+    else:
+      out_BxTxNxH = attention.bidirectional_attention(q_BxTxNxH, k_BxTxKxH, v_BxTxKxH,
+                                                      impl=cfg.attention_impl)
 
     out_std = cfg.init_std / math.sqrt(2 * cfg.num_layers)
     kernel_NxHxD = self.param('out_kernel', _init(cfg, out_std, ('heads', 'head_dim', 'embed')),

@@ -1,4 +1,9 @@
-"""Pure training and evaluation steps: functions of (state, batch), jitted by the caller with shardings."""
+"""Pure training and evaluation steps: functions of (state, batch), jitted by the caller with shardings.
+
+A batch is either next-token windows, int32 [B, T+1] (inputs are [:, :-1], targets [:, 1:]), or
+masked examples of the MLM objective, int32 [B, 2, T] (inputs [:, 0], labels [:, 1], `mlm.IGNORE`
+where nothing is predicted; `gptjax/mlm.py`). The batch's rank says which, so the steps need no flag.
+"""
 
 from __future__ import annotations
 
@@ -9,6 +14,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from gptjax import mlm
 from gptjax.model import GPT
 
 Array = jax.Array
@@ -42,13 +48,25 @@ def cross_entropy(logits_BxTxV: Array, targets_BxT: Array) -> Array:
   return token_nll(logits_BxTxV, targets_BxT).mean()
 
 
-def loss_fn(params: Any, model: GPT, batch_BxT1: Array, dropout_key: Array | None) -> Array:
-  """Loss of predicting tokens[1:] from tokens[:-1]; dropout is on iff a key is given."""
-  inputs_BxT, targets_BxT = batch_BxT1[:, :-1], batch_BxT1[:, 1:]
+def inputs_and_labels(batch: Array) -> tuple[Array, Array]:
+  """(inputs [B, T], labels [B, T]) of a next-token [B, T+1] or masked [B, 2, T] batch."""
+  if batch.ndim == 3:
+    return batch[:, 0], batch[:, 1]
+  return batch[:, :-1], batch[:, 1:]
+
+
+def loss_fn(params: Any, model: GPT, batch: Array, dropout_key: Array | None) -> Array:
+  """Mean NLL of the predicted tokens (every next token; the selected ones of a masked batch);
+  dropout is on iff a key is given."""
+  inputs_BxT, labels_BxT = inputs_and_labels(batch)
   rngs = {} if dropout_key is None else {'dropout': dropout_key}
   logits_BxTxV = model.apply({'params': params}, inputs_BxT, deterministic=dropout_key is None,
                              rngs=rngs)
-  return cross_entropy(logits_BxTxV, targets_BxT)
+  if batch.ndim == 2:
+    return cross_entropy(logits_BxTxV, labels_BxT)
+  selected_BxT = labels_BxT != mlm.IGNORE
+  nll_BxT = token_nll(logits_BxTxV, jnp.where(selected_BxT, labels_BxT, 0))
+  return jnp.sum(jnp.where(selected_BxT, nll_BxT, 0.0)) / jnp.maximum(jnp.sum(selected_BxT), 1)
 
 
 def train_step(state: TrainState, batch_BxT1: Array, *, model: GPT,
@@ -71,7 +89,7 @@ def train_step(state: TrainState, batch_BxT1: Array, *, model: GPT,
   else:
     a, b = grad_accum_steps, batch_BxT1.shape[0]
     # Micro-batch i takes rows i, i + a, i + 2a, ...: each keeps an equal share on every data shard.
-    micro_AxMxT1 = batch_BxT1.reshape(b // a, a, -1).swapaxes(0, 1)
+    micro_AxMxT1 = batch_BxT1.reshape(b // a, a, *batch_BxT1.shape[1:]).swapaxes(0, 1)
 
     def accumulate(carry, inputs):
       loss_sum, grad_sum = carry
@@ -97,9 +115,15 @@ def train_step(state: TrainState, batch_BxT1: Array, *, model: GPT,
   return TrainState(step=state.step + 1, params=params, opt_state=opt_state), metrics
 
 
-def eval_step(params: Any, batch_BxT1: Array, *, model: GPT) -> Array:
-  """Summed token NLL and token count, so batches of any size average exactly."""
-  inputs_BxT, targets_BxT = batch_BxT1[:, :-1], batch_BxT1[:, 1:]
+def eval_step(params: Any, batch: Array, *, model: GPT) -> Array:
+  """Summed NLL, count and number of top-1 hits of the predicted tokens, so batches of any size
+  average exactly."""
+  inputs_BxT, labels_BxT = inputs_and_labels(batch)
   logits_BxTxV = model.apply({'params': params}, inputs_BxT, deterministic=True)
-  losses_BxT = token_nll(logits_BxTxV, targets_BxT)
-  return jnp.stack([losses_BxT.sum(), jnp.asarray(losses_BxT.size, jnp.float32)])
+  selected_BxT = labels_BxT != mlm.IGNORE
+  labels_BxT = jnp.where(selected_BxT, labels_BxT, 0)
+  losses_BxT = token_nll(logits_BxTxV, labels_BxT)
+  hits_BxT = jnp.argmax(logits_BxTxV, axis=-1) == labels_BxT
+  return jnp.stack([jnp.sum(jnp.where(selected_BxT, losses_BxT, 0.0)),
+                    jnp.sum(selected_BxT, dtype=jnp.float32),
+                    jnp.sum(selected_BxT & hits_BxT, dtype=jnp.float32)])

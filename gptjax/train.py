@@ -88,7 +88,7 @@ def jit_steps(config: ml_collections.ConfigDict, setup: hardware.Setup, mesh: Me
 
 
 def _global_batch(local_batch: np.ndarray, batch_sharding: jax.sharding.NamedSharding,
-                  global_shape: tuple[int, int]) -> jax.Array:
+                  global_shape: tuple[int, ...]) -> jax.Array:
   return jax.make_array_from_process_local_data(batch_sharding, np.asarray(local_batch, np.int32),
                                                 global_shape)
 
@@ -105,8 +105,8 @@ def _prepare_data(config: ml_collections.ConfigDict, workdir: str, mesh: Mesh
     if jax.process_index() == 0:
       tokens.token_streams(config, tokenizer.load_or_train_tokenizer(config, workdir), workdir)
     multihost_utils.sync_global_devices('gptjax: tokenizer and token cache written')
-  batch_shape = (config.data.batch_size, config.data.seq_len + 1)  # windows: inputs + next token
-  block, num_blocks = sharding.process_batch_block(sharding.batch_sharding(mesh), *batch_shape)
+  batch_shape = (config.data.batch_size, *data_lib.row_shape(config))
+  block, num_blocks = sharding.process_batch_block(sharding.batch_sharding(mesh), *batch_shape[:2])
   data = data_lib.build_data(config, workdir, process_index=block, process_count=num_blocks)
   config = ml_collections.ConfigDict(config.to_dict())  # unlocked copy; the caller's is untouched
   if config.data.source != 'tokens':  # token shards carry ids of the user's stated vocabulary
@@ -180,7 +180,9 @@ class _Recorder:
     self.tokens_per_step = config.data.seq_len * config.data.batch_size
     self.full_flops_per_token = flops.flops_per_token(model_cfg, self.seq_len, method='full')
     self.peak = flops.device_peak_flops(jax.devices()[0].device_kind, model_cfg.compute_dtype)
-    self.tokens_per_byte = data.val_tokens / data.val_bytes if data.val_bytes else 0.0
+    # Bits per byte needs a loss over every token; a masked-token loss has no such reading.
+    clm = config.train.objective == 'clm'
+    self.tokens_per_byte = data.val_tokens / data.val_bytes if data.val_bytes and clm else 0.0
     self.is_main = jax.process_index() == 0
     self.writer = metrics_lib.MetricsWriter(workdir, enabled=self.is_main)
     self.progress = Progress(config.train.num_steps, start_step, self.tokens_per_step)
@@ -289,7 +291,7 @@ def _train(config: ml_collections.ConfigDict, workdir: str, mesh: Mesh, *,
                dict(mesh.shape))
   to_global = functools.partial(
       _global_batch, batch_sharding=sharding.batch_sharding(mesh),
-      global_shape=(config.data.batch_size, config.data.seq_len + 1))
+      global_shape=(config.data.batch_size, *data_lib.row_shape(config)))
   evaluate_with = functools.partial(evaluate.evaluate, eval_fn=jit_eval, to_global=to_global,
                                     tokens_per_byte=recorder.tokens_per_byte)
   t = config.train

@@ -143,8 +143,9 @@ def test_dropout_changes_the_loss_and_is_reproducible():
 
 def test_eval_step_sums_token_losses():
   state, _, batch, model = _setup()
-  total, count = np.asarray(eval_step(state.params, batch, model=model))
+  total, count, hits = np.asarray(eval_step(state.params, batch, model=model))
   logits = model.apply({'params': state.params}, batch[:, :-1])
   expected = optax.softmax_cross_entropy_with_integer_labels(logits, batch[:, 1:]).sum()
   assert count == 8 * 16
   np.testing.assert_allclose(total, float(expected), rtol=1e-5)
+  assert hits == np.sum(np.argmax(np.asarray(logits), -1) == np.asarray(batch[:, 1:]))

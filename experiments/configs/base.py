@@ -36,6 +36,7 @@ def get_model_config() -> ml_collections.ConfigDict:
   # 'xla' | 'cudnn' | 'blocked' | 'cpu_fused' (gptjax/attention); '' picks the fastest that runs
   # where the run is set up ('cpu_fused' on a CPU, else 'blocked'; 'cudnn' on NVIDIA GPUs in bf16)
   m.attention_impl = ''
+  m.causal = True  # False: bidirectional attention, for train.objective='mlm'
   return m
 
 
@@ -61,6 +62,9 @@ def get_config() -> ml_collections.ConfigDict:
   d.worker_count = 0
 
   t = config.train = ml_collections.ConfigDict()
+  # 'clm': predict every next token; 'mlm': BERT's masked tokens (gptjax/mlm.py), with
+  # model.causal=False
+  t.objective = 'clm'
   t.num_steps = 1000
   t.learning_rate = 1e-3
   t.min_lr_ratio = 0.1  # cosine decays to learning_rate * min_lr_ratio

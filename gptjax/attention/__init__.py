@@ -1,4 +1,4 @@
-"""Causal self-attention behind one entry point; the backend is a name chosen where a run is set up.
+"""Self-attention behind one entry point; the backend is a name chosen where a run is set up.
 
 Every backend computes softmax(QKᵀ/√H + causal mask) V of [B, T, heads, H] queries, keys and
 values; with grouped-query attention, query head n reads key/value head n // G.
@@ -10,7 +10,8 @@ values; with grouped-query attention, query head n reads key/value head n // G.
 compute dtype and the head size (BENCHMARKS.md), and refuses a named backend that cannot run there;
 `gptjax.hardware` calls it once per run and logs the choice, so the model only ever sees a name.
 Padded batches and decoding with a KV cache need an explicit mask, which only
-`jax.nn.dot_product_attention` takes: they go through `masked_attention`.
+`jax.nn.dot_product_attention` takes: they go through `masked_attention`. A non-causal model
+(`model.causal=False`, the MLM objective) runs `bidirectional_attention`, on 'xla' or 'cudnn'.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from gptjax.attention import blocked, cpu_fused
 Array = jax.Array
 
 BACKENDS = ('xla', 'cudnn', 'blocked', 'cpu_fused')
+BIDIRECTIONAL_BACKENDS = ('xla', 'cudnn')
 # Logical axes of the [B, T, N, H] queries and outputs; the fused kernel splits its work by them.
 ACTIVATION_AXES = ('batch', 'length', 'act_heads', 'head_dim')
 
@@ -42,6 +44,17 @@ def causal_attention(q_BxTxNxH: Array, k_BxTxKxH: Array, v_BxTxKxH: Array, *, im
                    "model.attention_impl='' in the config to have the run pick one.")
 
 
+def bidirectional_attention(q_BxTxNxH: Array, k_BxTxKxH: Array, v_BxTxKxH: Array, *,
+                            impl: str) -> Array:
+  """Attention of T queries over all T keys (a non-causal model). Only the XLA and cuDNN paths
+  compute it: 'blocked' and 'cpu_fused' exist to skip the causal mask's upper triangle."""
+  if impl not in BIDIRECTIONAL_BACKENDS:
+    raise ValueError(f'attention_impl={impl!r} computes causal attention only; a model with '
+                     f'model.causal=False runs one of {BIDIRECTIONAL_BACKENDS}.')
+  return jax.nn.dot_product_attention(q_BxTxNxH, k_BxTxKxH, v_BxTxKxH, is_causal=False,
+                                      implementation=impl)
+
+
 def masked_attention(q_BxTxNxH: Array, k_BxSxKxH: Array, v_BxSxKxH: Array, mask_Bx1xTxS: Array,
                      *, impl: str) -> Array:
   """Attention of T queries over S keys where `mask` is True (padding, a KV cache's filled slots).
@@ -53,7 +66,8 @@ def masked_attention(q_BxTxNxH: Array, k_BxSxKxH: Array, v_BxSxKxH: Array, mask_
                                       implementation='cudnn' if impl == 'cudnn' else 'xla')
 
 
-def resolve(impl: str, device: jax.Device, dtype: jnp.dtype, head_dim: int) -> tuple[str, str]:
+def resolve(impl: str, device: jax.Device, dtype: jnp.dtype, head_dim: int,
+            causal: bool = True) -> tuple[str, str]:
   """The backend for `model.attention_impl=impl` on `device`, and why it was chosen.
 
   '' picks: on a CPU the fused kernel where it applies and is fast (float32, head sizes 16-128,
@@ -66,6 +80,9 @@ def resolve(impl: str, device: jax.Device, dtype: jnp.dtype, head_dim: int) -> t
                      'to pick the fastest that runs here.')
   dtype_name = jnp.dtype(dtype).name
   where = f'{dtype_name} with head size {head_dim} on {device.platform} ({device.device_kind})'
+  if not causal and impl not in ('',) + BIDIRECTIONAL_BACKENDS:
+    raise ValueError(f'model.attention_impl={impl!r} computes causal attention only; with '
+                     f'model.causal=False choose one of {BIDIRECTIONAL_BACKENDS}, or leave it empty.')
   if impl == 'cpu_fused':
     if device.platform != 'cpu' or not cpu_fused.supports(dtype, head_dim):
       raise ValueError(
@@ -77,6 +94,8 @@ def resolve(impl: str, device: jax.Device, dtype: jnp.dtype, head_dim: int) -> t
                          "model.attention_impl='' to fall back to 'blocked'.")
   if impl:
     return impl, f'named in the config; {where}'
+  if device.platform == 'cpu' and not causal:
+    return 'xla', f'the blocked and fused CPU backends are causal only; {where}'
   if device.platform == 'cpu':
     if not cpu_fused.supports(dtype, head_dim):
       return 'blocked', (f'the fused CPU kernel takes float32 with head sizes '
