@@ -18,6 +18,10 @@ to 41K (between d_model 32 and 48) at 1e12. The choices below were measured at C
   1.79 / 1.78 with 2e-3 / 4e-3 / 8e-3 / 1.2e-2; d_model=48 at 2.06 / 1.99 with 3.3e-3 / 5.2e-3;
   d_model=16 at 1.89 / 1.92 with 5.7e-3 / 1.6e-2; d_model=64 at 2.19 / 2.20 with 2.8e-3 / 5.7e-3.
   A too-low rate for one size would tilt its IsoFLOP curve and move the minimum.
+  The sweep stays in SP with these per-size rates rather than muP with one rate
+  (`model.parametrization='mup'`, docs/mup.md): muP has not been measured on this grid, and in the
+  LR-transfer sweep (experiments/sweeps/mup_lr_transfer.py) muP, while its best rate held, ended
+  above SP's best loss at every width past its base, so switching could tilt the IsoFLOP curves.
 - Warmup 5% of each member's steps, then cosine decay to 10% at its own last step, so every member
   is a finished run of its token budget (Hoffmann et al.: a schedule longer than the run inflates
   the loss of the shorter runs).
