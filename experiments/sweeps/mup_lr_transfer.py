@@ -9,8 +9,9 @@ learning rate for d_model 64 to 512.
 width) x peak learning rates 2^-14 ... 2^-4 x {SP, muP with base_width 64}. Every member trains
 on the same 51K tokens of the stdlib corpus (200 steps of 4 x 64 bytes, warmup 20 steps, cosine
 to 10%) and is evaluated on the same 40 validation batches (10K tokens). The runs are short so
-that the 88 of them fit in about 20 minutes of an idle 2-core CPU (65 under a load of 8-10). Under muP the best learning rate
-should stay put as the model widens; under SP it falls (docs/mup.md has the measured table).
+that the 88 of them fit in about 20 minutes of an idle 2-core CPU (65 under a load of 8-10).
+Measured (docs/scaling.md, BENCHMARKS.md): under SP the best rate falls from 2^-9 at width 64 to
+2^-12 at 512; under muP it stays at 2^-9. The CPU scaling sweep stays in SP (see its docstring).
 """
 
 import ml_collections
