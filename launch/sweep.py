@@ -328,6 +328,8 @@ def run_sweep(sweep_path: str, workdir: str, *, backend: str = 'local',
                      'workdir is for --backend=tpu_vm, whose workers mount it.')
   if options is not None:
     options.check()
+  if not run_dir.is_local(workdir):
+    run_dir.exists(workdir)  # an unreachable bucket is one error here, not one per member
   base, members = launch.load_sweep_file(sweep_path)
   names = [m.name for m in members]
   unknown = sorted(set(only) - set(names))

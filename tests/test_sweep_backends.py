@@ -280,6 +280,13 @@ def test_bad_backend_flags_end_in_one_line(tmp_path):
   with pytest.raises(ValueError, match='outside the repository'):
     tpu_vm.repo_path(str(tmp_path / 'sweep.py'))
 
+  def no_gcsfs(original, path):
+    raise ImportError('Please install gcsfs to access Google Storage')
+
+  with epath_testing.mock_epath(exists=no_gcsfs), pytest.raises(OSError, match='pip install gcsfs'):
+    runner.run_sweep(CPU_SWEEP, 'gs://b/runs', backend='tpu_vm',
+                     options=tpu_vm.Options(('s1',), 'us-central2-b'))
+
 
 # ---------------------------------------------------------------- a bucket, through etils.epath
 
