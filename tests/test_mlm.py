@@ -2,6 +2,7 @@
 bidirectional model against the causal one, deterministic resumable masking, the refusals, and a
 small run that learns."""
 
+import json
 import math
 
 import jax
@@ -10,7 +11,7 @@ import numpy as np
 import pytest
 
 from experiments.configs import base
-from gptjax import attention, data as data_lib, mlm, train
+from gptjax import attention, data as data_lib, mlm, run_dir, train
 from gptjax.model import GPT, GPTConfig
 from gptjax.steps import loss_fn
 from gptjax.tokens import TokenStream
@@ -179,3 +180,27 @@ def test_a_small_mlm_run_learns_the_masked_tokens(tmp_path):
   unigram = data_lib.build_data(config, str(tmp_path / 'mlm')).unigram_entropy
   assert final['eval_loss'] < unigram - 0.4, (final['eval_loss'], unigram)
   assert 'eval_bits_per_byte' not in final and 0.2 < final['eval_accuracy'] < 1
+
+
+def test_the_study_report_reads_finished_members_and_draws_the_figure(tmp_path):
+  from experiments import clm_vs_mlm
+  from experiments.sweeps import clm_vs_mlm as study
+  config = study.get_base()
+  for objective, width, loss, accuracy, finished in (('clm', 32, 2.1, 0.41, True),
+                                                       ('mlm', 32, 1.9, 0.47, True),
+                                                       ('mlm', 64, 1.5, 0.6, False)):
+    member = tmp_path / f'{objective}_d{width}'
+    member.mkdir()
+    config.train.objective, config.model.causal, config.model.d_model = (
+        objective, objective == 'clm', width)
+    run_dir.write_config(str(member), config)
+    step = study.NUM_STEPS if finished else study.NUM_STEPS // 2
+    (member / run_dir.METRICS_FILE).write_text(json.dumps(
+        {'step': step, 'eval_loss': loss, 'eval_accuracy': accuracy, 'flops_kaplan': 1e11}) + '\n')
+  curves = clm_vs_mlm.collect(str(tmp_path))
+  assert {o: sorted(w) for o, w in curves.items()} == {'clm': [32], 'mlm': [32]}  # unfinished out
+  report = clm_vs_mlm.format_report(curves).splitlines()
+  assert report[1].split() == ['clm', '32', '1e+11', '2.1000', '0.410']
+  assert report[2].split() == ['mlm', '32', '1e+11', '1.9000', '0.470']
+  clm_vs_mlm.plot(curves, str(tmp_path / 'plots' / 'study.png'))
+  assert (tmp_path / 'plots' / 'study.png').stat().st_size > 10_000
