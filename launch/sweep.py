@@ -177,8 +177,12 @@ def _ended(job: _Job, board: _Board, code: int) -> str | None:
     print(f'{board.prefix()} finished {job.member.name}: eval_loss {status.eval_loss:.4f} '
           f'at C={job.plan.flops:.3g} in {took}', flush=True)
     return None
-  why = (f'exited with status {code}' if code else
-         f'exited at step {status.step} of {job.plan.steps} without an error')
+  if code:
+    why = f'exited with status {code}'
+  elif status.state in ('stale', 'broken', 'running'):  # e.g. the config schema changed meanwhile
+    why = f'exited without an error, but its workdir is now {status.state} ({status.detail})'
+  else:
+    why = f'exited at step {status.step} of {job.plan.steps} without an error'
   print(f'{board.prefix()} FAILED {job.member.name}: {why} after {took}; the end of '
         f'{job.directory}/{LOG_FILE}:\n{_tail(job)}', flush=True)
   return why

@@ -161,6 +161,11 @@ FAKE_TRAINER = textwrap.dedent('''
       open(os.path.join(workdir, 'ready'), 'w').close()
       time.sleep(60)
       sys.exit(3)
+    if mode == 'drift':  # a config that no longer matches the sweep file's, as after an edit
+      os.makedirs(workdir, exist_ok=True)
+      with open(os.path.join(workdir, run_dir.CONFIG_FILE), 'w') as f:
+        json.dump({'train': {'learning_rate': 0.5}}, f)
+      sys.exit(0)
     if mode == 'fail':
       print('Traceback (most recent call last):\\nFloatingPointError: The training loss became '
             'nan at step 3.', flush=True)
@@ -218,7 +223,7 @@ def fake_trainer(tmp_path, monkeypatch):
 
   def command(sweep_path, member, member_dir):
     del sweep_path
-    mode = next((m for m in ('fail', 'slow') if member.name.startswith(m)), 'ok')
+    mode = next((m for m in ('fail', 'slow', 'drift') if member.name.startswith(m)), 'ok')
     return [sys.executable, str(script), member_dir, str(member.overrides['train.num_steps']),
             str(member.overrides['model.d_model']), mode, str(calls)]
 
@@ -252,6 +257,14 @@ def test_runner_skips_finished_resumes_unfinished_and_reports_failures(tmp_path,
   statuses = {name: status.member_status(os.path.join(workdir, name), config).state
               for name, config in _configs(sweep).items()}
   assert statuses == {'done': 'finished', 'half': 'finished', 'new': 'finished', 'failing': 'new'}
+
+
+def test_a_member_whose_workdir_changed_under_it_is_reported_as_such(tmp_path, fake_trainer,
+                                                                     capsys):
+  sweep = _write_sweep(tmp_path, [('drift', 16, 8)])
+  assert runner.run_sweep(sweep, str(tmp_path / 'runs'), n_bootstrap=2) == 1
+  out = capsys.readouterr().out
+  assert 'FAILED drift: exited without an error, but its workdir is now stale (data.' in out
 
 
 def test_ctrl_c_stops_running_members_with_sigterm(tmp_path, fake_trainer, monkeypatch, capsys):
