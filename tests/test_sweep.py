@@ -14,7 +14,6 @@ import signal
 import subprocess
 import sys
 import textwrap
-import time
 
 import numpy as np
 import pytest
@@ -24,6 +23,8 @@ from gptjax import flops, records, run_dir, scaling_isoflop
 from gptjax.model import GPTConfig
 from launch import fit, status
 from launch import sweep as runner
+
+import faults
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CPU_SWEEP = os.path.join(ROOT, 'experiments', 'sweeps', 'cpu_scaling.py')
@@ -309,29 +310,10 @@ def test_stale_member_is_neither_resumed_nor_fitted(tmp_path, fake_trainer, caps
   assert 'its workdir is stale (train.learning_rate: 0.5 -> 0.001); delete' in out
 
 
-HOLD_LOCK = textwrap.dedent('''
-    import sys, time
-    from gptjax import workdir_lock
-    workdir_lock.prepare(sys.argv[1])
-    lock = workdir_lock.WorkdirLock(sys.argv[1])
-    lock.acquire()
-    print('holding', flush=True)
-    time.sleep(120)
-''')
-
-
-def _hold_lock(directory) -> subprocess.Popen:
-  """A process that holds a member's workdir, as a member started by a killed runner does."""
-  process = subprocess.Popen([sys.executable, '-c', HOLD_LOCK, directory], cwd=ROOT,
-                             stdout=subprocess.PIPE, text=True)
-  assert process.stdout.readline() == 'holding\n'
-  return process
-
-
 def test_a_member_another_process_trains_is_left_to_it(tmp_path, fake_trainer, capsys):
   sweep = _write_sweep(tmp_path, [('busy', 16, 8), ('free', 16, 8)])
   workdir = str(tmp_path / 'runs')
-  holder = _hold_lock(os.path.join(workdir, 'busy'))
+  holder = faults.hold_workdir(os.path.join(workdir, 'busy'))
   try:
     busy = status.member_status(os.path.join(workdir, 'busy'), _configs(sweep)['busy'])
     assert busy.state == 'running' and f'PID {holder.pid} on host ' in busy.detail

@@ -15,6 +15,8 @@ from experiments.configs import base
 from gptjax import corpus, tokens
 from gptjax.tokenizer import ByteTokenizer
 
+import faults
+
 
 def _config(tmp_path, source='text', **data_fields):
   config = base.get_config()
@@ -160,14 +162,6 @@ def _damage_truncate(path):
     f.truncate(os.path.getsize(path) - 64)  # whole tokens gone: the size is still even
 
 
-def _damage_flip(path):
-  with open(path, 'r+b') as f:
-    f.seek(os.path.getsize(path) // 2)
-    byte = f.read(1)
-    f.seek(-1, os.SEEK_CUR)
-    f.write(bytes([byte[0] ^ 0x01]))
-
-
 def _damage_meta(path):
   meta = os.path.join(os.path.dirname(path), 'meta.json')
   with open(meta, 'wb') as f:
@@ -176,7 +170,7 @@ def _damage_meta(path):
 
 @pytest.mark.parametrize('damage, split, says', [
     (_damage_truncate, 'train', 'bytes'), (_damage_truncate, 'validation', 'bytes'),
-    (_damage_flip, 'train', 'checksum'), (_damage_meta, 'train', 'meta.json')],
+    (faults.flip_middle_byte, 'train', 'checksum'), (_damage_meta, 'train', 'meta.json')],
     ids=['truncated-train', 'truncated-validation', 'flipped-byte', 'garbled-meta'])
 def test_a_damaged_cache_is_rebuilt_never_read(tmp_path, damage, split, says):
   config = _config(tmp_path)

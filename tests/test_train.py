@@ -24,6 +24,8 @@ from gptjax.model import GPTConfig
 from gptjax.sampling import SamplingConfig
 from gptjax.tokenizer import load_tokenizer
 
+import faults
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 # The same run as flags (for the subprocess test) and as a config (for in-process runs).
@@ -262,12 +264,7 @@ def test_a_checkpoint_of_another_model_is_refused_not_set_aside(finished_run, tm
 def _flip_a_byte_of_the_largest_array_file(step_dir):
   files = [os.path.join(root, name) for root, _, names in os.walk(os.path.join(step_dir, 'state'))
            for name in names]
-  path = max(files, key=os.path.getsize)
-  with open(path, 'r+b') as f:
-    f.seek(os.path.getsize(path) // 2)
-    byte = f.read(1)
-    f.seek(-1, os.SEEK_CUR)
-    f.write(bytes([byte[0] ^ 0x01]))
+  faults.flip_middle_byte(max(files, key=os.path.getsize))
 
 
 def _alter_one_saved_checksum(step_dir):

@@ -7,32 +7,20 @@ import signal
 import socket
 import subprocess
 import sys
-import textwrap
 
 import pytest
 
 from experiments.configs import base
 from gptjax import run_dir, train, workdir_lock
 
+import faults
+
 ROOT = pathlib.Path(__file__).resolve().parents[1]
-HOLD = textwrap.dedent('''
-    import sys, time
-    from gptjax import workdir_lock
-    workdir_lock.prepare(sys.argv[1])
-    lock = workdir_lock.WorkdirLock(sys.argv[1])
-    lock.acquire()
-    print('holding', flush=True)
-    time.sleep(120)
-''')
-
-
 @pytest.fixture
 def held(tmp_path):
   """A workdir held by another process, as by a run in progress; yields (workdir, process)."""
   workdir = str(tmp_path / 'run')
-  process = subprocess.Popen([sys.executable, '-c', HOLD, workdir], cwd=ROOT,
-                             stdout=subprocess.PIPE, text=True)
-  assert process.stdout.readline() == 'holding\n'
+  process = faults.hold_workdir(workdir)
   yield workdir, process
   process.kill()
   process.wait()
