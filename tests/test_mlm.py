@@ -174,8 +174,8 @@ def test_a_small_mlm_run_learns_the_masked_tokens(tmp_path):
   config.model.update(d_model=64, num_layers=2, num_heads=4, max_seq_len=64, causal=False,
                       position='rope')
   config.data.update(seq_len=64, batch_size=32, max_corpus_bytes=400_000)
-  config.train.update(objective='mlm', num_steps=200, warmup_steps=10, learning_rate=5e-3,
-                      log_every=100, eval_every=200, eval_batches=4, checkpoint_every=1000)
+  config.train.update(objective='mlm', num_steps=300, warmup_steps=10, learning_rate=5e-3,
+                      log_every=100, eval_every=300, eval_batches=4, checkpoint_every=1000)
   final = train.train_and_evaluate(config, str(tmp_path / 'mlm'))
   unigram = data_lib.build_data(config, str(tmp_path / 'mlm')).unigram_entropy
   assert final['eval_loss'] < unigram - 0.4, (final['eval_loss'], unigram)
