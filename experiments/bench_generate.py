@@ -24,7 +24,8 @@ import jax.numpy as jnp
 from absl import app, flags
 
 from gptjax.decoding import generate
-from gptjax.model import GPT, GPTConfig
+from gptjax.model import GPT
+from gptjax.model_config import GPTConfig
 from gptjax.sampling import SamplingConfig
 
 _NEW_TOKENS = flags.DEFINE_integer('new_tokens', 256, 'Tokens generated per sequence.')

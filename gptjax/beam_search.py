@@ -32,7 +32,7 @@ import jax
 import jax.numpy as jnp
 
 from gptjax.decoding import decode_apply, prefill
-from gptjax.model import GPTConfig
+from gptjax.model_config import GPTConfig
 
 Array = jax.Array
 PENALTIES = ('gnmt', 'simple')

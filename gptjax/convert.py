@@ -37,7 +37,7 @@ from ml_collections import config_flags
 
 from gptjax import checkpointing, cli, hf_gpt2, optim, run_dir, train
 from gptjax.hf_gpt2 import ConversionError
-from gptjax.model import GPTConfig
+from gptjax.model_config import GPTConfig
 from gptjax.steps import TrainState
 from gptjax.tokenizer import BPETokenizer, Tokenizer, gpt2_bpe, load_tokenizer
 

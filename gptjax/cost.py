@@ -31,7 +31,7 @@ from ml_collections import config_flags
 
 from gptjax import cli, flops
 from gptjax.flops import Accelerator, ParamCounts
-from gptjax.model import GPTConfig
+from gptjax.model_config import GPTConfig
 from gptjax.progress import format_duration
 
 HOUR = 3600.0

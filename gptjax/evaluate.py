@@ -14,7 +14,7 @@ import jax
 import numpy as np
 
 from gptjax import flops
-from gptjax.model import GPTConfig
+from gptjax.model_config import GPTConfig
 
 
 def evaluate(params: Any, eval_fn: Callable, batches: Iterator[np.ndarray],

@@ -19,7 +19,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from gptjax.model import GPTConfig
+from gptjax.model_config import GPTConfig
 
 FLOP_METHODS = ('kaplan', 'full')
 

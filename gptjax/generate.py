@@ -19,7 +19,7 @@ from absl import app, flags
 from gptjax import cli, hardware, train
 from gptjax.beam_search import BeamSearchConfig, beam_search
 from gptjax.decoding import left_pad, sample_windowed
-from gptjax.model import GPTConfig
+from gptjax.model_config import GPTConfig
 from gptjax.sampling import SamplingConfig
 from gptjax.tokenizer import load_or_train_tokenizer
 

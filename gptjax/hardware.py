@@ -16,7 +16,7 @@ from absl import logging
 from jax.sharding import Mesh
 
 from gptjax import attention, sharding
-from gptjax.model import GPTConfig
+from gptjax.model_config import GPTConfig
 
 # 'auto' on a CPU: tokens per host in one forward+backward pass, shared by the host's devices.
 # A pass this small keeps each layer's activations in the caches between its forward and backward

@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 from flax import traverse_util
 
-from gptjax.model import GPTConfig
+from gptjax.model_config import GPTConfig
 
 # gptjax.model's LayerNorm epsilon; a GPT-2 config with another one computes a different function.
 LAYER_NORM_EPSILON = 1e-5

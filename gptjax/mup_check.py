@@ -32,7 +32,8 @@ from absl import app, flags
 from ml_collections import config_flags
 
 from gptjax import optim, parametrization, plots
-from gptjax.model import GPT, MLP, Block, CausalSelfAttention, GPTConfig
+from gptjax.model import GPT, MLP, Block, CausalSelfAttention
+from gptjax.model_config import GPTConfig
 from gptjax.steps import TrainState, train_step
 
 # {parametrization: {width: [{layer: mean |activation|} for step 0..steps]}}

@@ -16,7 +16,8 @@ import ml_collections
 import optax
 
 from gptjax import parametrization
-from gptjax.model import GPT, GPTConfig
+from gptjax.model import GPT
+from gptjax.model_config import GPTConfig
 
 SCHEDULES = ('cosine', 'constant', 'inverse_sqrt')
 # Parameters that are decayed: weight matrices and embedding tables. Norm scales and biases are not:

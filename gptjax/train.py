@@ -25,7 +25,8 @@ from jax.sharding import Mesh
 from gptjax import checkpointing, corpus, data as data_lib, evaluate, flops, hardware
 from gptjax import metrics as metrics_lib, optim, run_dir, sharding, stopping, tokenizer, tokens
 from gptjax import workdir_lock
-from gptjax.model import GPT, GPTConfig
+from gptjax.model import GPT
+from gptjax.model_config import GPTConfig
 from gptjax.progress import Progress
 from gptjax.records import EVAL_KEY
 from gptjax.steps import TrainState, eval_step, train_step

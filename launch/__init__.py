@@ -29,7 +29,7 @@ from typing import Any, Mapping, Sequence
 import ml_collections
 
 from gptjax import flops, optim
-from gptjax.model import GPTConfig
+from gptjax.model_config import GPTConfig
 
 PARAMS_KEYS = {'kaplan': 'params_non_embedding', 'full': 'params_total'}
 _NAME = re.compile(r'^[A-Za-z0-9][A-Za-z0-9_.-]*$')

@@ -11,7 +11,8 @@ import pytest
 
 from gptjax import attention
 from gptjax.attention import blocked, cpu_fused
-from gptjax.model import GPT, GPTConfig
+from gptjax.model import GPT
+from gptjax.model_config import GPTConfig
 
 
 def _reference(q, k, v, mask_TxS):

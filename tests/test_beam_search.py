@@ -11,7 +11,8 @@ import pytest
 from gptjax.beam_search import BeamSearchConfig, _beam_step, _BeamState, beam_search, length_penalty
 from gptjax.decoding import generate, left_pad
 from random_models import random_model
-from gptjax.model import GPT, GPTConfig
+from gptjax.model import GPT
+from gptjax.model_config import GPTConfig
 from gptjax.sampling import SamplingConfig
 
 PROMPTS = ([1, 2, 3], [4])

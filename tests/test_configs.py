@@ -12,7 +12,8 @@ from absl import flags
 from ml_collections import config_flags
 
 from gptjax import corpus, optim, run_dir, sharding
-from gptjax.model import GPT, GPTConfig
+from gptjax.model import GPT
+from gptjax.model_config import GPTConfig
 from gptjax.tokenizer import ByteTokenizer
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

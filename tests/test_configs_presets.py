@@ -11,7 +11,7 @@ from absl import flags
 from ml_collections import config_flags
 
 from gptjax.flops import param_counts
-from gptjax.model import GPTConfig
+from gptjax.model_config import GPTConfig
 
 PRESETS = {name: importlib.import_module(f'experiments.configs.{name}')
            for name in ('gpt2', 'gpt3')}

@@ -24,7 +24,8 @@ from experiments.configs import base
 from gptjax import convert, decoding, hf_gpt2, run_dir, steps, train
 from gptjax.attention import cpu_fused
 from gptjax.hf_gpt2 import ConversionError
-from gptjax.model import GPT, GPTConfig
+from gptjax.model import GPT
+from gptjax.model_config import GPTConfig
 from gptjax.sampling import SamplingConfig
 from gptjax.tokenizer import load_tokenizer, train_bpe
 

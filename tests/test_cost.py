@@ -11,7 +11,7 @@ import pytest
 from experiments.configs import gpt3
 from gptjax import cost
 from gptjax.flops import Accelerator
-from gptjax.model import GPTConfig
+from gptjax.model_config import GPTConfig
 from gptjax.scaling import ChinchillaFit
 
 # A made-up chip with round numbers, so every expected value below is worked by hand.

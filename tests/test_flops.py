@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 
 from gptjax import flops
-from gptjax.model import GPT, GPTConfig
+from gptjax.model import GPT
+from gptjax.model_config import GPTConfig
 
 BASE = GPTConfig(vocab_size=97, d_model=32, num_layers=2, num_heads=4, max_seq_len=16)
 VARIANTS = {

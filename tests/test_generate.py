@@ -9,7 +9,8 @@ import pytest
 
 from gptjax.decoding import decode_apply, generate, left_pad, prefill, sample_windowed
 from random_models import random_model
-from gptjax.model import GPT, GPTConfig
+from gptjax.model import GPT
+from gptjax.model_config import GPTConfig
 from gptjax.sampling import SamplingConfig
 
 PROMPTS = ([1, 2, 3, 4, 5], [6, 7, 8])  # different lengths, so row 1 is left-padded

@@ -12,7 +12,8 @@ import pytest
 
 from experiments.configs import base
 from gptjax import attention, data as data_lib, mlm, run_dir, train
-from gptjax.model import GPT, GPTConfig
+from gptjax.model import GPT
+from gptjax.model_config import GPTConfig
 from gptjax.steps import loss_fn
 from gptjax.tokens import TokenStream
 

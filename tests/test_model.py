@@ -8,8 +8,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from gptjax import model as model_lib
-from gptjax.model import (GPT, CausalSelfAttention, GPTConfig, apply_rope, sinusoidal_positions)
+from gptjax import model_config
+from gptjax.model import GPT, CausalSelfAttention, apply_rope, sinusoidal_positions
+from gptjax.model_config import GPTConfig
 from random_models import random_model
 
 SMALL = dict(vocab_size=37, d_model=32, num_layers=2, num_heads=4, max_seq_len=16)
@@ -188,10 +189,10 @@ def test_remat_leaves_the_gradients_unchanged(scan):
   """
   overrides = (('dropout', 0.1), ('scan_layers', scan))
   _, params = random_model(0.2, tuple(sorted(SMALL.items())), overrides)  # no flax init: quick
-  cfgs = [GPTConfig(**SMALL, **dict(overrides), remat=remat) for remat in model_lib.REMATS]
+  cfgs = [GPTConfig(**SMALL, **dict(overrides), remat=remat) for remat in model_config.REMATS]
   tokens = jax.random.randint(jax.random.key(1), (2, 12), 0, SMALL['vocab_size'])
   all_grads = jax.jit(lambda p, t: [jax.grad(_loss)(p, cfg, t) for cfg in cfgs])(params, tokens)
-  grads = dict(zip(model_lib.REMATS, jax.tree.map(np.asarray, all_grads)))
+  grads = dict(zip(model_config.REMATS, jax.tree.map(np.asarray, all_grads)))
   scale = max(np.abs(g).max() for g in jax.tree.leaves(grads['none']))
   assert np.isfinite(scale) and scale > 0
   for remat in ('full', 'dots'):

@@ -12,7 +12,8 @@ import pytest
 
 from experiments.configs import base
 from gptjax import model as model_lib, optim, parametrization
-from gptjax.model import GPT, GPTConfig
+from gptjax.model import GPT
+from gptjax.model_config import GPTConfig
 from gptjax.steps import TrainState, train_step
 from test_model import SMALL, VARIANTS
 

@@ -19,7 +19,8 @@ import pytest
 
 from experiments.configs import base
 from gptjax import hardware, optim, sharding, train
-from gptjax.model import GPT, GPTConfig
+from gptjax.model import GPT
+from gptjax.model_config import GPTConfig
 from gptjax.steps import TrainState, train_step
 
 

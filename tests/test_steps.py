@@ -10,7 +10,8 @@ import optax
 
 from experiments.configs import base
 from gptjax import optim
-from gptjax.model import GPT, GPTConfig
+from gptjax.model import GPT
+from gptjax.model_config import GPTConfig
 from gptjax.steps import TrainState, cross_entropy, eval_step, loss_fn, token_nll, train_step
 
 

@@ -20,7 +20,7 @@ import pytest
 
 import launch
 from gptjax import flops, records, run_dir, scaling_isoflop
-from gptjax.model import GPTConfig
+from gptjax.model_config import GPTConfig
 from launch import fit, status
 from launch import sweep as runner
 

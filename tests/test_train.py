@@ -20,7 +20,7 @@ import pytest
 
 from experiments.configs import base
 from gptjax import checkpointing, decoding, hardware, run_dir, stopping, train
-from gptjax.model import GPTConfig
+from gptjax.model_config import GPTConfig
 from gptjax.sampling import SamplingConfig
 from gptjax.tokenizer import load_tokenizer
 
