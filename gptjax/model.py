@@ -230,14 +230,20 @@ def _remat_policy(remat: str):
 
 
 class GPT(nn.Module):
-  """Token ids [B, T] -> logits [B, T, V] in float32."""
+  """Token ids [B, T] -> logits [B, T, V] in float32.
+
+  With `return_hidden` the call stops before the readout and returns the final-normed hidden
+  states [B, T, D] in the compute dtype, for a head other than next-token prediction to read
+  (the scalar head of `gptjax/reward_model.py`).
+  """
 
   config: GPTConfig
   decode: bool = False
 
   @nn.compact
   def __call__(self, tokens_BxT: Array, *, positions_BxT: Array | None = None,
-               kv_mask_BxS: Array | None = None, deterministic: bool = True) -> Array:
+               kv_mask_BxS: Array | None = None, deterministic: bool = True,
+               return_hidden: bool = False) -> Array:
     cfg = self.config
     b, t = tokens_BxT.shape
     if positions_BxT is None:
@@ -270,6 +276,8 @@ class GPT(nn.Module):
         x_BxTxD = block_cls(name=f'block_{layer}', **block_kwargs)(x_BxTxD, positions_BxT, kv_mask_BxS)
 
     x_BxTxD = _norm(cfg, 'final_norm')(x_BxTxD)
+    if return_hidden:
+      return x_BxTxD
     if cfg.tie_embeddings:
       logits_BxTxV = embed.attend(x_BxTxD)
     else:
