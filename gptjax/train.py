@@ -10,8 +10,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import os
-import time
-from typing import Any, Callable
+from typing import Any
 
 import flax.linen as nn
 import jax
@@ -23,12 +22,11 @@ from jax.experimental import multihost_utils
 from jax.sharding import Mesh
 
 from gptjax import checkpointing, corpus, data as data_lib, evaluate, flops, hardware
-from gptjax import metrics as metrics_lib, optim, run_dir, sharding, stopping, tokenizer, tokens
+from gptjax import optim, run_dir, sharding, stopping, tokenizer, tokens
 from gptjax import workdir_lock
 from gptjax.model import GPT
 from gptjax.model_config import GPTConfig
-from gptjax.progress import Progress
-from gptjax.records import EVAL_KEY
+from gptjax.recorder import Recorder
 from gptjax.steps import TrainState, eval_step, train_step
 
 
@@ -88,7 +86,7 @@ def jit_steps(config: ml_collections.ConfigDict, setup: hardware.Setup, mesh: Me
   return jit_train, jit_eval
 
 
-def _global_batch(local_batch: np.ndarray, batch_sharding: jax.sharding.NamedSharding,
+def global_batch(local_batch: np.ndarray, batch_sharding: jax.sharding.NamedSharding,
                   global_shape: tuple[int, ...]) -> jax.Array:
   return jax.make_array_from_process_local_data(batch_sharding, np.asarray(local_batch, np.int32),
                                                 global_shape)
@@ -115,7 +113,7 @@ def _prepare_data(config: ml_collections.ConfigDict, workdir: str, mesh: Mesh
   return data, config
 
 
-def _restore(manager, workdir: str, state: TrainState, state_shardings: Any,
+def restore_or_start(manager, workdir: str, state: TrainState, state_shardings: Any,
              data: data_lib.Data) -> tuple[int, TrainState]:
   """(step, state) of the latest intact checkpoint, or (0, state) for a fresh run.
 
@@ -138,7 +136,7 @@ def _restore(manager, workdir: str, state: TrainState, state_shardings: Any,
   return step, state
 
 
-def _check_unchanged(config: ml_collections.ConfigDict, workdir: str, allow_change: bool) -> bool:
+def check_unchanged(config: ml_collections.ConfigDict, workdir: str, allow_change: bool) -> bool:
   """Refuses to continue a run with another config than it was made with; returns whether the
   config changed (and that is allowed). Reads only: nothing is written before this check."""
   saved = run_dir.read_config_dict(workdir)
@@ -156,7 +154,7 @@ def _check_unchanged(config: ml_collections.ConfigDict, workdir: str, allow_chan
   return True
 
 
-def _take_workdir(workdir: str) -> workdir_lock.WorkdirLock:
+def take_workdir(workdir: str) -> workdir_lock.WorkdirLock:
   """The workdir's lock, held by process 0 for all processes, which agree on the outcome."""
   lock, busy = workdir_lock.WorkdirLock(workdir), None
   if jax.process_index() == 0:
@@ -170,56 +168,6 @@ def _take_workdir(workdir: str) -> workdir_lock.WorkdirLock:
   if busy is not None:
     raise busy
   return lock
-
-
-class _Recorder:
-  """Builds each logged step's record (throughput, FLOPs, MFU, eval) and writes it on process 0."""
-
-  def __init__(self, config: ml_collections.ConfigDict, model_cfg: GPTConfig, workdir: str,
-               data: data_lib.Data, start_step: int):
-    self.model_cfg, self.seq_len = model_cfg, config.data.seq_len
-    self.tokens_per_step = config.data.seq_len * config.data.batch_size
-    self.full_flops_per_token = flops.flops_per_token(model_cfg, self.seq_len, method='full')
-    self.peak = flops.device_peak_flops(jax.devices()[0].device_kind, model_cfg.compute_dtype)
-    # Bits per byte needs a loss over every token; a masked-token loss has no such reading.
-    clm = config.train.objective == 'clm'
-    self.tokens_per_byte = data.val_tokens / data.val_bytes if data.val_bytes and clm else 0.0
-    self.is_main = jax.process_index() == 0
-    self.writer = metrics_lib.MetricsWriter(workdir, enabled=self.is_main)
-    self.progress = Progress(config.train.num_steps, start_step, self.tokens_per_step)
-
-  def record(self, step: int, step_metrics: dict[str, Any],
-             evaluate_now: Callable[[], dict[str, float]] | None) -> dict[str, Any]:
-    record = {'step': step, **{k: float(v) for k, v in step_metrics.items()},
-              **self.progress.interval(step),
-              **evaluate.scaling_record(self.model_cfg, self.seq_len, step * self.tokens_per_step)}
-    if self.peak:  # model FLOPs only: rematerialised recomputation is not useful work
-      record['mfu'] = flops.mfu(record['tokens_per_s'] * self.full_flops_per_token,
-                                self.peak * jax.device_count())
-    if evaluate_now is not None:
-      eval_start = time.perf_counter()
-      record.update(evaluate_now())
-      self.progress.interval(step)  # keep evaluation time out of the next interval's throughput
-      record['eval_time'] = time.perf_counter() - eval_start
-    self.writer.write(record)
-    if self.is_main:
-      logging.info(self.progress.line(record))
-    return record
-
-  def record_missing_final_eval(self, step: int, evaluate_now: Callable[[], dict[str, float]],
-                                workdir: str) -> None:
-    """A run resumed at its last step writes nothing more; if the final eval record was lost
-    (cut off by a crash), it is measured again from the restored state and written."""
-    result = evaluate_now()  # every process takes part in the evaluation
-    if self.is_main and not any(row.get('step') == step and EVAL_KEY in row
-                                for row in run_dir.read_metrics(workdir)):
-      self.writer.write({'step': step, **result, **evaluate.scaling_record(
-          self.model_cfg, self.seq_len, step * self.tokens_per_step)})
-      logging.info('Wrote the missing final eval record of step %d: eval %.4f.', step,
-                   result[EVAL_KEY])
-
-  def close(self) -> None:
-    self.writer.close()
 
 
 _AT_LEAST_ONE = ('data.batch_size', 'data.seq_len', 'train.num_steps', 'train.log_every',
@@ -261,9 +209,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   mesh = sharding.make_mesh(config.mesh)
   check_config(config, mesh)
   workdir_lock.prepare(workdir)
-  lock = _take_workdir(workdir)
+  lock = take_workdir(workdir)
   try:
-    changed = _check_unchanged(config, workdir, allow_config_change)
+    changed = check_unchanged(config, workdir, allow_config_change)
     return _train(config, workdir, mesh, keep_old_config=changed)
   finally:
     lock.release()
@@ -278,7 +226,7 @@ def _train(config: ml_collections.ConfigDict, workdir: str, mesh: Mesh, *,
   manager = checkpointing.make_manager(
       workdir, save_every=config.train.checkpoint_every, keep=config.train.keep_checkpoints,
       async_save=config.train.async_checkpoints)
-  start_step, state = _restore(manager, workdir, state, state_shardings, data)
+  start_step, state = restore_or_start(manager, workdir, state, state_shardings, data)
   if jax.process_index() == 0:  # only once the checkpoint fits this config
     config_path = os.path.join(workdir, run_dir.CONFIG_FILE)
     if keep_old_config:
@@ -286,12 +234,12 @@ def _train(config: ml_collections.ConfigDict, workdir: str, mesh: Mesh, *,
     run_dir.write_config(workdir, config)
   jit_train, jit_eval = jit_steps(config, setup, mesh, rules, state_shardings)
   counts = flops.param_counts(setup.model)
-  recorder = _Recorder(config, setup.model, workdir, data, start_step)
+  recorder = Recorder(config, setup.model, workdir, data, start_step)
   logging.info('Model: %s params (%s non-embedding); %d tokens per step; mesh %s.',
                f'{counts.total:,}', f'{counts.non_embedding:,}', recorder.tokens_per_step,
                dict(mesh.shape))
   to_global = functools.partial(
-      _global_batch, batch_sharding=sharding.batch_sharding(mesh),
+      global_batch, batch_sharding=sharding.batch_sharding(mesh),
       global_shape=(config.data.batch_size, *data_lib.row_shape(config)))
   evaluate_with = functools.partial(evaluate.evaluate, eval_fn=jit_eval, to_global=to_global,
                                     tokens_per_byte=recorder.tokens_per_byte)
@@ -303,7 +251,7 @@ def _train(config: ml_collections.ConfigDict, workdir: str, mesh: Mesh, *,
   preemption = stopping.StopSignals()
   preemption.install()
   try:
-    record = _loop(config, state, start_step, data, jit_train, evaluate_with, to_global, manager,
+    record = run_loop(config, state, start_step, data, jit_train, evaluate_with, to_global, manager,
                    recorder, preemption, mesh, rules)
   finally:
     preemption.uninstall()
@@ -313,7 +261,7 @@ def _train(config: ml_collections.ConfigDict, workdir: str, mesh: Mesh, *,
   return record
 
 
-def _loop(config, state, step, data, jit_train, evaluate_with, to_global, manager, recorder,
+def run_loop(config, state, step, data, jit_train, evaluate_with, to_global, manager, recorder,
           preemption, mesh, rules) -> dict[str, Any]:
   """Steps from `step` to the end (or a stop signal); returns the last record."""
   t = config.train
