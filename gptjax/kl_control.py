@@ -1,4 +1,4 @@
-"""The KL penalty of RL from preferences: its per-token estimate, the shaped reward, its coefficient.
+"""The KL penalty of RL from preferences: its per-token estimate, the shaped reward, its weight.
 
 PPO against a learned reward maximises score(x, y) - beta * KL(pi(.|x) || pi_ref(.|x)), with pi_ref
 the frozen SFT model (Ziegler et al., "Fine-Tuning Language Models from Human Preferences",
