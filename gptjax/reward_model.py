@@ -2,8 +2,10 @@
 
 The trunk is `gptjax.model.GPT` stopped before its readout (`return_hidden=True`); a Dense
 D -> 1 head maps each position's final-normed hidden state to a score, so one forward pass gives
-a score per position [B, T]. The value model uses all of them, V(prefix up to t); a reward model
-reads the one at each sequence's last real token, the only position that has seen all of it.
+a score per position [B, T]. A reward model reads the one at each sequence's last real token, the
+only position that has seen all of it. A value model reads them all: the score at t is the value
+of the prefix up to t, the state in which token t + 1 is chosen, so values pair with tokens under
+the same one-position shift as logits (scores[:, :-1] with tokens[:, 1:]).
 
 Rows may be padded on either side: the mask goes to attention as its key mask and positions
 count from each row's first real token, so a padded row scores exactly what the same tokens
