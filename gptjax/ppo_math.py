@@ -64,9 +64,8 @@ def ppo_policy_loss(logp_new_BxT: Array, logp_old_BxT: Array, advantages_BxT: Ar
   is the minimum and is constant in logp_new, so such a token's gradient is exactly 0: one batch
   of samples cannot push the policy further from the one that drew them.
 
-  Metrics: `approx_kl`, the k3 estimate mean((rho - 1) - log rho)
-  of KL(old || new), >= 0 per token and 0 at rho = 1; `clip_fraction`, the share of tokens with
-  |rho - 1| > eps; `mean_ratio`.
+  Metrics: `approx_kl`, the k3 estimate mean((rho - 1) - log rho) of KL(old || new), >= 0 per
+  token and 0 at rho = 1; `clip_fraction`, the share of tokens with |rho - 1| > eps; `mean_ratio`.
   """
   logp_old_BxT, advantages_BxT = jax.lax.stop_gradient((logp_old_BxT, advantages_BxT))
   log_ratio_BxT = jnp.where(mask_BxT, logp_new_BxT - logp_old_BxT, 0.0)
