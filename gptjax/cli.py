@@ -17,7 +17,7 @@ import re
 import sys
 from typing import Any, Callable, NoReturn, Sequence
 
-from absl import app, flags
+from absl import app, flags, logging
 
 USAGE_STATUS = 2
 RUN_STATUS = 1
@@ -26,6 +26,18 @@ INTERRUPTED_STATUS = 130
 
 class RunError(RuntimeError):
   """A run stopped for a reason its message states, with the fix; nothing written is lost."""
+
+
+class _QuietLibraries(logging.logging.Filter):
+  """Keeps orbax's per-save INFO chatter out of the progress log; its warnings still show."""
+
+  def filter(self, record) -> bool:
+    return record.levelno >= logging.logging.WARNING or 'orbax' not in record.pathname
+
+
+def quiet_libraries() -> None:
+  """Call from a training command's main: its log is then the run's progress lines."""
+  logging.get_absl_handler().addFilter(_QuietLibraries())
 
 
 def one_line(text: str) -> str:

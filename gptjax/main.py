@@ -29,17 +29,10 @@ _ALLOW_CONFIG_CHANGE = flags.DEFINE_bool(
 flags.mark_flags_as_required(['config', 'workdir'])
 
 
-class _QuietLibraries(logging.logging.Filter):
-  """Keeps orbax's per-save INFO chatter out of the progress log; its warnings still show."""
-
-  def filter(self, record) -> bool:
-    return record.levelno >= logging.logging.WARNING or 'orbax' not in record.pathname
-
-
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}; use --config.x.y=value for overrides.')
-  logging.get_absl_handler().addFilter(_QuietLibraries())
+  cli.quiet_libraries()
   config = _CONFIG.value
   distributed.configure_cpu_devices(config.mesh.cpu_devices)
   distributed.initialize(config.distributed)

@@ -39,6 +39,8 @@ class Progress:
     parts = [f'step {step}/{self.total_steps}', f'loss {record["train_loss"]:.4f}']
     if 'eval_loss' in record:
       parts.append(f'eval {record["eval_loss"]:.4f}')
+    if 'eval_exact_match' in record:
+      parts.append(f'exact match {100 * record["eval_exact_match"]:.1f}%')
     parts += [f'{record["tokens_per_s"]:,.0f} tok/s', f'{record["step_time"] * 1e3:.0f} ms/step']
     if 'mfu' in record:
       parts.append(f'MFU {100 * record["mfu"]:.1f}%')

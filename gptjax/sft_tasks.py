@@ -77,6 +77,11 @@ def synthetic_examples(task: str, count: int, seed: int, exclude: set[str] = fro
                    'finetune.num_examples or finetune.eval_examples.')
 
 
+def synthetic_validation(task: str, count: int, seed: int) -> list[Example]:
+  """The validation examples of a synthetic task for a run seeded with `seed`."""
+  return synthetic_examples(task, count, seed + _EVAL_SEED_OFFSET)
+
+
 def function_examples(source: str) -> Iterator[Example]:
   """(signature + docstring, body) of every function in `source` that has a docstring and a body
   after it; source that does not parse yields nothing."""
@@ -161,7 +166,7 @@ def load_task(config: ml_collections.ConfigDict) -> TaskSplits:
   f = config.finetune
   check_config(f)
   if f.task in SYNTHETIC_TASKS:
-    val = synthetic_examples(f.task, f.eval_examples, config.seed + _EVAL_SEED_OFFSET)
+    val = synthetic_validation(f.task, f.eval_examples, config.seed)
     train = synthetic_examples(f.task, f.num_examples, config.seed, {e.prompt for e in val})
     return TaskSplits(train, val, exact_match=True)
   if f.task == 'docstring':
