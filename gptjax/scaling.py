@@ -6,7 +6,8 @@
   B/D^beta by Huber loss on log L.
 - `holdout_extrapolation`: both laws fitted without the largest compute budget, then asked to
   predict it: the honest test of a law.
-IsoFLOP minima (approach 2) are in `gptjax.scaling_isoflop`.
+IsoFLOP minima (approach 2) are in `gptjax.scaling_isoflop`; approach 3's objective and the
+batched BFGS behind its bootstrap in `gptjax.scaling_huber`.
 
 Compute, parameters, tokens and losses come from the records' columns, so the same fit runs on
 Kaplan's N and C (non-embedding parameters, `flops_kaplan`) or on total parameters and full FLOPs.
@@ -16,13 +17,12 @@ Bad input raises `ValueError` saying what the sweep lacks, instead of fitting no
 from __future__ import annotations
 
 import dataclasses
-import itertools
 from typing import Any, Mapping, Sequence
 
 import numpy as np
 import scipy.optimize
-import scipy.special
 
+from gptjax import scaling_huber
 from gptjax.records import column, final_records
 
 Records = Sequence[Mapping[str, Any]] | np.ndarray
@@ -141,6 +141,9 @@ class ChinchillaFit:
   beta: float
   objective: float = 0.0  # the Huber loss at the optimum, divided by delta
   intervals: Mapping[str, tuple[float, float]] = dataclasses.field(default_factory=dict)
+  # [S, 5] the bootstrap refits' (E, A, B, alpha, beta); no rows without a bootstrap.
+  bootstrap: np.ndarray = dataclasses.field(default_factory=lambda: np.zeros((0, 5)),
+                                            compare=False, repr=False)
 
   def predict(self, params: Any, tokens: Any) -> np.ndarray:
     n, d = np.asarray(params, np.float64), np.asarray(tokens, np.float64)
@@ -165,64 +168,68 @@ class ChinchillaFit:
     d_opt = np.exp(-log_g + self.d_exponent * log_c6)
     return n_opt, d_opt
 
-
-def _terms(theta_Gx5: np.ndarray, log_n: np.ndarray, log_d: np.ndarray) -> np.ndarray:
-  """[G, 3, P] log-terms (a - alpha log N, b - beta log D, e) for G parameter vectors."""
-  a, b, e, alpha, beta = (theta_Gx5[:, i:i + 1] for i in range(5))
-  e_GxP = np.broadcast_to(e, (len(theta_Gx5), len(log_n)))
-  return np.stack([a - alpha * log_n, b - beta * log_d, e_GxP], axis=1)
-
-
-def _huber_values(theta_Gx5: np.ndarray, log_n, log_d, log_l, delta: float) -> np.ndarray:
-  """Objective at G parameter vectors at once (ranking the initialisation grid)."""
-  r_GxP = scipy.special.logsumexp(_terms(theta_Gx5, log_n, log_d), axis=1) - log_l
-  return np.sum(scipy.special.huber(delta, r_GxP), axis=1) / delta
-
-
-def _huber_objective(theta: np.ndarray, log_n: np.ndarray, log_d: np.ndarray, log_l: np.ndarray,
-                     delta: float) -> tuple[float, np.ndarray]:
-  """Sum of Huber(log-sum-exp(a - alpha log N, b - beta log D, e) - log L) / delta, and gradient.
-
-  theta = (a, b, e, alpha, beta) with a = log A, b = log B, e = log E. Dividing by delta keeps the
-  objective near 1 so L-BFGS's tolerances mean something; the minimiser is unchanged.
-  """
-  terms_3xP = _terms(theta[None], log_n, log_d)[0]
-  lse_P = scipy.special.logsumexp(terms_3xP, axis=0)
-  r_P = lse_P - log_l
-  value = np.sum(scipy.special.huber(delta, r_P)) / delta
-  psi_P = np.clip(r_P, -delta, delta) / delta  # derivative of Huber, over delta
-  w_3xP = psi_P * np.exp(terms_3xP - lse_P)  # times softmax weights = d lse / d term
-  grad = np.array([w_3xP[0].sum(), w_3xP[1].sum(), w_3xP[2].sum(),
-                   -np.sum(w_3xP[0] * log_n), -np.sum(w_3xP[1] * log_d)])
-  return float(value), grad
-
-
-# The paper's initialisation grid (Hoffmann et al. appendix D.2), as (a, b, e, alpha, beta).
-_GRID = np.array(list(itertools.product(
-    np.arange(0, 30, 5), np.arange(0, 30, 5), np.arange(-1, 1.5, 0.5),
-    np.arange(0, 2.5, 0.5), np.arange(0, 2.5, 0.5))), dtype=np.float64)
+  def refits(self) -> ChinchillaFit:
+    """The bootstrap refits as one law whose fields are [S] arrays: its `compute_optimal` and
+    `predict` give a sample per refit, for intervals on anything the law derives."""
+    return ChinchillaFit(*self.bootstrap.T)
 
 
 OPTIMIZERS = ('BFGS', 'L-BFGS-B')
 
 
-def _minimise(log_n, log_d, log_l, delta: float, starts: np.ndarray,
+def _minimise(points: scaling_huber.Points, delta: float, starts_Kx5: np.ndarray,
               method: str) -> tuple[float, np.ndarray]:
-  best = (np.inf, starts[0])
-  for start in starts:
-    result = scipy.optimize.minimize(_huber_objective, start, args=(log_n, log_d, log_l, delta),
-                                     jac=True, method=method, options=dict(maxiter=2000))
+  """scipy's `method` from each start; the lowest objective and its theta = (a, b, e, alpha, beta)
+  with a = log A, b = log B, e = log E."""
+  weights_1xP = np.ones((1, len(points)))
+
+  def objective(theta: np.ndarray) -> tuple[float, np.ndarray]:
+    value_1, grad_1x5 = scaling_huber.objective(theta[None], weights_1xP, points, delta)
+    return float(value_1[0]), grad_1x5[0]
+
+  best = (np.inf, starts_Kx5[0])
+  for start in starts_Kx5:
+    result = scipy.optimize.minimize(objective, start, jac=True, method=method,
+                                     options=dict(maxiter=2000))
     if result.fun < best[0]:
       best = (float(result.fun), result.x)
   return best
 
 
-def _grid_starts(log_n, log_d, log_l, delta: float, n_starts: int | None) -> np.ndarray:
+def _grid_starts(points: scaling_huber.Points, delta: float, n_starts: int | None) -> np.ndarray:
   """The paper runs L-BFGS from all 4500 grid points; ranking them by objective and starting
   from the best `n_starts` finds the same optimum at a fraction of the cost (None: all of them)."""
+  grid_Gx5 = scaling_huber.GRID_Gx5
   if n_starts is None:
-    return _GRID
-  return _GRID[np.argsort(_huber_values(_GRID, log_n, log_d, log_l, delta))[:n_starts]]
+    return grid_Gx5
+  values_G = scaling_huber.huber_per_point(grid_Gx5, points, delta).sum(1)
+  return grid_Gx5[np.argsort(values_G)[:n_starts]]
+
+
+def _bootstrap(theta: np.ndarray, points: scaling_huber.Points, delta: float, n_bootstrap: int,
+               seed: int) -> np.ndarray:
+  """[S, 5] (E, A, B, alpha, beta) refitted on S resamples of the points, drawn with replacement.
+
+  Each resample is refitted from the full fit's optimum and from the resample's 2 best grid
+  points, and keeps the lowest of the 3 optima: the optimum rarely moves far, but on a few points
+  a resample can have its minimum in another basin (E near 0, say). A resample is the data
+  weighted by how often each point was drawn, so the grid is ranked for all resamples by one
+  product, and the 3·S fits run side by side in `scaling_huber.minimise`.
+  """
+  n_points = len(points)
+  drawn_SxP = np.random.default_rng(seed).integers(0, n_points, (n_bootstrap, n_points))
+  offsets_Sx1 = n_points * np.arange(n_bootstrap)[:, None]
+  counts_SxP = np.bincount((drawn_SxP + offsets_Sx1).ravel(), minlength=n_bootstrap * n_points)
+  counts_SxP = counts_SxP.reshape(n_bootstrap, n_points).astype(np.float64)
+  grid_Gx5 = scaling_huber.GRID_Gx5
+  objective_GxS = scaling_huber.huber_per_point(grid_Gx5, points, delta) @ counts_SxP.T
+  best_2xS = np.argsort(objective_GxS, axis=0, kind='stable')[:2]
+  starts_3Sx5 = np.concatenate([np.tile(theta, (n_bootstrap, 1)), grid_Gx5[best_2xS.ravel()]])
+  values_3S, thetas_3Sx5 = scaling_huber.minimise(starts_3Sx5, np.tile(counts_SxP, (3, 1)),
+                                                  points, delta)
+  best_S = np.argmin(values_3S.reshape(3, n_bootstrap), axis=0)  # the first of equals
+  thetas_Sx5 = thetas_3Sx5.reshape(3, n_bootstrap, 5)[best_S, np.arange(n_bootstrap)]
+  return np.stack([_as_params(theta_i) for theta_i in thetas_Sx5])
 
 
 def _as_params(theta: np.ndarray) -> np.ndarray:
@@ -240,9 +247,9 @@ def fit_chinchilla(params: Any, tokens: Any, loss: Any, *, delta: float = 1e-3,
   default because scipy's L-BFGS-B spends most of each iteration on threaded-BLAS overhead, which
   a busy CPU and the bootstrap multiply. `method='L-BFGS-B'` is the paper's choice.
 
-  With `n_bootstrap` > 0 the points are resampled with replacement and refitted (from the full
-  fit's optimum and the resample's best grid points) to give `level` percentile intervals for
-  E, A, B, alpha, beta and the compute-optimal exponents a and b.
+  With `n_bootstrap` > 0 the points are resampled with replacement and refitted (see
+  `_bootstrap`; the refits run BFGS whatever `method` is) to give `level` percentile intervals
+  for E, A, B, alpha, beta and the compute-optimal exponents a and b, and the refits themselves.
   """
   if method not in OPTIMIZERS:
     raise ValueError(f'method={method!r}; choose one of {OPTIMIZERS}.')
@@ -254,24 +261,18 @@ def fit_chinchilla(params: Any, tokens: Any, loss: Any, *, delta: float = 1e-3,
                        'model sizes and token budgets to the sweep.')
   if len(l) < 6:
     raise ValueError(f'L(N, D) has 5 parameters; {len(l)} points cannot pin them. Add runs.')
-  log_n, log_d, log_l = np.log(n), np.log(d), np.log(l)
-  objective, theta = _minimise(log_n, log_d, log_l, delta,
-                               _grid_starts(log_n, log_d, log_l, delta, n_starts), method)
+  points = scaling_huber.Points(n, d, l)
+  objective, theta = _minimise(points, delta, _grid_starts(points, delta, n_starts), method)
   fit = ChinchillaFit(*_as_params(theta), objective=objective)
   if n_bootstrap <= 0:
     return fit
-  rng = np.random.default_rng(seed)
-  samples = []
-  for _ in range(n_bootstrap):
-    i = rng.integers(0, len(l), len(l))
-    starts = np.concatenate([theta[None], _grid_starts(log_n[i], log_d[i], log_l[i], delta, 2)])
-    _, theta_i = _minimise(log_n[i], log_d[i], log_l[i], delta, starts, method)
-    e, a, b, alpha, beta = _as_params(theta_i)
-    samples.append([e, a, b, alpha, beta, beta / (alpha + beta), alpha / (alpha + beta)])
-  bounds = central_interval(np.array(samples), level)
+  samples_Sx5 = _bootstrap(theta, points, delta, n_bootstrap, seed)
+  e, a, b, alpha, beta = samples_Sx5.T
+  exponents_Sx2 = np.stack([beta / (alpha + beta), alpha / (alpha + beta)], axis=1)
+  bounds = central_interval(np.concatenate([samples_Sx5, exponents_Sx2], axis=1), level)
   names = CHINCHILLA_PARAMS + ('n_exponent', 'd_exponent')
   intervals = {name: (float(lo), float(hi)) for name, (lo, hi) in zip(names, bounds)}
-  return dataclasses.replace(fit, intervals=intervals)
+  return dataclasses.replace(fit, intervals=intervals, bootstrap=samples_Sx5)
 
 
 # ---------------------------------------------------------------- compute budgets and holdout
