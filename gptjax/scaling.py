@@ -304,6 +304,7 @@ class HoldoutResult:
   run_params: np.ndarray
   run_loss: np.ndarray
   run_prediction: np.ndarray  # L(N, D) fitted on the smaller budgets' runs
+  law: ChinchillaFit  # that L(N, D), with its bootstrap refits if asked for
 
   @property
   def power_law_relative_error(self) -> float:
@@ -317,14 +318,15 @@ class HoldoutResult:
 def holdout_extrapolation(rows: Sequence[Mapping[str, Any]], *, compute_key: str = 'flops_kaplan',
                           params_key: str = 'params_non_embedding',
                           tokens_key: str = 'tokens_seen', loss_key: str = 'eval_loss',
-                          budget_rtol: float = 0.1) -> HoldoutResult:
+                          budget_rtol: float = 0.1, n_bootstrap: int = 0) -> HoldoutResult:
   """Holds out every run of the largest compute budget, fits both laws on the others, predicts it.
 
   `rows` are every eval record of a sweep, each naming its 'run' (as `records.load_sweep` gives
   them); a run's last record is its final one, and the runs are grouped into budgets by their final
   compute. L(C) is fitted to the frontier of every eval of the other runs, as the main L(C) fit is:
   with 3-4 budgets their final evals alone leave too few frontier points for a 3-parameter law.
-  L(N, D) is fitted to the other runs' final evals and predicts each held-out run's final loss.
+  L(N, D) is fitted to the other runs' final evals (with `n_bootstrap` refits) and predicts each
+  held-out run's final loss.
   """
   unnamed = sum('run' not in row for row in rows)
   if unnamed:
@@ -342,10 +344,11 @@ def holdout_extrapolation(rows: Sequence[Mapping[str, Any]], *, compute_key: str
   rest_final = [row for row in final if row['run'] not in held_runs]
   frontier = compute_frontier(column(rest_rows, compute_key), column(rest_rows, loss_key))
   power_law = fit_power_law_with_floor(frontier.compute, frontier.loss)
-  law = fit_chinchilla(*(column(rest_final, key) for key in (params_key, tokens_key, loss_key)))
+  law = fit_chinchilla(*(column(rest_final, key) for key in (params_key, tokens_key, loss_key)),
+                       n_bootstrap=n_bootstrap)
   n, d, loss = (column(held, key) for key in (params_key, tokens_key, loss_key))
   budget = float(np.exp(np.mean(np.log(compute[groups[-1]]))))
   return HoldoutResult(
       budget=budget, measured_best_loss=float(loss.min()),
       power_law_prediction=float(power_law.predict(budget)), run_params=n, run_loss=loss,
-      run_prediction=law.predict(n, d))
+      run_prediction=law.predict(n, d), law=law)

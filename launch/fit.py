@@ -13,6 +13,7 @@ import shutil
 import warnings
 from typing import Any, Sequence
 
+import numpy as np
 from absl import logging
 
 from gptjax import plots, records, run_dir, scaling, scaling_isoflop
@@ -20,6 +21,7 @@ from gptjax import plots, records, run_dir, scaling, scaling_isoflop
 FIT_DIR, PLOTS_DIR = 'fit', 'plots'
 FIT_FILE = 'fit.json'
 _SCALE_UPS = (1, 10, 100)
+HOLDOUT_TARGET = 0.02  # the largest error the held-out budget's predicted optimal loss may have
 
 
 def _snapshot(workdir: str, finished: Sequence[str]) -> str:
@@ -100,16 +102,66 @@ def _fit_chinchilla(rows, final, keys, n_bootstrap) -> dict[str, Any]:
 
 
 def _fit_holdout(rows, final, keys, n_bootstrap) -> dict[str, Any]:
-  del final, n_bootstrap
-  h = scaling.holdout_extrapolation(rows, **keys)
+  del final
+  h = scaling.holdout_extrapolation(rows, n_bootstrap=n_bootstrap, **keys)
   print(f'Holdout (fitted without the {len(h.run_loss)} members at C={h.budget:.3g}, then '
         f'predicted): best loss there {h.measured_best_loss:.4f}, L(C) predicted '
         f'{h.power_law_prediction:.4f} ({100 * h.power_law_relative_error:+.2f}%); L(N, D) '
         f'worst member error {100 * h.max_run_relative_error:.2f}%')
-  return {'budget': h.budget, 'measured_best_loss': h.measured_best_loss,
+  return {'result': h, 'budget': h.budget, 'measured_best_loss': h.measured_best_loss,
           'power_law_prediction': h.power_law_prediction,
           'power_law_relative_error': h.power_law_relative_error,
           'max_run_relative_error': h.max_run_relative_error}
+
+
+def _measured_optimum(holdout: scaling.HoldoutResult,
+                      isoflop: scaling_isoflop.IsoFLOPResult | None) -> tuple[float, float, str]:
+  """(N_opt, loss there, how it was measured) of the held-out budget: approach 2's parabola minimum
+  where it found one for that budget (from that budget's runs alone), else its best run."""
+  if isoflop is not None:
+    same = np.flatnonzero(np.isclose(isoflop.budgets, holdout.budget, rtol=0.01))
+    if len(same):
+      return float(isoflop.n_opt[same[0]]), float(isoflop.loss_min[same[0]]), 'IsoFLOP minimum'
+  best = int(np.argmin(holdout.run_loss))
+  return float(holdout.run_params[best]), float(holdout.run_loss[best]), 'best run'
+
+
+def holdout_check(holdout: scaling.HoldoutResult,
+                  isoflop: scaling_isoflop.IsoFLOPResult | None = None, level: float = 0.95,
+                  target: float = HOLDOUT_TARGET) -> dict[str, Any]:
+  """Approach 3 fitted without the largest budget, asked for that budget's optimum: it passes when
+  its compute-optimal loss is within `target` of the measured one and the measured N_opt lies in
+  the `level` interval of its N_opt over the bootstrap refits (without refits, the loss alone)."""
+  law = holdout.law
+  n_opt, d_opt = (float(x) for x in law.compute_optimal(holdout.budget))
+  loss = float(law.predict(n_opt, d_opt))
+  measured_n, measured_loss, measured_by = _measured_optimum(holdout, isoflop)
+  error = (loss - measured_loss) / measured_loss
+  lo = hi = float('nan')
+  if len(law.bootstrap):
+    with np.errstate(all='ignore'):  # a refit whose exponents leave no optimum is left out
+      n_opt_S = law.refits().compute_optimal(holdout.budget)[0]
+    finite_Sx1 = n_opt_S[np.isfinite(n_opt_S), None]
+    lo, hi = (float(x) for x in scaling.central_interval(finite_Sx1, level)[0])
+  inside = bool(lo <= measured_n <= hi) if len(law.bootstrap) else None
+  return dict(budget=holdout.budget, predicted_loss=loss, measured_loss=measured_loss,
+              loss_error=error, target=target, predicted_n_opt=n_opt, n_opt_interval=[lo, hi],
+              level=level, measured_n_opt=measured_n, measured_by=measured_by,
+              n_opt_inside=inside, passed=abs(error) <= target and inside is not False)
+
+
+def _print_holdout_check(check: dict[str, Any]) -> None:
+  lo, hi = check['n_opt_interval']
+  where = ('not checked (no bootstrap refits)' if check['n_opt_inside'] is None else
+           f"predicted {_count(check['predicted_n_opt'])} [{_count(lo)}, {_count(hi)}] "
+           f"({100 * check['level']:.0f}% bootstrap): "
+           + ('inside' if check['n_opt_inside'] else 'OUTSIDE'))
+  loss = (f"compute-optimal loss predicted {check['predicted_loss']:.4f}, measured "
+          f"{check['measured_loss']:.4f} ({check['measured_by']}), "
+          f"{100 * check['loss_error']:+.2f}% (target within {100 * check['target']:g}%)")
+  print(f"Holdout check (approach 3 fitted on all but the largest budget, "
+        f"C={check['budget']:.3g}): {loss}; N_opt measured {_count(check['measured_n_opt'])}, "
+        f"{where}. {'PASS' if check['passed'] else 'FAIL'}")
 
 
 def _allocation(fits: dict[str, Any], largest: float) -> list[dict[str, float]]:
@@ -163,6 +215,10 @@ def fit_and_report(workdir: str, finished: Sequence[str], *, compute_key: str = 
         fits[name] = stage(rows, final, keys, n_bootstrap)
       except ValueError as e:
         print(f'No {name} fit: {e}')
+    if 'holdout' in fits:
+      fits['holdout']['check'] = holdout_check(fits['holdout']['result'],
+                                               fits.get('isoflop', {}).get('result'))
+      _print_holdout_check(fits['holdout']['check'])
     allocation = _allocation(fits, float(records.column(final, compute_key).max()))
     verbosity = logging.get_verbosity()
     logging.set_verbosity(logging.ERROR)  # make_plots logs its own summary of the fits above
