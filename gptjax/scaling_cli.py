@@ -121,7 +121,7 @@ def report_lines(report: dict[str, Any]) -> list[str]:
     skipped = row.get('refits_without_optimum', 0)
     note = f'  ({skipped} refits without an optimum left out)' if skipped else ''
     lines.append(f"  C={row['compute']:.3g}: " + '  '.join(parts) + note)
-  return lines
+  return [line.rstrip() for line in lines]
 
 
 def _starts(spec: str) -> int | None:
