@@ -124,7 +124,7 @@ def report_lines(report: dict[str, Any]) -> list[str]:
   return [line.rstrip() for line in lines]
 
 
-def _starts(spec: str) -> int | None:
+def starts_from_flag(spec: str) -> int | None:
   if spec == 'all':
     return None
   if not spec.isdigit() or int(spec) < 1:
@@ -133,7 +133,7 @@ def _starts(spec: str) -> int | None:
   return int(spec)
 
 
-def _budgets(specs: Sequence[str]) -> list[float]:
+def budgets_from_flag(specs: Sequence[str]) -> list[float]:
   try:
     return [float(spec) for spec in specs]
   except ValueError:
@@ -150,8 +150,8 @@ def main(argv: Sequence[str]) -> None:
       f.csv, params_column=f.params_column, tokens_column=f.tokens_column,
       loss_column=f.loss_column, compute_column=f.compute_column, min_params=f.min_params,
       max_params=f.max_params, drop_highest_loss=f.drop_highest_loss, delta=f.delta,
-      starts=_starts(f.starts), n_bootstrap=f.bootstrap, level=f.level, seed=f.seed,
-      optimizer=f.optimizer, compute=_budgets(f.compute))
+      starts=starts_from_flag(f.starts), n_bootstrap=f.bootstrap, level=f.level, seed=f.seed,
+      optimizer=f.optimizer, compute=budgets_from_flag(f.compute))
   print('\n'.join(report_lines(report)))
   if f.json:
     with open(f.json, 'w') as out:

@@ -164,16 +164,24 @@ def test_an_unusable_option_is_a_value_error(tmp_path, options, expected):
     scaling_cli.fit_table(write_table(tmp_path / 'points.csv'), n_bootstrap=0, **options)
 
 
+def test_unusable_flag_values_and_a_missing_file_are_value_errors(tmp_path):
+  with pytest.raises(ValueError, match="--starts=many: pass a count of grid points >= 1, or 'all'"):
+    scaling_cli.starts_from_flag('many')
+  assert scaling_cli.starts_from_flag('all') is None and scaling_cli.starts_from_flag('8') == 8
+  with pytest.raises(ValueError, match='--compute=big,1e25: pass FLOP counts separated by commas'):
+    scaling_cli.budgets_from_flag(['big', '1e25'])
+  with pytest.raises(ValueError, match='none.csv: no such file'):
+    scaling_cli.fit_table(str(tmp_path / 'none.csv'))
+
+
 def test_the_command_ends_each_mistake_in_one_line_with_status_2(tmp_path):
+  """A table's ValueError, a flag absl refuses, and a missing command, each in its own process."""
   (tmp_path / 'bad.csv').write_text(BAD_TABLES['missing_column'][0])
-  good = write_table(tmp_path / 'good.csv')
   cases = dict(
       bad_table=(['fit', f'--csv={tmp_path}/bad.csv'], "its columns are ['params', 'tokens'"),
-      no_file=(['fit', f'--csv={tmp_path}/none.csv'], 'none.csv: no such file'),
       no_csv=(['fit'], 'Flag --csv must have a value'),
-      no_command=([f'--csv={good}'], 'Name the command: python -m gptjax.scaling_cli fit'),
-      bad_starts=(['fit', f'--csv={good}', '--starts=many'], '--starts=many: pass a count'),
-      bad_compute=(['fit', f'--csv={good}', '--compute=big'], '--compute=big: pass FLOP counts'))
+      no_command=([f'--csv={tmp_path}/bad.csv'],
+                  'Name the command: python -m gptjax.scaling_cli fit'))
   running = {name: run_cli(*args) for name, (args, _) in cases.items()}  # side by side
   for name, process in running.items():
     _, stderr = process.communicate(timeout=300)
