@@ -245,7 +245,7 @@ def fit_chinchilla(params: Any, tokens: Any, loss: Any, *, delta: float = 1e-3,
   The paper names L-BFGS, whose limited memory only pays off with many parameters; with 5, full
   BFGS is the same quasi-Newton idea and reaches the same optimum (a test checks). It is the
   default because scipy's L-BFGS-B spends most of each iteration on threaded-BLAS overhead, which
-  a busy CPU and the bootstrap multiply. `method='L-BFGS-B'` is the paper's choice.
+  a busy CPU multiplies. `method='L-BFGS-B'` is the paper's choice.
 
   With `n_bootstrap` > 0 the points are resampled with replacement and refitted (see
   `_bootstrap`; the refits run BFGS whatever `method` is) to give `level` percentile intervals
