@@ -15,6 +15,7 @@ import jax.numpy as jnp
 import ml_collections
 
 from gptjax import attention, mlm, parametrization
+from gptjax.peft import PeftConfig
 
 POSITIONS = ('learned', 'sinusoidal', 'rope')
 MLPS = ('gelu', 'swiglu')
@@ -54,6 +55,9 @@ class GPTConfig:
   attention_impl: str = 'xla'
   # False: every position attends to the whole sequence (the MLM objective, `gptjax/mlm.py`).
   causal: bool = True
+  # The fine-tuning method and its sizes (`gptjax/peft.py`); the default 'full' adds nothing. Set
+  # from the run config's `finetune` section, not from `model`.
+  peft: PeftConfig = PeftConfig()
 
   def __post_init__(self):
     def check(ok: bool, message: str):
@@ -87,11 +91,13 @@ class GPTConfig:
     check(self.causal or self.attention_impl in ('',) + attention.BIDIRECTIONAL_BACKENDS,
           f'attention_impl={self.attention_impl!r} computes causal attention only; with '
           f'causal=False choose one of {attention.BIDIRECTIONAL_BACKENDS}, or leave it empty.')
+    problem = self.peft.model_problem(self.mlp)
+    check(problem is None, problem)
 
   @classmethod
   def from_config(cls, model_config: ml_collections.ConfigDict | dict[str, Any]) -> GPTConfig:
     values = dict(model_config)
-    known = {f.name for f in dataclasses.fields(cls)}
+    known = {f.name for f in dataclasses.fields(cls)} - {'peft'}  # from `finetune` (from_run_config)
     unknown = sorted(set(values) - known)
     if unknown:
       raise ValueError(f'Unknown model config fields {unknown}; known fields are {sorted(known)}.')
@@ -100,13 +106,18 @@ class GPTConfig:
   @classmethod
   def from_run_config(cls, config: ml_collections.ConfigDict) -> GPTConfig:
     """The model of a whole run config, checked against the sequences its data will feed it and
-    its objective; under MLM the vocabulary holds one more id, `[MASK]` (`gptjax/mlm.py`)."""
-    if config.data.seq_len > config.model.max_seq_len and config.model.position == 'learned':
-      raise ValueError(f'data.seq_len={config.data.seq_len} exceeds model.max_seq_len='
+    its objective; under MLM the vocabulary holds one more id, `[MASK]` (`gptjax/mlm.py`). A
+    `finetune` section, where the config has one, sets the fine-tuning method (`gptjax/peft.py`)."""
+    peft = PeftConfig.from_config(config.finetune) if 'finetune' in config else PeftConfig()
+    offset = peft.position_offset  # prefix or prompt slots in front of every sequence
+    if (config.data.seq_len + offset > config.model.max_seq_len
+        and config.model.position == 'learned'):
+      slots = f' + {offset} {peft.method} slots' if offset else ''
+      raise ValueError(f'data.seq_len={config.data.seq_len}{slots} exceeds model.max_seq_len='
                        f'{config.model.max_seq_len}, the size of the learned position table; raise '
                        'model.max_seq_len or shorten data.seq_len.')
     mlm.check_config(config)
-    cfg = cls.from_config(config.model)
+    cfg = dataclasses.replace(cls.from_config(config.model), peft=peft)
     if config.train.objective == 'mlm':
       cfg = dataclasses.replace(cfg, vocab_size=mlm.mask_id(cfg.vocab_size) + 1)
     return cfg
