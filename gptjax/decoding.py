@@ -56,15 +56,19 @@ def prompt_positions(mask_BxP: Array) -> Array:
 
 
 def check_lengths(config: GPTConfig, prompt_len: int, max_new_tokens: int) -> None:
-  """Raises if the cache would need positions that the model has no embedding for."""
+  """Raises if the cache would need positions that the model has no embedding for; a prefix- or
+  prompt-tuned model's P slots take the first P positions (`gptjax/peft.py`)."""
   if max_new_tokens < 1:
     raise ValueError(f'max_new_tokens={max_new_tokens} must be at least 1.')
   read = prompt_len + max_new_tokens - 1  # the last new token is never fed back
-  if config.position == 'learned' and read > config.max_seq_len:
+  offset = config.peft.position_offset
+  room = config.max_seq_len - offset
+  if config.position == 'learned' and read > room:
+    slots = f' after its {offset} {config.peft.method} slots' if offset else ''
     raise ValueError(
         f'prompt length {prompt_len} + max_new_tokens {max_new_tokens} - 1 = {read} tokens exceed '
-        f'the learned position table (max_seq_len={config.max_seq_len}); shorten the prompt or '
-        f'lower max_new_tokens to {config.max_seq_len - prompt_len + 1}.')
+        f'the learned position table (max_seq_len={config.max_seq_len}){slots}; shorten the prompt '
+        f'or lower max_new_tokens to {room - prompt_len + 1}.')
 
 
 def init_cache(config: GPTConfig, batch_size: int, length: int) -> Any:
@@ -167,7 +171,7 @@ def sample_windowed(params: Any, config: GPTConfig, prompt_ids: Sequence[int], m
   window that slides by half its length, at the cost of one prefill per slide. Every round after
   the first has the same shapes, so this compiles `generate` at most twice.
   """
-  window = config.max_seq_len
+  window = config.max_seq_len - config.peft.position_offset  # prefix/prompt slots come first
   ids, new = [int(i) for i in prompt_ids], []
   round_ = 0
   while len(new) < max_new_tokens:

@@ -2,7 +2,9 @@
 
 The model names only logical axes ('vocab', 'embed', 'heads', ...); `gptjax/sharding.py` maps them to a
 device mesh through the rules in the config, so the same module runs unsharded on one CPU or split
-over a pod without changes here.
+over a pod without changes here. `config.peft` adds a fine-tuning method's parameters (LoRA,
+adapters, a prefix or a prompt) through the hooks of `gptjax/peft_layers.py`; with its default
+the model is the plain one, parameter for parameter.
 
 Shape legend used in names and comments throughout the package:
   B batch, T query length, S key/value length (the KV cache in decoding), D d_model,
@@ -19,7 +21,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from gptjax import attention, parametrization
+from gptjax import attention, parametrization, peft_layers
 from gptjax.model_config import GPTConfig
 
 Array = jax.Array
@@ -102,6 +104,10 @@ class CausalSelfAttention(nn.Module):
   module was initialised with; each call writes its T new positions at `cache_index` and attends to
   every filled slot up to its own, so a prompt can be prefilled in one call and then extended a
   token at a time.
+
+  Under prefix tuning (and prompt tuning in decoding) P keys and values that every query sees
+  stand in front of the layer's own (`peft_layers.attention_prefix`); attention then runs
+  `masked_attention`, since the fused causal backends know no prefix.
   """
 
   config: GPTConfig
@@ -111,9 +117,12 @@ class CausalSelfAttention(nn.Module):
   def __call__(self, x_BxTxD: Array, positions_BxT: Array, kv_mask_BxS: Array | None) -> Array:
     cfg = self.config
     n, k, h = cfg.num_heads, cfg.kv_heads, cfg.head_dim
-    q_BxTxNxH = _HeadProjection(cfg, n, 'heads', name='query')(x_BxTxD)
-    k_BxTxKxH = _HeadProjection(cfg, k, 'kv_heads', name='key')(x_BxTxD)
-    v_BxTxKxH = _HeadProjection(cfg, k, 'kv_heads', name='value')(x_BxTxD)
+    q_BxTxNxH = peft_layers.add_lora(cfg, 'query', x_BxTxD,
+                                     _HeadProjection(cfg, n, 'heads', name='query')(x_BxTxD))
+    k_BxTxKxH = peft_layers.add_lora(cfg, 'key', x_BxTxD,
+                                     _HeadProjection(cfg, k, 'kv_heads', name='key')(x_BxTxD))
+    v_BxTxKxH = peft_layers.add_lora(cfg, 'value', x_BxTxD,
+                                     _HeadProjection(cfg, k, 'kv_heads', name='value')(x_BxTxD))
     if cfg.position == 'rope':
       q_BxTxNxH = apply_rope(q_BxTxNxH, positions_BxT, cfg.rope_theta)
       k_BxTxKxH = apply_rope(k_BxTxKxH, positions_BxT, cfg.rope_theta)
@@ -124,19 +133,28 @@ class CausalSelfAttention(nn.Module):
     if self.decode and not cfg.causal:
       raise ValueError('A non-causal model (model.causal=False) cannot decode: each position '
                        'attends to tokens that are not generated yet.')
+    prefix, k_BxSxKxH, v_BxSxKxH = peft_layers.attention_prefix(self, cfg, self.decode, k_BxTxKxH,
+                                                                v_BxTxKxH)
+    mask_Bx1xTxS = None  # None: plain causal (or bidirectional) attention, on any backend
     if self.decode:
-      k_BxSxKxH, v_BxSxKxH, mask_Bx1xTxS = self._update_cache(k_BxTxKxH, v_BxTxKxH, kv_mask_BxS)
+      k_BxSxKxH, v_BxSxKxH, mask_Bx1xTxS = self._update_cache(k_BxSxKxH, v_BxSxKxH, kv_mask_BxS)
       if mask_Bx1xTxS is None:  # initialisation pass: the cache is only being created
-        mask_Bx1xTxS = jnp.tril(jnp.ones((q_BxTxNxH.shape[1],) * 2, bool))[None, None]
-      out_BxTxNxH = attention.masked_attention(q_BxTxNxH, k_BxSxKxH, v_BxSxKxH, mask_Bx1xTxS,
-                                               impl=cfg.attention_impl)
-    elif kv_mask_BxS is not None:
+        mask_Bx1xTxS = jnp.tril(jnp.ones((k_BxSxKxH.shape[1],) * 2, bool))[None, None]
+    elif kv_mask_BxS is not None or prefix is not None:
       t = x_BxTxD.shape[1]
-      visible_TxT = jnp.tril(jnp.ones((t, t), bool)) if cfg.causal else jnp.ones((t, t), bool)
-      # A padded query still sees itself, so its softmax row is never empty (no NaN).
-      mask_Bx1xTxT = ((visible_TxT[None, None] & kv_mask_BxS[:, None, None, :])
-                      | jnp.eye(t, dtype=bool)[None, None])
-      out_BxTxNxH = attention.masked_attention(q_BxTxNxH, k_BxTxKxH, v_BxTxKxH, mask_Bx1xTxT,
+      mask_Bx1xTxS = jnp.tril(jnp.ones((t, t), bool)) if cfg.causal else jnp.ones((t, t), bool)
+      mask_Bx1xTxS = mask_Bx1xTxS[None, None]
+      if kv_mask_BxS is not None:
+        # A padded query still sees itself, so its softmax row is never empty (no NaN).
+        mask_Bx1xTxS = ((mask_Bx1xTxS & kv_mask_BxS[:, None, None, :])
+                        | jnp.eye(t, dtype=bool)[None, None])
+    if prefix is not None:
+      k_BxSxKxH = jnp.concatenate([prefix[0], k_BxSxKxH], axis=1)
+      v_BxSxKxH = jnp.concatenate([prefix[1], v_BxSxKxH], axis=1)
+      mask_Bx1xTxS = peft_layers.mask_with_prefix(mask_Bx1xTxS, prefix[0].shape[1],
+                                                  virtual_queries=cfg.peft.method == 'prompt')
+    if mask_Bx1xTxS is not None:
+      out_BxTxNxH = attention.masked_attention(q_BxTxNxH, k_BxSxKxH, v_BxSxKxH, mask_Bx1xTxS,
                                                impl=cfg.attention_impl)
     elif cfg.causal:
       out_BxTxNxH = attention.causal_attention(q_BxTxNxH, k_BxTxKxH, v_BxTxKxH,
@@ -149,6 +167,7 @@ class CausalSelfAttention(nn.Module):
     kernel_NxHxD = self.param('out_kernel', _init(cfg, out_std, ('heads', 'head_dim', 'embed')),
                               (n, h, cfg.d_model), cfg.weights_dtype)
     y_BxTxD = jnp.einsum('btnh,nhd->btd', out_BxTxNxH, kernel_NxHxD.astype(cfg.compute_dtype))
+    y_BxTxD = peft_layers.add_lora(cfg, 'out', out_BxTxNxH, y_BxTxD)
     if cfg.use_bias:
       bias_D = self.param('out_bias', _zeros(('embed',)), (cfg.d_model,), cfg.weights_dtype)
       y_BxTxD = y_BxTxD + bias_D.astype(cfg.compute_dtype)[None, None]
@@ -187,19 +206,21 @@ class MLP(nn.Module):
         features, use_bias=cfg.use_bias, dtype=cfg.compute_dtype, param_dtype=cfg.weights_dtype,
         kernel_init=_init(cfg, std, names), bias_init=_zeros(names[-1:]), name=name)
     f = cfg.mlp_hidden
+    project = lambda name: peft_layers.add_lora(
+        cfg, name, x_BxTxD, dense(f, ('embed', 'mlp'), cfg.init_std, name)(x_BxTxD))
     if cfg.mlp == 'swiglu':
-      gate_BxTxF = dense(f, ('embed', 'mlp'), cfg.init_std, 'gate')(x_BxTxD)
-      up_BxTxF = dense(f, ('embed', 'mlp'), cfg.init_std, 'up')(x_BxTxD)
-      h_BxTxF = nn.silu(gate_BxTxF) * up_BxTxF
+      h_BxTxF = nn.silu(project('gate')) * project('up')
     else:
-      h_BxTxF = nn.gelu(dense(f, ('embed', 'mlp'), cfg.init_std, 'up')(x_BxTxD), approximate=True)
+      h_BxTxF = nn.gelu(project('up'), approximate=True)
     h_BxTxF = nn.with_logical_constraint(h_BxTxF, ('batch', 'length', 'act_mlp'))
     out_std = cfg.init_std / math.sqrt(2 * cfg.num_layers)
-    return dense(cfg.d_model, ('mlp', 'embed'), out_std, 'down')(h_BxTxF)
+    return peft_layers.add_lora(cfg, 'down', h_BxTxF,
+                                dense(cfg.d_model, ('mlp', 'embed'), out_std, 'down')(h_BxTxF))
 
 
 class Block(nn.Module):
-  """Pre-norm residual block: x + attn(norm(x)), then x + mlp(norm(x))."""
+  """Pre-norm residual block: x + attn(norm(x)), then x + mlp(norm(x)); with adapters, each
+  branch passes through its adapter before it joins the residual stream."""
 
   config: GPTConfig
   decode: bool = False
@@ -210,8 +231,10 @@ class Block(nn.Module):
     cfg = self.config
     drop = nn.Dropout(cfg.dropout, deterministic=self.deterministic)
     attn = CausalSelfAttention(cfg, decode=self.decode, name='attn')
-    x_BxTxD = x_BxTxD + drop(attn(_norm(cfg, 'attn_norm')(x_BxTxD), positions_BxT, kv_mask_BxS))
-    x_BxTxD = x_BxTxD + drop(MLP(cfg, name='mlp')(_norm(cfg, 'mlp_norm')(x_BxTxD)))
+    attn_BxTxD = attn(_norm(cfg, 'attn_norm')(x_BxTxD), positions_BxT, kv_mask_BxS)
+    x_BxTxD = x_BxTxD + drop(peft_layers.adapt(cfg, 'attn_adapter', attn_BxTxD))
+    mlp_BxTxD = MLP(cfg, name='mlp')(_norm(cfg, 'mlp_norm')(x_BxTxD))
+    x_BxTxD = x_BxTxD + drop(peft_layers.adapt(cfg, 'mlp_adapter', mlp_BxTxD))
     return nn.with_logical_constraint(x_BxTxD, ('batch', 'length', 'act_embed'))
 
 
@@ -235,6 +258,10 @@ class GPT(nn.Module):
   With `return_hidden` the call stops before the readout and returns the final-normed hidden
   states [B, T, D] in the compute dtype, for a head other than next-token prediction to read
   (the scalar head of `gptjax/reward_model.py`).
+
+  Under prefix and prompt tuning the P slots in front take positions 0..P-1 and the tokens'
+  positions (given, or 0..T-1) move up by P; a prompt's P rows are dropped before the final norm,
+  so the output covers the T tokens alone.
   """
 
   config: GPTConfig
@@ -251,7 +278,8 @@ class GPT(nn.Module):
     embed = nn.Embed(cfg.vocab_size, cfg.d_model, dtype=cfg.compute_dtype,
                      param_dtype=cfg.weights_dtype,
                      embedding_init=_init(cfg, cfg.init_std, ('vocab', 'embed')), name='embed')
-    x_BxTxD = embed(tokens_BxT)
+    x_BxTxD, positions_BxT, kv_mask_BxS = peft_layers.prepend_prompt(
+        self, cfg, self.decode, embed(tokens_BxT), positions_BxT, kv_mask_BxS)
     if cfg.position == 'learned':
       table_PxD = self.param('pos_embed', _init(cfg, cfg.init_std, ('length', 'embed')),
                              (cfg.max_seq_len, cfg.d_model), cfg.weights_dtype)
@@ -275,7 +303,7 @@ class GPT(nn.Module):
       for layer in range(cfg.num_layers):
         x_BxTxD = block_cls(name=f'block_{layer}', **block_kwargs)(x_BxTxD, positions_BxT, kv_mask_BxS)
 
-    x_BxTxD = _norm(cfg, 'final_norm')(x_BxTxD)
+    x_BxTxD = _norm(cfg, 'final_norm')(peft_layers.drop_prompt(cfg, x_BxTxD))
     if return_hidden:
       return x_BxTxD
     if cfg.tie_embeddings:
