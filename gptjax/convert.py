@@ -13,6 +13,8 @@ the command it prints trains on from there, and `gptjax.generate` samples from i
 to-hf writes `config.json` and `model.safetensors` (float32) that
 `transformers.GPT2LMHeadModel.from_pretrained` loads, and the run's BPE as `tokenizer.json`; a model
 GPT-2 cannot express (RoPE, SwiGLU, RMSNorm, grouped-query attention, an untied head...) is refused.
+A LoRA fine-tune (`gptjax.finetune`) exports with its factors merged into the weights; a fine-tune
+with adapters, a prefix or a prompt has modules GPT-2 lacks and is refused.
 
 Everything is read and checked before anything is written; a bad input ends in one line on stderr
 and exit status 2 (`gptjax.cli`). The `hf` extra (`pip install -e '.[hf]'`) provides safetensors
@@ -35,7 +37,7 @@ import numpy as np
 from absl import flags, logging
 from ml_collections import config_flags
 
-from gptjax import checkpointing, cli, hf_gpt2, optim, run_dir, train
+from gptjax import checkpointing, cli, finetune_state, hf_gpt2, optim, run_dir, train
 from gptjax.hf_gpt2 import ConversionError
 from gptjax.model_config import GPTConfig
 from gptjax.steps import TrainState
@@ -151,7 +153,8 @@ def _run_tokenizer(workdir: str) -> Tokenizer | None:
 
 
 def export_hf(workdir: str, out: str) -> GPTConfig:
-  """Writes the latest checkpoint of the run in `workdir` to `out` as a GPT-2; returns its model."""
+  """Writes the latest checkpoint of the run in `workdir` (LoRA merged) to `out` as a GPT-2;
+  returns its model."""
   config = run_dir.read_config(workdir)
   model_cfg = GPTConfig.from_config(config.model)
   reasons = hf_gpt2.unexpressible(model_cfg)
@@ -162,7 +165,7 @@ def export_hf(workdir: str, out: str) -> GPTConfig:
   if reasons:
     raise ConversionError(f'GPT-2 cannot express the model of {workdir}: {"; ".join(reasons)}. '
                           'Only a run trained with the GPT-2 architecture exports to GPT-2.')
-  _, params = train.load_params(workdir)
+  _, params = finetune_state.plain_run(workdir)  # a LoRA fine-tune with its factors merged
   tensors = hf_gpt2.params_to_hf(jax.device_get(params), model_cfg)
   eos_id = None if tokenizer is None else int(tokenizer.eos_id)
   payload = _hf_module('safetensors.numpy').save(tensors, metadata={'format': 'pt'})

@@ -16,7 +16,7 @@ import jax
 import numpy as np
 from absl import app, flags
 
-from gptjax import cli, hardware, train
+from gptjax import cli, finetune_state, hardware
 from gptjax.beam_search import BeamSearchConfig, beam_search
 from gptjax.decoding import left_pad, sample_windowed
 from gptjax.model_config import GPTConfig
@@ -47,11 +47,11 @@ def main(argv: Sequence[str]) -> None:
     raise ValueError(f'--max_new_tokens={_MAX_NEW.value} must be at least 1.')
   if _BEAMS.value < 1:
     raise ValueError(f'--num_beams={_BEAMS.value} must be at least 1 (1 samples, more search).')
-  config, params = train.load_params(_WORKDIR.value)
+  config, params = finetune_state.load_params(_WORKDIR.value)
   if not config.model.get('causal', True):
     raise ValueError(f'{_WORKDIR.value} holds a bidirectional model (model.causal=False, trained '
                      'on masked tokens): it cannot generate text left to right.')
-  model_config = hardware.resolve_attention(GPTConfig.from_config(config.model), jax.devices()[0])
+  model_config = hardware.resolve_attention(GPTConfig.from_run_config(config), jax.devices()[0])
   tokenizer = load_or_train_tokenizer(config, _WORKDIR.value)
   prompt_ids = [int(i) for i in tokenizer.encode(_PROMPT.value)] or [int(tokenizer.eos_id)]
   stop_tokens = (int(tokenizer.eos_id),)

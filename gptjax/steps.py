@@ -1,8 +1,10 @@
 """Pure training and evaluation steps: functions of (state, batch), jitted by the caller with shardings.
 
 A batch is either next-token windows, int32 [B, T+1] (inputs are [:, :-1], targets [:, 1:]), or
-masked examples of the MLM objective, int32 [B, 2, T] (inputs [:, 0], labels [:, 1], `mlm.IGNORE`
-where nothing is predicted; `gptjax/mlm.py`). The batch's rank says which, so the steps need no flag.
+rows of inputs and labels, int32 [B, 2, T] (inputs [:, 0], labels [:, 1], `mlm.IGNORE` where nothing
+is predicted): the MLM objective's masked windows (`gptjax/mlm.py`) and fine-tuning's padded
+prompt/response examples (`gptjax/sft_data.py`). The batch's rank says which, so the steps need no
+flag.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from gptjax import mlm
+from gptjax import mlm, peft
 from gptjax.model import GPT
 
 Array = jax.Array
@@ -55,9 +57,13 @@ def inputs_and_labels(batch: Array) -> tuple[Array, Array]:
   return batch[:, :-1], batch[:, 1:]
 
 
-def loss_fn(params: Any, model: GPT, batch: Array, dropout_key: Array | None) -> Array:
+def loss_fn(params: Any, model: GPT, batch: Array, dropout_key: Array | None,
+            frozen_params: Any = None) -> Array:
   """Mean NLL of the predicted tokens (every next token; the selected ones of a masked batch);
-  dropout is on iff a key is given."""
+  dropout is on iff a key is given. `frozen_params`, if given, completes `params` to the model's
+  tree (a fine-tune's base, `gptjax/peft.py`): the gradient is then taken for `params` alone."""
+  if frozen_params is not None:
+    params = peft.combine(params, frozen_params)
   inputs_BxT, labels_BxT = inputs_and_labels(batch)
   rngs = {} if dropout_key is None else {'dropout': dropout_key}
   logits_BxTxV = model.apply({'params': params}, inputs_BxT, deterministic=dropout_key is None,
@@ -69,10 +75,13 @@ def loss_fn(params: Any, model: GPT, batch: Array, dropout_key: Array | None) ->
   return jnp.sum(jnp.where(selected_BxT, nll_BxT, 0.0)) / jnp.maximum(jnp.sum(selected_BxT), 1)
 
 
-def train_step(state: TrainState, batch_BxT1: Array, *, model: GPT,
+def train_step(state: TrainState, batch_BxT1: Array, frozen_params: Any = None, *, model: GPT,
                optimizer: optax.GradientTransformation, schedule: optax.Schedule,
                grad_accum_steps: int = 1, dropout_seed: int | None = None) -> tuple[TrainState, Metrics]:
   """One optimizer step on a global batch, averaged over `grad_accum_steps` micro-batches.
+
+  The state holds the trained parameters; `frozen_params` (a fine-tune's base) are read, never
+  updated, and have no optimizer state.
 
   Micro-batches run in a `lax.scan` so memory holds one micro-batch of activations at a time, and
   the update equals the one a single large batch would give (up to float rounding). With dropout,
@@ -85,7 +94,7 @@ def train_step(state: TrainState, batch_BxT1: Array, *, model: GPT,
   grad_fn = jax.value_and_grad(loss_fn)
 
   if grad_accum_steps == 1:
-    loss, grads = grad_fn(state.params, model, batch_BxT1, dropout_key)
+    loss, grads = grad_fn(state.params, model, batch_BxT1, dropout_key, frozen_params)
   else:
     a, b = grad_accum_steps, batch_BxT1.shape[0]
     # Micro-batch i takes rows i, i + a, i + 2a, ...: each keeps an equal share on every data shard.
@@ -95,7 +104,7 @@ def train_step(state: TrainState, batch_BxT1: Array, *, model: GPT,
       loss_sum, grad_sum = carry
       index, micro_MxT1 = inputs
       key = None if dropout_key is None else jax.random.fold_in(dropout_key, index)
-      loss, grads = grad_fn(state.params, model, micro_MxT1, key)
+      loss, grads = grad_fn(state.params, model, micro_MxT1, key, frozen_params)
       return (loss_sum + loss, jax.tree.map(jnp.add, grad_sum, grads)), None
 
     zeros = jax.tree.map(jnp.zeros_like, state.params)
@@ -115,9 +124,11 @@ def train_step(state: TrainState, batch_BxT1: Array, *, model: GPT,
   return TrainState(step=state.step + 1, params=params, opt_state=opt_state), metrics
 
 
-def eval_step(params: Any, batch: Array, *, model: GPT) -> Array:
+def eval_step(params: Any, batch: Array, frozen_params: Any = None, *, model: GPT) -> Array:
   """Summed NLL, count and number of top-1 hits of the predicted tokens, so batches of any size
   average exactly."""
+  if frozen_params is not None:
+    params = peft.combine(params, frozen_params)
   inputs_BxT, labels_BxT = inputs_and_labels(batch)
   logits_BxTxV = model.apply({'params': params}, inputs_BxT, deterministic=True)
   selected_BxT = labels_BxT != mlm.IGNORE
