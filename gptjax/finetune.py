@@ -30,8 +30,8 @@ import ml_collections
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from gptjax import checkpointing, cli, decoding, distributed, evaluate, finetune_state, hardware
-from gptjax import optim, peft, run_dir, sharding, sft_data, sft_tasks, stopping, train
+from gptjax import checkpointing, cli, decoding, distributed, evaluate, finetune_state, flops
+from gptjax import hardware, optim, peft, run_dir, sharding, sft_data, sft_tasks, stopping, train
 from gptjax import workdir_lock
 from gptjax.model import GPT
 from gptjax.model_config import GPTConfig
@@ -134,7 +134,7 @@ def _finetune(config, workdir, mesh, sft: sft_data.SFTData, tokenizer: Tokenizer
     tokenizer.save(workdir)
     run_dir.write_config(workdir, config)
   jit_train, jit_eval = _jit_steps(config, setup, mesh, rules, split)
-  trainable = peft.trainable_param_count(setup.model)
+  trainable = flops.trainable_params(setup.model)
   recorder = Recorder(config, setup.model, workdir, data, start_step,
                       constants={'params_trainable': trainable})
   logging.info('Fine-tuning %s with %r: %s trainable parameters; task %r.',

@@ -11,6 +11,7 @@ dim, F MLP hidden width, V vocabulary, T sequence length (the attention context)
 from __future__ import annotations
 
 import dataclasses
+import math
 import statistics
 import time
 from typing import Any
@@ -19,6 +20,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from gptjax import peft
 from gptjax.model_config import GPTConfig
 
 FLOP_METHODS = ('kaplan', 'full')
@@ -63,6 +65,24 @@ def param_counts(cfg: GPTConfig) -> ParamCounts:
   embedding = token + position + head
   return ParamCounts(total=non_embedding + embedding, non_embedding=non_embedding,
                      embedding=embedding)
+
+
+def trainable_params(model_cfg: GPTConfig) -> int:
+  """The parameters a fine-tune with `model_cfg.peft`'s method trains, from the config alone:
+  every parameter under 'full', the method's own otherwise (docs/finetuning.md)."""
+  method, layers, d = model_cfg.peft, model_cfg.num_layers, model_cfg.d_model
+  if method.method == 'full':
+    return param_counts(model_cfg).total
+  if method.method == 'lora':
+    dims = [peft.lora_dims(model_cfg, target) for target in method.lora_targets]
+    return layers * sum(method.lora_rank * (math.prod(x.in_shape) + math.prod(x.out_shape))
+                        for x in dims)
+  if method.method == 'adapter':
+    a = method.adapter_dim
+    return 2 * layers * (2 * d * a + a + d)
+  if method.method == 'prefix':
+    return 2 * layers * method.prefix_len * model_cfg.kv_heads * model_cfg.head_dim
+  return method.prompt_len * d
 
 
 def _check_method(method: str) -> None:

@@ -17,7 +17,6 @@ prompt length.
 from __future__ import annotations
 
 import dataclasses
-import math
 from typing import TYPE_CHECKING, Any, Mapping, NamedTuple
 
 import jax
@@ -155,24 +154,6 @@ def lora_dims(model_cfg: GPTConfig, target: str) -> LoraDims:
       'gate': LoraDims((d,), ('embed',), (f,), ('mlp',)),
       'down': LoraDims((f,), ('mlp',), (d,), ('embed',)),
   }[target]
-
-
-def trainable_param_count(model_cfg: GPTConfig) -> int:
-  """The parameters the configured method trains, from the config alone (see docs/finetuning.md)."""
-  peft, layers, d = model_cfg.peft, model_cfg.num_layers, model_cfg.d_model
-  if peft.method == 'full':
-    from gptjax import flops  # imported here: flops imports model_config, which imports this module
-    return flops.param_counts(model_cfg).total
-  if peft.method == 'lora':
-    dims = [lora_dims(model_cfg, target) for target in peft.lora_targets]
-    return layers * sum(peft.lora_rank * (math.prod(x.in_shape) + math.prod(x.out_shape))
-                        for x in dims)
-  if peft.method == 'adapter':
-    a = peft.adapter_dim
-    return 2 * layers * (2 * d * a + a + d)
-  if peft.method == 'prefix':
-    return 2 * layers * peft.prefix_len * model_cfg.kv_heads * model_cfg.head_dim
-  return peft.prompt_len * d
 
 
 # Where each LoRA target's frozen kernel sits, from the dict that holds its `<target>_lora`.

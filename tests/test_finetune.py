@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 from experiments.configs import base, finetune as finetune_configs
-from gptjax import convert, decoding, finetune, finetune_state, hf_gpt2, peft, sft_tasks, sharding
+from gptjax import convert, decoding, finetune, finetune_state, flops, hf_gpt2, peft, sft_tasks, sharding
 from gptjax import train
 from gptjax.model import GPT
 from gptjax.model_config import GPTConfig
@@ -87,7 +87,7 @@ def test_lora_records_frozen_base_and_exact_resume(base_run, tmp_path):
   evals = [r for r in rows if 'eval_loss' in r]
   assert [r['step'] for r in evals] == [10, 20]
   assert all(0.0 <= r['eval_exact_match'] <= 1.0 for r in evals)
-  assert all(r['params_trainable'] == peft.trainable_param_count(model_cfg) for r in rows)
+  assert all(r['params_trainable'] == flops.trainable_params(model_cfg) for r in rows)
   assert evals[-1]['eval_loss'] < evals[0]['eval_loss'] and record['step'] == 20
 
   _, base_params = train.load_params(base_run)

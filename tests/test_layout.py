@@ -37,9 +37,17 @@ def _imports(path: pathlib.Path, known: set[str]) -> set[str]:
 
   `from a.b import c` names module `a.b.c` where that is a module, else `a.b`; a submodule does
   not count as importing its package's `__init__` (Python runs it first, but it cannot cycle).
+  Imports under `if TYPE_CHECKING:` are for annotations only and never run, so they do not count.
   """
+  tree = ast.parse(path.read_text(), str(path))
+  for_annotations = {id(inner) for node in ast.walk(tree)
+                     if isinstance(node, ast.If) and isinstance(node.test, ast.Name)
+                     and node.test.id == 'TYPE_CHECKING'
+                     for statement in node.body for inner in ast.walk(statement)}
   found = set()
-  for node in ast.walk(ast.parse(path.read_text(), str(path))):
+  for node in ast.walk(tree):
+    if id(node) in for_annotations:
+      continue
     if isinstance(node, ast.Import):
       names = [alias.name for alias in node.names]
     elif isinstance(node, ast.ImportFrom) and node.module and not node.level:

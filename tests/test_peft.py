@@ -13,7 +13,7 @@ import optax
 import pytest
 
 from experiments.configs import base
-from gptjax import decoding, peft, sharding
+from gptjax import decoding, flops, peft, sharding
 from gptjax.model import GPT
 from gptjax.model_config import GPTConfig
 from gptjax.peft import PeftConfig
@@ -199,7 +199,7 @@ def test_trainable_count_and_split_on_abstract_and_boxed_trees(variant):
     assert (jax.tree.structure(peft.combine(trainable, frozen), is_leaf=is_box)
             == jax.tree.structure(boxed, is_leaf=is_box))
     count = sum(x.size for x in jax.tree.leaves(nn.unbox(trainable)))
-    assert peft.trainable_param_count(cfg) == count, method
+    assert flops.trainable_params(cfg) == count, method
     if method != 'full':
       assert jax.tree.structure(nn.unbox(frozen)) == plain
 
@@ -324,4 +324,4 @@ def test_full_fine_tuning_trains_everything():
   shapes = nn.unbox(jax.eval_shape(GPT(cfg).init, jax.random.key(0), TOKENS)['params'])
   trainable, frozen = peft.split_trainable(shapes, 'full')
   assert frozen == {} and jax.tree.structure(trainable) == jax.tree.structure(shapes)
-  assert peft.trainable_param_count(cfg) == sum(x.size for x in jax.tree.leaves(shapes))
+  assert flops.trainable_params(cfg) == sum(x.size for x in jax.tree.leaves(shapes))
