@@ -161,3 +161,17 @@ def test_too_long_examples_are_dropped_or_refused():
   assert len(rows) == 2  # 'x' + 8 y's + EOS fits; 'hello world' does not
   with pytest.raises(ValueError, match='No train example fits'):
     sft_data.example_rows(TOKENIZER, EXAMPLES, 3, 'train')
+
+
+def test_docstring_task_splits_functions_by_file_like_pretraining():
+  from experiments.configs import base
+  config = base.get_config()
+  config.data.max_corpus_bytes = 2_000_000
+  config.finetune = ml_collections.ConfigDict({'task': 'docstring', 'num_examples': 300,
+                                               'eval_examples': 30})
+  task = sft_tasks.load_task(config)
+  assert len(task.train) == 300 and 0 < len(task.validation) <= 30 and not task.exact_match
+  assert not {e.prompt for e in task.train} & {e.prompt for e in task.validation}
+  for example in task.train[:50]:
+    assert '"""' in example.prompt or "'''" in example.prompt
+    assert example.response.strip()
