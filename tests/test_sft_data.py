@@ -4,8 +4,10 @@ The loss checks run the training step's own loss (`steps.loss_fn`) on rows from 
 compare it with a float64 NumPy reference over the response tokens only.
 """
 
+import ast
 import functools
 import json
+import textwrap
 
 import jax
 import jax.numpy as jnp
@@ -173,5 +175,8 @@ def test_docstring_task_splits_functions_by_file_like_pretraining():
   assert len(task.train) == 300 and 0 < len(task.validation) <= 30 and not task.exact_match
   assert not {e.prompt for e in task.train} & {e.prompt for e in task.validation}
   for example in task.train[:50]:
-    assert '"""' in example.prompt or "'''" in example.prompt
-    assert example.response.strip()
+    # signature + docstring + body is the whole function again, and the prompt ends at its docstring
+    function = ast.parse(textwrap.dedent(example.prompt + example.response)).body[0]
+    assert isinstance(function, (ast.FunctionDef, ast.AsyncFunctionDef))
+    assert ast.get_docstring(function) and example.response.strip()
+    assert function.body[0].end_lineno == example.prompt.count('\n')
