@@ -6,8 +6,9 @@ Each fine-tune is a run directory `<workdir>/<base>-<method><size>` made by `gpt
 a rerun skips the finished ones and resumes an interrupted one. The table gives, per base and run,
 the trainable parameters, the final response loss and the exact-match accuracy of greedy
 generations on the task's validation prompts, next to the base model's own accuracy before
-fine-tuning. The figure plots accuracy against trainable parameters (one panel per base size, one
-line per method) and against base size (each method at its largest budget).
+fine-tuning. The figure plots the response loss (which moves long before exact match does) against
+trainable parameters (one panel per base size, one line per method) and against base size (each
+method at its largest budget).
 """
 
 from __future__ import annotations
@@ -113,14 +114,15 @@ def plot(rows: Sequence[dict], path: str) -> None:
   methods = ['full'] + [m for m, _, _ in study.METHODS]
   for axis, base in zip(axes, bases):
     for method in methods:
-      points = sorted((r['trainable'], r['exact_match']) for r in rows
+      points = sorted((r['trainable'], r['loss']) for r in rows
                       if r['base'] == base and r['method'] == method)
       if points:
         axis.plot(*zip(*points), marker='o', label=method)
     axis.set_xscale('log')
     axis.set_title(f'base {base}')
     axis.set_xlabel('trainable parameters')
-    axis.set_ylabel('exact match (reverse)')
+    axis.set_ylabel('response loss (nats/token)')
+    axis.set_yscale('log')
     axis.grid(alpha=0.3)
   axes[0].legend(fontsize=8)
   size_axis = axes[-1]
@@ -129,13 +131,14 @@ def plot(rows: Sequence[dict], path: str) -> None:
     for r in rows:
       if r['method'] == method and r['trainable'] >= largest.get(r['base'], {}).get('trainable', -1):
         largest[r['base']] = r
-    points = sorted((r['base_params'], r['exact_match']) for r in largest.values())
+    points = sorted((r['base_params'], r['loss']) for r in largest.values())
     if points:
       size_axis.plot(*zip(*points), marker='o', label=method)
   size_axis.set_xscale('log')
   size_axis.set_title('largest budget per method')
   size_axis.set_xlabel('base model parameters')
-  size_axis.set_ylabel('exact match (reverse)')
+  size_axis.set_ylabel('response loss (nats/token)')
+  size_axis.set_yscale('log')
   size_axis.grid(alpha=0.3)
   figure.tight_layout()
   os.makedirs(os.path.dirname(path), exist_ok=True)
