@@ -112,10 +112,9 @@ def train_ppo(config: ml_collections.ConfigDict, init_from: str, workdir: str, *
       preference_pairs.read_pairs(path), config.preferences.eval_fraction, path)
   block, blocks = sharding.process_batch_block(sharding.batch_sharding(mesh),
                                                config.data.batch_size, 2)
-  eval_prompts = preference_pairs.unique_prompts(eval_pairs)
   data = preference_data.build_prompt_data(
-      config, tokenizer, preference_pairs.unique_prompts(train_pairs), eval_prompts,
-      process_index=block, process_count=blocks)
+      config, tokenizer, preference_pairs.unique_prompts(train_pairs),
+      preference_pairs.unique_prompts(eval_pairs), process_index=block, process_count=blocks)
   params = preference_stage.load_policy(init_from)
   sources = {'init_from': preference_stage.params_source(init_from, params),
              'reward_from': preference_stage.params_source(reward_from, reward_params),
@@ -124,7 +123,7 @@ def train_ppo(config: ml_collections.ConfigDict, init_from: str, workdir: str, *
     reward_cfg = hardware.resolve_attention(GPTConfig.from_run_config(reward_config),
                                             mesh.devices.flat[0])
     return _train(config, workdir, mesh, preference_stage.policy_model(config, mesh), params,
-                  reward_cfg, reward_params, data, eval_prompts, gold, changed=changed)
+                  reward_cfg, reward_params, data, gold, changed=changed)
 
 
 class Steps(NamedTuple):
@@ -184,7 +183,7 @@ def initial_state(config, mesh, rules, policy_cfg: GPTConfig, params, reward_cfg
 
 
 def _train(config, workdir, mesh, policy_cfg: GPTConfig, params, reward_cfg: GPTConfig,
-           reward_params, data, eval_prompts, gold, *, changed: bool) -> dict[str, Any]:
+           reward_params, data, gold, *, changed: bool) -> dict[str, Any]:
   rules = sharding.logical_rules(config.mesh)
   p, t = config.preferences, config.train
   state, ref_params, frozen_reward = initial_state(config, mesh, rules, policy_cfg, params,
@@ -199,9 +198,7 @@ def _train(config, workdir, mesh, policy_cfg: GPTConfig, params, reward_cfg: GPT
                                 start_step=start_step)
   sampler = policy_sampling.Sampler(policy_cfg, data.tokenizer, p.max_new_tokens,
                                     config.data.batch_size, mesh, rules)
-  eval_rows = rollouts.prompt_rows(
-      data.tokenizer, preference_data.eval_prompt_cycle(eval_prompts, p.eval_samples),
-      p.max_prompt_tokens)
+  eval_rows = np.concatenate(list(data.eval_batches()))  # the held-out prompts, cycled
 
   def evaluate_now(state: PPOState) -> dict[str, float]:
     return policy_sampling.policy_report(
