@@ -101,6 +101,21 @@ def run_all(workdir: str) -> dict[str, dict]:
         'train.num_steps': FLAGS.ppo_steps, 'train.eval_every': 10}), policy, ppo)
     runs[f'ppo_rm_{n}'] = {'dir': ppo, 'kind': 'ppo', 'rm_accuracy': accuracy,
                            'label': f'PPO, RM on {n or "all"} pairs (acc {accuracy:.2f})'}
+  for trunk in [t for t in FLAGS.reward_trunks.split(',') if t]:
+    # A reward model of another size: the trunk of another pre-trained run (same tokenizer), on
+    # every training pair; PPO still trains the same policy against it.
+    name = os.path.basename(os.path.normpath(trunk))
+    rm = os.path.join(workdir, f'rm_{name}')
+    reward_training.train_reward_model(_stage('reward', {
+        'preferences.pairs_from': pairs, 'reward.max_pairs': 0,
+        'train.num_steps': FLAGS.rm_steps, 'train.eval_every': FLAGS.rm_steps}), trunk, rm)
+    accuracy = _evals(rm)[-1]['eval_accuracy']
+    ppo = os.path.join(workdir, f'ppo_rm_{name}')
+    ppo_training.train_ppo(_stage('ppo', {
+        'preferences.pairs_from': pairs, 'ppo.reward_from': rm, 'ppo.kl_beta': FLAGS.ppo_kl_beta,
+        'train.num_steps': FLAGS.ppo_steps, 'train.eval_every': 10}), policy, ppo)
+    runs[f'ppo_rm_{name}'] = {'dir': ppo, 'kind': 'ppo', 'rm_accuracy': accuracy,
+                              'label': f'PPO, RM {name} on all pairs (acc {accuracy:.2f})'}
   for beta in FLAGS.betas.split(','):
     dpo = os.path.join(workdir, f'dpo_beta_{beta}')
     dpo_training.train_dpo(_stage('dpo', {
@@ -163,6 +178,9 @@ def define_flags() -> None:
   flags.DEFINE_integer('sft_steps', 40, 'Fine-tuning steps on the docstring task; 0 uses the '
                        'base as the policy.')
   flags.DEFINE_string('reward_pairs', '150,600,0', 'Training pairs of each reward model (0: all).')
+  flags.DEFINE_string('reward_trunks', '', 'Pre-trained runs of other sizes (byte tokens) whose '
+                      'trunks start further reward models, e.g. runs/clm_vs_mlm/clm_d32,'
+                      'runs/clm_vs_mlm/clm_d128.')
   flags.DEFINE_string('betas', '0.1,0.3,1', "DPO's betas.")
   flags.DEFINE_integer('rm_steps', 200, 'Reward-model training steps.')
   flags.DEFINE_integer('ppo_steps', 80, 'PPO rollout batches.')
