@@ -31,7 +31,7 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 from gptjax import checkpointing, cli, decoding, distributed, evaluate, finetune_state, flops
-from gptjax import hardware, optim, peft, run_dir, sharding, sft_data, sft_tasks, stopping, train
+from gptjax import hardware, optim, peft, run_dir, sharding, sft_data, sft_tasks, train
 from gptjax import workdir_lock
 from gptjax.model import GPT
 from gptjax.model_config import GPTConfig
@@ -154,17 +154,8 @@ def _finetune(config, workdir, mesh, sft: sft_data.SFTData, tokenizer: Tokenizer
     with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
       recorder.record_missing_final_eval(
           start_step, lambda: evaluate_with(state.params, batches=data.eval_batches()), workdir)
-  preemption = stopping.StopSignals()
-  preemption.install()
-  try:
-    record = train.run_loop(config, state, start_step, data, jit_train, evaluate_with, to_global,
-                            manager, recorder, preemption, mesh, rules)
-  finally:
-    preemption.uninstall()
-  manager.wait_until_finished()
-  manager.close()
-  recorder.close()
-  return record
+  return train.run_loop(config, state, start_step, data, jit_train, evaluate_with, to_global,
+                        manager, recorder, mesh, rules)
 
 
 def main(argv: Sequence[str]) -> None:

@@ -74,22 +74,8 @@ def read_pairs(path: str) -> list[Pair]:
     raise ValueError(f'{path}: no such pairs file; make one with `python -m gptjax.preferences '
                      'pairs` or point --pairs at a JSONL file of {"prompt", "chosen", "rejected"} '
                      'lines.')
-  try:
-    lines = run_dir.read_bytes(path).decode('utf-8').splitlines()
-  except UnicodeDecodeError as error:
-    raise ValueError(f'{path} is not UTF-8 text ({error.reason} at byte {error.start}); give a '
-                     'JSONL file of {"prompt", "chosen", "rejected"} lines.') from None
-  pairs = []
-  for number, line in enumerate(lines, start=1):
-    if not line.strip():
-      continue
-    try:
-      row = json.loads(line)
-    except json.JSONDecodeError as error:
-      raise ValueError(f'{path}:{number}: not valid JSON ({error.msg}); each line must be one '
-                       'object like {"prompt": "...", "chosen": "...", "rejected": "..."}.'
-                       ) from None
-    pairs.append(_pair_from_json(row, f'{path}:{number}'))
+  pairs = [_pair_from_json(row, f'{path}:{number}') for number, row in run_dir.read_json_lines(
+      path, '{"prompt": "...", "chosen": "...", "rejected": "..."}')]
   if not pairs:
     raise ValueError(f'{path} holds no pairs; give one {{"prompt", "chosen", "rejected"}} object '
                      'per line.')

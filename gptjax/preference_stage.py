@@ -31,7 +31,7 @@ import optax
 from jax.sharding import Mesh
 
 from gptjax import checkpointing, finetune_state, hardware, preference_data, records, run_dir
-from gptjax import sharding, stopping, train, workdir_lock
+from gptjax import sharding, train, workdir_lock
 from gptjax.model_config import GPTConfig
 from gptjax.recorder import Recorder
 from gptjax.steps import TrainState
@@ -264,17 +264,8 @@ def train_on_pairs(config: ml_collections.ConfigDict, workdir: str, mesh: Mesh,
     with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
       record_eval_once(workdir, recorder, start_step, records.EVAL_KEY,
                        lambda: evaluate_with(state.params, batches=data.eval_batches()))
-  preemption = stopping.StopSignals()
-  preemption.install()
-  try:
-    record = train.run_loop(config, state, start_step, data, jit_train, evaluate_with, to_global,
-                            manager, recorder, preemption, mesh, rules)
-  finally:
-    preemption.uninstall()
-  manager.wait_until_finished()
-  manager.close()
-  recorder.close()
-  return record
+  return train.run_loop(config, state, start_step, data, jit_train, evaluate_with, to_global,
+                        manager, recorder, mesh, rules)
 
 
 def record_eval_once(workdir: str, recorder: Recorder, step: int, key: str,

@@ -84,6 +84,26 @@ def read_bytes(path: str) -> bytes:
   return _remote(path, lambda p: p.read_bytes())
 
 
+def read_json_lines(path: str, expected: str) -> list[tuple[int, Any]]:
+  """(line number, value) of every non-blank line of a JSONL file the user gives (a task or pairs
+  file); a ValueError names the file, the line and `expected`, the object each line should be."""
+  try:
+    lines = read_bytes(path).decode('utf-8').splitlines()
+  except UnicodeDecodeError as error:
+    raise ValueError(f'{path} is not UTF-8 text ({error.reason} at byte {error.start}); give a '
+                     f'JSONL file of {expected} lines.') from None
+  rows = []
+  for number, line in enumerate(lines, start=1):
+    if not line.strip():
+      continue
+    try:
+      rows.append((number, json.loads(line)))
+    except json.JSONDecodeError as error:
+      raise ValueError(f'{path}:{number}: not valid JSON ({error.msg}); each line must be one '
+                       f'object like {expected}.') from None
+  return rows
+
+
 def write_atomic(path: str, payload: bytes | str) -> str:
   """Writes `path` so that a reader (or a crash) never sees half a file; returns `path`.
 

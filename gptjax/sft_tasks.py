@@ -24,7 +24,7 @@ from typing import Iterator
 import ml_collections
 import numpy as np
 
-from gptjax import corpus
+from gptjax import corpus, run_dir
 
 SYNTHETIC_TASKS = ('reverse', 'sort', 'add')
 TASKS = SYNTHETIC_TASKS + ('docstring', 'jsonl')
@@ -114,25 +114,12 @@ def _docstring_split(split: corpus.TextSplit, decode_errors: str, limit: int) ->
 
 
 def _read_jsonl(path: str) -> list[Example]:
-  try:
-    with open(path, encoding='utf-8') as f:
-      lines = f.read().splitlines()
-  except UnicodeDecodeError as error:
-    raise ValueError(f'{path} is not UTF-8 text ({error.reason} at byte {error.start}); give a '
-                     'JSONL file of {"prompt": ..., "response": ...} lines.') from None
   examples = []
-  for number, line in enumerate(lines, start=1):
-    if not line.strip():
-      continue
-    try:
-      row = json.loads(line)
-    except json.JSONDecodeError as error:
-      raise ValueError(f'{path}:{number}: not valid JSON ({error.msg}); each line must be one '
-                       'object like {"prompt": "...", "response": "..."}.') from None
+  for number, row in run_dir.read_json_lines(path, '{"prompt": "...", "response": "..."}'):
     if not (isinstance(row, dict) and isinstance(row.get('prompt'), str)
             and isinstance(row.get('response'), str)):
       raise ValueError(f'{path}:{number}: expected an object with string fields "prompt" and '
-                       f'"response", got {line[:80]!r}.')
+                       f'"response", got {json.dumps(row)[:80]}.')
     if not row['response']:
       raise ValueError(f'{path}:{number}: the response is empty; there is nothing to learn from '
                        'this line. Remove it or fill in the response.')

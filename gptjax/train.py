@@ -248,11 +248,22 @@ def _train(config: ml_collections.ConfigDict, workdir: str, mesh: Mesh, *,
     with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
       recorder.record_missing_final_eval(
           start_step, lambda: evaluate_with(state.params, batches=data.eval_batches()), workdir)
+  return run_loop(config, state, start_step, data, jit_train, evaluate_with, to_global, manager,
+                  recorder, mesh, rules)
+
+
+def run_loop(config, state, step, data, jit_train, evaluate_with, to_global, manager, recorder,
+             mesh, rules) -> dict[str, Any]:
+  """Steps from `step` to the end, or to a stop signal (SIGTERM or Ctrl-C: a checkpoint is saved
+  first), then waits for the last checkpoint and closes the records; returns the last record.
+
+  Pre-training, fine-tuning and the preference stages all end their runs through here.
+  """
   preemption = stopping.StopSignals()
   preemption.install()
   try:
-    record = run_loop(config, state, start_step, data, jit_train, evaluate_with, to_global, manager,
-                   recorder, preemption, mesh, rules)
+    record = _steps(config, state, step, data, jit_train, evaluate_with, to_global, manager,
+                    recorder, preemption, mesh, rules)
   finally:
     preemption.uninstall()
   manager.wait_until_finished()
@@ -261,8 +272,8 @@ def _train(config: ml_collections.ConfigDict, workdir: str, mesh: Mesh, *,
   return record
 
 
-def run_loop(config, state, step, data, jit_train, evaluate_with, to_global, manager, recorder,
-          preemption, mesh, rules) -> dict[str, Any]:
+def _steps(config, state, step, data, jit_train, evaluate_with, to_global, manager, recorder,
+           preemption, mesh, rules) -> dict[str, Any]:
   """Steps from `step` to the end (or a stop signal); returns the last record."""
   t = config.train
   record: dict[str, Any] = {}
