@@ -21,7 +21,7 @@ import pytest
 import launch
 from gptjax import flops, records, run_dir, scaling_isoflop
 from gptjax.model_config import GPTConfig
-from launch import fit, status
+from launch import fit, local, status
 from launch import sweep as runner
 
 import faults
@@ -132,7 +132,7 @@ def test_member_command_reproduces_the_member_config(cpu_sweep):
   from ml_collections import config_flags
   base, members = cpu_sweep
   member = members[0]
-  argv = runner.member_command(CPU_SWEEP, member, 'unused')[2:]  # after `python -m`
+  argv = local.member_command(CPU_SWEEP, member, 'unused')[2:]  # after `python -m`
   argv = ['gptjax.main'] + [a for a in argv[1:] if not a.startswith('--workdir')]
   values = flags.FlagValues()
   config_flags.DEFINE_config_file('config', flag_values=values, sys_argv=argv, lock_config=True)
@@ -228,8 +228,8 @@ def fake_trainer(tmp_path, monkeypatch):
     return [sys.executable, str(script), member_dir, str(member.overrides['train.num_steps']),
             str(member.overrides['model.d_model']), mode, str(calls)]
 
-  monkeypatch.setattr(runner, 'member_command', command)
-  monkeypatch.setattr(runner, '_POLL_S', 0.05)
+  monkeypatch.setattr(local, 'member_command', command)
+  monkeypatch.setattr(local, '_POLL_S', 0.05)
   return calls
 
 
@@ -272,14 +272,14 @@ def test_ctrl_c_stops_running_members_with_sigterm(tmp_path, fake_trainer, monke
   """SIGTERM, not SIGINT: gptjax's train loop saves a checkpoint on SIGTERM before it exits."""
   sweep = _write_sweep(tmp_path, [('slow', 16, 8), ('never', 16, 8)])
   workdir = str(tmp_path / 'runs')
-  progress = runner._progress
+  progress = local._progress
 
   def interrupt_when_ready(job, board):
     progress(job, board)
     if os.path.exists(os.path.join(job.directory, 'ready')):
       raise KeyboardInterrupt
 
-  monkeypatch.setattr(runner, '_progress', interrupt_when_ready)
+  monkeypatch.setattr(local, '_progress', interrupt_when_ready)
   assert runner.run_sweep(sweep, workdir) == 130
   with open(os.path.join(workdir, 'slow', 'stopped')) as f:
     assert f.read() == 'SIGTERM'
@@ -481,7 +481,7 @@ def test_fit_only_fits_the_records_on_disk_and_starts_no_member(tmp_path, fake_t
   out = capsys.readouterr().out
   assert fake_trainer.read_text() == ''
   assert not os.path.exists(os.path.join(workdir, 'new'))
-  assert not os.path.exists(os.path.join(workdir, 'half', runner.LOG_FILE))
+  assert not os.path.exists(os.path.join(workdir, 'half', local.LOG_FILE))
   assert '2 member(s) not trained to the end yet, left out of the fits: new, half.' in out
   with open(os.path.join(workdir, 'fit', 'fit.json')) as f:
     summary = json.load(f)

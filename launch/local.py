@@ -1,0 +1,212 @@
+"""The local backend of the sweep runner: each member as its own `python -m gptjax.main` process.
+
+A fresh JAX per run, so a crash, OOM or NaN in one member cannot take the others down. Each
+member's output goes to `<member>/log.txt`; the runner prints one board line per progress update
+(the finished count, the sweep's ETA fitted from the members' progress, the running members'
+progress lines), and Ctrl-C stops the running members with SIGTERM, after which each saves a
+checkpoint. `launch.sweep` plans the members and calls `run_jobs`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+import shlex
+import signal
+import subprocess
+import sys
+import time
+from typing import Sequence
+
+import ml_collections
+import numpy as np
+import scipy.optimize
+
+import launch
+from gptjax.progress import format_duration
+from launch.status import member_status
+
+LOG_FILE = 'log.txt'
+_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+_PROGRESS = re.compile(r'\] (step (\d+)/(\d+) \|.*)$')
+_TAIL_LINES = 15
+_POLL_S = 0.5
+_STOP_GRACE_S = 120  # a member given SIGTERM saves a checkpoint first; give it time to
+
+
+def member_command(sweep_path: str, member: launch.Member, member_dir: str) -> list[str]:
+  config_file = os.path.relpath(launch.__file__)  # its get_config(sweep) is the sweep's base
+  return [sys.executable, '-m', 'gptjax.main', f'--config={config_file}:{sweep_path}',
+          f'--workdir={member_dir}', *launch.member_flags(member)]
+
+
+# ---------------------------------------------------------------- running members
+
+
+@dataclasses.dataclass
+class Job:
+  member: launch.Member
+  config: ml_collections.ConfigDict
+  plan: launch.Plan
+  directory: str
+  start_step: int  # where this runner starts it (approximately: the last record's step)
+  state: str = 'waiting'  # 'waiting' | 'running' | 'ended'
+  process: subprocess.Popen | None = None
+  log_offset: int = 0  # where this attempt's output starts in log.txt
+  read_offset: int = 0
+  started: float = 0.0
+  first: tuple[float, int] | None = None  # (time, step) of its first progress line
+  last: tuple[float, int] | None = None  # and of its latest
+
+  def flops(self, steps: float) -> float:
+    return self.plan.flops * steps / self.plan.steps
+
+
+def _start(job: Job, sweep_path: str, env: dict[str, str]) -> None:
+  os.makedirs(job.directory, exist_ok=True)
+  command = member_command(sweep_path, job.member, job.directory)
+  log_path = os.path.join(job.directory, LOG_FILE)
+  with open(log_path, 'a') as log:
+    log.write(f'==== {time.strftime("%Y-%m-%d %H:%M:%S")} {shlex.join(command)}\n')
+    job.log_offset = job.read_offset = log.tell()
+    # A session of its own: Ctrl-C reaches only the runner, which then stops members with SIGTERM
+    # so that they save a checkpoint instead of dying mid-step.
+    job.process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env,
+                                   start_new_session=True)
+  job.started = time.monotonic()
+  job.state = 'running'
+
+
+def _new_lines(job: Job) -> list[str]:
+  with open(os.path.join(job.directory, LOG_FILE), errors='replace') as log:
+    log.seek(job.read_offset)
+    text = log.read()
+  complete = text[:text.rfind('\n') + 1]
+  job.read_offset += len(complete.encode(errors='replace'))
+  return complete.splitlines()
+
+
+def _tail(job: Job) -> str:
+  with open(os.path.join(job.directory, LOG_FILE), errors='replace') as log:
+    log.seek(job.log_offset)
+    lines = log.read().splitlines()[-_TAIL_LINES:]
+  return '\n'.join('    ' + line for line in lines)
+
+
+class _Board:
+  """Counts, and the sweep's ETA from a time model fitted to the progress lines seen so far.
+
+  A step costs `per_step` seconds (dispatch, input pipeline: what the tiny models of a CPU sweep
+  are bound by) plus `per_flop` seconds per FLOP (what large models are bound by), and a member
+  spends `startup` seconds before its first line (JAX import, data, compilation). A CPU sweep
+  mixes both regimes, so neither FLOPs alone nor steps alone predicts its remaining time.
+  """
+
+  def __init__(self, jobs: Sequence[Job], total: int, finished_before: int, parallel: int):
+    self.jobs, self.total, self.finished, self.parallel = jobs, total, finished_before, parallel
+    self.start = time.monotonic()
+
+  def eta(self) -> float | None:
+    timed = [job for job in self.jobs if job.first and job.last[0] > job.first[0]]
+    if not timed:
+      return None
+    steps = np.array([job.last[1] - job.first[1] for job in timed], np.float64)
+    work_JxC = np.stack([steps, [job.flops(s) for job, s in zip(timed, steps)]], axis=1)
+    scale_C = work_JxC.max(axis=0)
+    seconds = np.array([job.last[0] - job.first[0] for job in timed])
+    per_step, per_flop = scipy.optimize.nnls(work_JxC / scale_C, seconds)[0] / scale_C
+
+    def cost(job: Job, steps: float) -> float:
+      return per_step * steps + per_flop * job.flops(steps)
+
+    startup = max(0.0, float(np.mean([job.first[0] - job.started - cost(job, job.first[1] -
+                                                                        job.start_step)
+                                       for job in timed])))
+    left = [job for job in self.jobs if job.state != 'ended']
+    seconds_left = sum(cost(job, job.plan.steps - (job.last[1] if job.last else job.start_step))
+                       + (startup if job.state == 'waiting' else 0.0) for job in left)
+    return seconds_left / max(min(self.parallel, len(left)), 1)
+
+  def prefix(self) -> str:
+    eta = self.eta()
+    if eta is None:
+      return f'[{self.finished}/{self.total} done, ETA ?]'
+    elapsed = time.monotonic() - self.start
+    return (f'[{self.finished}/{self.total} done, {100 * elapsed / (elapsed + eta):3.0f}% ETA '
+            f'{format_duration(eta)}]')
+
+
+def _progress(job: Job, board: _Board) -> None:
+  for line in _new_lines(job):
+    match = _PROGRESS.search(line)
+    if match:
+      job.last = (time.monotonic(), int(match.group(2)))
+      job.first = job.first or job.last
+      print(f'{board.prefix()} {job.member.name}: {match.group(1)}', flush=True)
+
+
+def _ended(job: Job, board: _Board, code: int) -> str | None:
+  """Reports a member that exited; returns why it failed, or None if it finished."""
+  job.state = 'ended'
+  status = member_status(job.directory, job.config)
+  took = format_duration(time.monotonic() - job.started)
+  if code == 0 and status.state == 'finished':
+    board.finished += 1
+    print(f'{board.prefix()} finished {job.member.name}: eval_loss {status.eval_loss:.4f} '
+          f'at C={job.plan.flops:.3g} in {took}', flush=True)
+    return None
+  if code:
+    why = f'exited with status {code}'
+  elif status.state in ('stale', 'broken', 'running'):  # e.g. the config schema changed meanwhile
+    why = f'exited without an error, but its workdir is now {status.state} ({status.detail})'
+  else:
+    why = f'exited at step {status.step} of {job.plan.steps} without an error'
+  print(f'{board.prefix()} FAILED {job.member.name}: {why} after {took}; the end of '
+        f'{job.directory}/{LOG_FILE}:\n{_tail(job)}', flush=True)
+  return why
+
+
+def run_jobs(jobs: Sequence[Job], sweep_path: str, *, parallel: int, total: int,
+             finished_before: int) -> dict[str, str]:
+  """Trains the jobs, `parallel` at a time; returns {member: why it failed} for those that did."""
+  env = dict(os.environ)
+  env['PYTHONPATH'] = os.pathsep.join(filter(None, [_ROOT, env.get('PYTHONPATH')]))
+  if parallel > 1:  # several JAX processes on one GPU must not each grab most of its memory
+    env.setdefault('XLA_PYTHON_CLIENT_PREALLOCATE', 'false')
+  board = _Board(jobs, total, finished_before, parallel)
+  waiting, running, failures = list(jobs), [], {}
+  try:
+    while waiting or running:
+      while waiting and len(running) < parallel:
+        job = waiting.pop(0)
+        _start(job, sweep_path, env)
+        running.append(job)
+        print(f'{board.prefix()} started {job.member.name} ({job.plan.steps} steps, '
+              f'C={job.plan.flops:.3g}); log: {job.directory}/{LOG_FILE}', flush=True)
+      time.sleep(_POLL_S)
+      for job in list(running):
+        _progress(job, board)
+        code = job.process.poll()
+        if code is not None:
+          running.remove(job)
+          why = _ended(job, board, code)
+          if why:
+            failures[job.member.name] = why
+  except KeyboardInterrupt:
+    _stop(running)
+    raise
+  return failures
+
+
+def _stop(running: Sequence[Job]) -> None:
+  print(f'\nInterrupted: stopping {len(running)} running member(s); each saves a checkpoint '
+        'first. Rerun the same command to resume.', flush=True)
+  for job in running:
+    job.process.send_signal(signal.SIGTERM)
+  deadline = time.monotonic() + _STOP_GRACE_S
+  for job in running:
+    try:
+      job.process.wait(max(deadline - time.monotonic(), 1))
+    except subprocess.TimeoutExpired:
+      job.process.kill()
