@@ -110,6 +110,15 @@ def _init_fn(rng: jax.Array, model: GPT, optimizer, seq_len: int, method: str) -
                     opt_state=optimizer.init(trainable))
 
 
+def _state_init(config: ml_collections.ConfigDict) -> tuple[GPTConfig, Any]:
+  """The fine-tune's model config and its train-state init, a function of the PRNG key. The
+  parameters do not depend on the attention backend, so initialisation traces the plain one."""
+  model_cfg = dataclasses.replace(GPTConfig.from_run_config(config), attention_impl='xla')
+  return model_cfg, functools.partial(
+      _init_fn, model=GPT(model_cfg), optimizer=optim.make_optimizer(config.train, model_cfg),
+      seq_len=config.data.seq_len, method=model_cfg.peft.method)
+
+
 @dataclasses.dataclass
 class SplitState:
   state: TrainState  # of the trainable parameters
@@ -125,11 +134,8 @@ def create_split_state(config: ml_collections.ConfigDict, mesh: Mesh, rules: sha
   Under 'full' the trainable parameters are the base's; otherwise the base fills the frozen part,
   which must have exactly the base checkpoint's layout.
   """
-  model_cfg = dataclasses.replace(GPTConfig.from_run_config(config), attention_impl='xla')
+  model_cfg, init = _state_init(config)
   method = model_cfg.peft.method
-  init = functools.partial(_init_fn, model=GPT(model_cfg),
-                           optimizer=optim.make_optimizer(config.train, model_cfg),
-                           seq_len=config.data.seq_len, method=method)
   rng = jax.random.key(config.seed)
   boxed = jax.eval_shape(init, rng)
   state_shardings = sharding.logical_shardings(boxed, mesh, rules)
@@ -163,10 +169,7 @@ def load_params(workdir: str) -> tuple[ml_collections.ConfigDict, Any]:
   _, base_params = load_base(config.finetune.init_from)
   if os.path.exists(os.path.join(workdir, BASE_FILE)):
     check_base(workdir, base_identity(config.finetune.init_from, base_params))
-  model_cfg = dataclasses.replace(GPTConfig.from_run_config(config), attention_impl='xla')
-  init = functools.partial(_init_fn, model=GPT(model_cfg),
-                           optimizer=optim.make_optimizer(config.train, model_cfg),
-                           seq_len=config.data.seq_len, method=model_cfg.peft.method)
+  model_cfg, init = _state_init(config)
   abstract = nn.unbox(jax.eval_shape(init, jax.random.key(config.seed)))
   trainable = checkpointing.restore_params(workdir, abstract)
   if model_cfg.peft.method == 'full':

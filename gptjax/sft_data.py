@@ -53,17 +53,18 @@ def example_row(tokenizer: Tokenizer, example: sft_tasks.Example, seq_len: int
 
 
 def example_rows(tokenizer: Tokenizer, examples: Sequence[sft_tasks.Example], seq_len: int,
-                 split: str) -> np.ndarray:
-  """[N, 2, seq_len] rows of the examples that fit; too long ones are dropped with a warning."""
+                 split: str) -> tuple[np.ndarray, list[sft_tasks.Example]]:
+  """[N, 2, seq_len] rows of the examples that fit, and those N examples; too long ones are dropped
+  with a warning."""
   rows = [example_row(tokenizer, e, seq_len) for e in examples]
-  kept = [r for r in rows if r is not None]
+  kept = [(r, e) for r, e in zip(rows, examples) if r is not None]
   if len(kept) < len(rows):
     logging.warning('Dropped %d of %d %s examples longer than data.seq_len + 1 = %d tokens.',
                     len(rows) - len(kept), len(rows), split, seq_len + 1)
   if not kept:
     raise ValueError(f'No {split} example fits in data.seq_len + 1 = {seq_len + 1} tokens (prompt, '
                      'response and EOS); raise data.seq_len or give shorter examples.')
-  return np.stack(kept)
+  return np.stack([r for r, _ in kept]), [e for _, e in kept]
 
 
 def _response_entropy(rows_Nx2xT: np.ndarray) -> float:
@@ -80,9 +81,8 @@ def build_sft_data(config: ml_collections.ConfigDict, tokenizer: Tokenizer, *,
   """The task's training iterator and validation batches for this process of `process_count`."""
   d = config.data
   task = sft_tasks.load_task(config)
-  train_rows = example_rows(tokenizer, task.train, d.seq_len, 'train')
-  val_rows = example_rows(tokenizer, task.validation, d.seq_len, 'validation')
-  validation = [e for e in task.validation if example_row(tokenizer, e, d.seq_len) is not None]
+  train_rows, _ = example_rows(tokenizer, task.train, d.seq_len, 'train')
+  val_rows, validation = example_rows(tokenizer, task.validation, d.seq_len, 'validation')
   if len(train_rows) < d.batch_size:
     raise ValueError(f'The task has {len(train_rows)} training examples, fewer than one batch of '
                      f'data.batch_size={d.batch_size}; lower the batch size or add examples.')

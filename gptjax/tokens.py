@@ -137,7 +137,8 @@ def token_streams(config: ml_collections.ConfigDict, tokenizer: Tokenizer, workd
     cache = os.path.join(workdir, run_dir.DATA_DIR, _fingerprint(d, tokenizer, [
         (s.paths, [os.path.getsize(p) for p in s.paths], s.start, s.stop) for s in (train, val)]))
     meta_path = os.path.join(cache, _META_FILE)
-    if _read_meta(meta_path) is None:  # scan once for the largest id and the unigram entropy
+    meta = _read_meta(meta_path)
+    if meta is None:  # scan once for the largest id and the unigram entropy
       meta = {'source': 'tokens', 'train': {'files': len(train.paths)},
               'validation': {'files': len(val.paths)}, **_max_token(train, val),
               'val_unigram_entropy': unigram_entropy_nats(val)}
@@ -158,10 +159,6 @@ def token_streams(config: ml_collections.ConfigDict, tokenizer: Tokenizer, workd
       meta['val_unigram_entropy'] = unigram_entropy_nats(TokenStream([bins[1]], dtype))
       run_dir.write_atomic(meta_path, json.dumps(meta, indent=1))
     train, val = (TokenStream([path], dtype) for path in bins)
-  meta = _read_meta(meta_path)
-  if meta is None:
-    raise ValueError(f'{meta_path} cannot be read even after being rewritten; check the disk of '
-                     f'{workdir}.')
 
   if d.source == 'tokens' and meta['max_id'] >= config.model.vocab_size:
     raise ValueError(

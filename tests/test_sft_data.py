@@ -110,7 +110,7 @@ EXAMPLES = [sft_tasks.Example('abc', 'de'), sft_tasks.Example('hello ', 'world')
 
 def test_loss_is_the_mean_nll_of_response_tokens_in_float64():
   model, params = _model()
-  batch = jnp.asarray(sft_data.example_rows(TOKENIZER, EXAMPLES, 24, 'train'))
+  batch = jnp.asarray(sft_data.example_rows(TOKENIZER, EXAMPLES, 24, 'train')[0])
   loss = jax.jit(steps.loss_fn, static_argnums=(1,))(params, model, batch, None)
   logits = np.asarray(jax.jit(model.apply)({'params': params}, batch[:, 0]), np.float64)
   log_probs = logits - np.log(np.sum(np.exp(logits - logits.max(-1, keepdims=True)), -1,
@@ -125,7 +125,7 @@ def test_loss_is_the_mean_nll_of_response_tokens_in_float64():
 
 def test_prompt_predictions_get_no_gradient():
   model, params = _model()
-  batch = jnp.asarray(sft_data.example_rows(TOKENIZER, EXAMPLES, 24, 'train'))
+  batch = jnp.asarray(sft_data.example_rows(TOKENIZER, EXAMPLES, 24, 'train')[0])
   logits = jax.jit(model.apply)({'params': params}, batch[:, 0])
 
   def loss_of_logits(logits_BxTxV):
@@ -146,8 +146,8 @@ def test_prompt_predictions_get_no_gradient():
 
 def test_padding_changes_neither_loss_nor_gradient():
   model, params = _model()
-  tight = jnp.asarray(sft_data.example_rows(TOKENIZER, EXAMPLES[:2], 12, 'train'))
-  padded = jnp.asarray(sft_data.example_rows(TOKENIZER, EXAMPLES[:2], 24, 'train'))
+  tight = jnp.asarray(sft_data.example_rows(TOKENIZER, EXAMPLES[:2], 12, 'train')[0])
+  padded = jnp.asarray(sft_data.example_rows(TOKENIZER, EXAMPLES[:2], 24, 'train')[0])
   grad_fn = jax.jit(jax.value_and_grad(steps.loss_fn), static_argnums=(1,))
   (loss_a, grads_a), (loss_b, grads_b) = grad_fn(params, model, tight, None), grad_fn(
       params, model, padded, None)
@@ -159,7 +159,7 @@ def test_padding_changes_neither_loss_nor_gradient():
 
 
 def test_too_long_examples_are_dropped_or_refused():
-  rows = sft_data.example_rows(TOKENIZER, EXAMPLES, 10, 'train')
+  rows, _ = sft_data.example_rows(TOKENIZER, EXAMPLES, 10, 'train')
   assert len(rows) == 2  # 'x' + 8 y's + EOS fits; 'hello world' does not
   with pytest.raises(ValueError, match='No train example fits'):
     sft_data.example_rows(TOKENIZER, EXAMPLES, 3, 'train')
