@@ -208,20 +208,14 @@ def _train(config, workdir, mesh, policy_cfg: GPTConfig, params, reward_cfg: GPT
   recorder = Recorder(config, policy_cfg, workdir, data, start_step)
   to_global = functools.partial(train.global_batch, batch_sharding=sharding.batch_sharding(mesh),
                                 global_shape=(config.data.batch_size, 2, p.max_prompt_tokens))
-  preemption = stopping.StopSignals()
-  preemption.install()
-  try:
-    with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
-      if start_step in (0, t.num_steps):
-        preference_stage.record_eval_once(workdir, recorder, start_step, EVAL_KEY,
-                                          lambda: evaluate_now(state))
-      record = _loop(config, state, start_step, data, to_global, steps, evaluate_now, manager,
-                     recorder, preemption, ref_params, frozen_reward, gold)
-  finally:
-    preemption.uninstall()
-  manager.wait_until_finished()
-  manager.close()
-  recorder.close()
+  with (stopping.StopSignals().installed() as preemption, jax.set_mesh(mesh),
+        nn.logical_axis_rules(rules)):
+    if start_step in (0, t.num_steps):
+      preference_stage.record_eval_once(workdir, recorder, start_step, EVAL_KEY,
+                                        lambda: evaluate_now(state))
+    record = _loop(config, state, start_step, data, to_global, steps, evaluate_now, manager,
+                   recorder, preemption, ref_params, frozen_reward, gold)
+  train.close_run(manager, recorder)
   return record
 
 

@@ -7,11 +7,12 @@ always one to resume from.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 import signal
 import threading
-from typing import Any
+from typing import Any, Iterator
 
 import jax
 from absl import logging
@@ -47,6 +48,15 @@ class StopSignals:
     for signum, handler in self._previous.items():
       signal.signal(signum, handler)
     self._previous.clear()
+
+  @contextlib.contextmanager
+  def installed(self) -> Iterator[StopSignals]:
+    """The handlers for the duration of a loop; the previous ones come back however it ends."""
+    self.install()
+    try:
+      yield self
+    finally:
+      self.uninstall()
 
   def reached(self, step: int) -> bool:
     """Whether to save and stop after `step`; every process must call it after every step."""

@@ -259,17 +259,18 @@ def run_loop(config, state, step, data, jit_train, evaluate_with, to_global, man
 
   Pre-training, fine-tuning and the preference stages all end their runs through here.
   """
-  preemption = stopping.StopSignals()
-  preemption.install()
-  try:
+  with stopping.StopSignals().installed() as preemption:
     record = _steps(config, state, step, data, jit_train, evaluate_with, to_global, manager,
                     recorder, preemption, mesh, rules)
-  finally:
-    preemption.uninstall()
+  close_run(manager, recorder)
+  return record
+
+
+def close_run(manager, recorder: Recorder) -> None:
+  """Waits for the last checkpoint to be written, then closes the checkpoints and the records."""
   manager.wait_until_finished()
   manager.close()
   recorder.close()
-  return record
 
 
 def _steps(config, state, step, data, jit_train, evaluate_with, to_global, manager, recorder,
