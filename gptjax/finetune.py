@@ -99,6 +99,7 @@ def finetune(config: ml_collections.ConfigDict, init_from: str, workdir: str, *,
   mesh = sharding.make_mesh(config.mesh)
   sft_tasks.check_config(config.finetune)
   train.check_config(config, mesh)
+  train.check_one_step_per_call(config, 'fine-tuning')
   tokenizer = load_tokenizer(init_from)
   batch_sharding = sharding.batch_sharding(mesh)
   block, blocks = sharding.process_batch_block(batch_sharding, config.data.batch_size, 2)

@@ -192,17 +192,20 @@ def device_peak_flops(device_kind: str, dtype: Any = 'bfloat16') -> float | None
   return acc.peak_fp32_flops if name == 'float32' else acc.peak_bf16_flops
 
 
-def measure_matmul_peak(dtype: Any = 'float32', n: int = 2048, repeats: int = 5,
+def measure_matmul_peak(dtype: Any = 'float32', n: int | None = None, repeats: int = 5,
                         device: jax.Device | None = None) -> float:
   """Measured FLOP/s of one jitted n×n @ n×n matmul: the practical peak where no datasheet applies.
 
   Used as the CPU "peak" for MFU. The first call compiles and warms caches and is not timed; the
-  median of `repeats` timed calls resists a stray slow run. Pick n large enough that the matmul,
-  not dispatch, dominates (2048 on CPU, 8192 on accelerators).
+  median of `repeats` timed calls resists a stray slow run. n must be large enough that the
+  matmul, not dispatch, dominates: by default 2048 on a CPU and 8192 on an accelerator, where a
+  smaller product is dispatch-bound and understates the peak.
   """
+  device = device or jax.devices()[0]
+  if n is None:
+    n = 2048 if device.platform == 'cpu' else 8192
   if n <= 0 or repeats <= 0:
     raise ValueError(f'n={n} and repeats={repeats} must be positive.')
-  device = device or jax.devices()[0]
   key_a, key_b = jax.random.split(jax.random.key(0))
   a_NxN = jax.device_put(jax.random.normal(key_a, (n, n), jnp.dtype(dtype)), device)
   b_NxN = jax.device_put(jax.random.normal(key_b, (n, n), jnp.dtype(dtype)), device)

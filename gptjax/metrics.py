@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 from typing import Any
 
 from absl import logging
@@ -24,8 +25,7 @@ class MetricsWriter:
       os.makedirs(workdir, exist_ok=True)
       self._file = open(os.path.join(workdir, run_dir.METRICS_FILE), 'a')
       try:
-        from tensorboardX import SummaryWriter
-        self._tensorboard = SummaryWriter(os.path.join(workdir, run_dir.TENSORBOARD_DIR))
+        self._tensorboard = _summary_writer()(os.path.join(workdir, run_dir.TENSORBOARD_DIR))
       except ImportError:
         logging.warning('tensorboardX is not installed: no TensorBoard events will be written.')
 
@@ -46,3 +46,21 @@ class MetricsWriter:
       self._file.close()
       if self._tensorboard is not None:
         self._tensorboard.close()
+
+
+def _summary_writer():
+  """tensorboardX's SummaryWriter class, imported without torch.
+
+  tensorboardX imports torch whenever it is installed (2-3 s per process on a CPU) only so that it
+  can accept torch tensors; a run writes Python floats. Each member of a sweep is its own process,
+  so the import would be paid once per member. torch stays importable afterwards.
+  """
+  blocked = 'torch' not in sys.modules
+  if blocked:
+    sys.modules['torch'] = None  # makes `import torch` raise ImportError, which tensorboardX catches
+  try:
+    from tensorboardX import SummaryWriter
+  finally:
+    if blocked:
+      del sys.modules['torch']
+  return SummaryWriter

@@ -81,14 +81,19 @@ def plot_loss_vs_compute(rows: Rows, path: str, *, compute_key: str = 'flops_kap
 
 def plot_isoflops(final: Rows, result: scaling_isoflop.IsoFLOPResult, path: str, *,
                   params_key: str = 'params_non_embedding', loss_key: str = 'eval_loss') -> str:
-  """Final loss against N for each budget, with the fitted parabola and its minimum."""
-  n, l = records_lib.column(final, params_key), records_lib.column(final, loss_key)
+  """Final loss against N for each budget (every run, and the mean of a size's seeds), with the
+  fitted parabola and its minimum."""
+  run_n, run_l = records_lib.column(final, params_key), records_lib.column(final, loss_key)
+  n, l = result.cells.params, result.cells.loss
   norm = LogNorm(result.budgets.min(), max(result.budgets.max(), result.budgets.min() * 1.01))
   cmap = plt.get_cmap('plasma')
   fig, ax = plt.subplots(figsize=(7, 5))
   for budget, index, coef, n_opt, l_min in zip(result.budgets, result.groups, result.parabolas,
                                                result.n_opt, result.loss_min):
     color = cmap(norm(budget) * 0.85)
+    for k in index:
+      ax.plot(run_n[result.cells.runs[k]], run_l[result.cells.runs[k]], '.', color=color, ms=3,
+              alpha=0.5)
     ax.plot(n[index], l[index], 'o', color=color, ms=4)
     log_grid = np.linspace(np.log(n[index].min()), np.log(n[index].max()), 100)
     ax.plot(np.exp(log_grid), np.polyval(coef, log_grid), '-', color=color, lw=1,

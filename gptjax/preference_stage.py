@@ -77,6 +77,7 @@ def check_train_config(config: ml_collections.ConfigDict, mesh: Mesh) -> None:
   """`train.check_config`, plus what the preference steps add: one pass per step, and evaluation
   samples that fill whole batches."""
   train.check_config(config, mesh)
+  train.check_one_step_per_call(config, 'the preference stages')
   if config.train.grad_accum_steps != 1:
     raise ValueError(f'train.grad_accum_steps={config.train.grad_accum_steps}: the preference '
                      'stages take each batch in one pass; set it to 1 and size data.batch_size.')

@@ -97,6 +97,11 @@ def batch_sharding(mesh: Mesh) -> NamedSharding:
   return NamedSharding(mesh, PartitionSpec(BATCH_AXES, None))
 
 
+def stacked_batch_sharding(mesh: Mesh) -> NamedSharding:
+  """K batches stacked on a leading axis (`steps.train_steps`): each split as `batch_sharding`."""
+  return NamedSharding(mesh, PartitionSpec(None, BATCH_AXES, None))
+
+
 def batch_shards(mesh: Mesh) -> int:
   """How many parts the batch rows are split into: the product of the data-parallel axes."""
   return math.prod(mesh.shape[a] for a in BATCH_AXES)

@@ -124,6 +124,25 @@ def train_step(state: TrainState, batch_BxT1: Array, frozen_params: Any = None, 
   return TrainState(step=state.step + 1, params=params, opt_state=opt_state), metrics
 
 
+def train_steps(state: TrainState, batches_KxB: Array, count: Array, frozen_params: Any = None, *,
+                step_fn) -> tuple[TrainState, Metrics]:
+  """`count` optimizer steps of `step_fn` on batches_KxB[0], ..., [count - 1] in one program.
+
+  A small model on a CPU spends most of a step on launching its few hundred kernels and on the
+  host loop around them, not on arithmetic; running several steps per call removes the host's
+  share. `count` (<= K) is traced, so one compiled program serves every chunk, also the short ones
+  that end on a log, eval or checkpoint step. The metrics are those of the last step: a loss that
+  turns non-finite inside a chunk is caught at its end, since the parameters stay non-finite.
+  """
+  _, metrics_shape = jax.eval_shape(step_fn, state, batches_KxB[0], frozen_params)
+  metrics = jax.tree.map(lambda leaf: jnp.zeros(leaf.shape, leaf.dtype), metrics_shape)
+
+  def body(index, carry):
+    return step_fn(carry[0], batches_KxB[index], frozen_params)
+
+  return jax.lax.fori_loop(0, count, body, (state, metrics))
+
+
 def eval_step(params: Any, batch: Array, frozen_params: Any = None, *, model: GPT) -> Array:
   """Summed NLL, count and number of top-1 hits of the predicted tokens, so batches of any size
   average exactly."""

@@ -27,7 +27,7 @@ from gptjax import workdir_lock
 from gptjax.model import GPT
 from gptjax.model_config import GPTConfig
 from gptjax.recorder import Recorder
-from gptjax.steps import TrainState, eval_step, train_step
+from gptjax.steps import TrainState, eval_step, train_step, train_steps
 
 
 def _init_fn(rng: jax.Array, model: GPT, optimizer, seq_len: int) -> TrainState:
@@ -69,7 +69,11 @@ def create_train_state(config: ml_collections.ConfigDict, mesh: Mesh,
 
 def jit_steps(config: ml_collections.ConfigDict, setup: hardware.Setup, mesh: Mesh,
               rules: sharding.Rules, state_shardings: Any) -> tuple[Any, Any]:
-  """The train and eval steps jitted with explicit shardings; the train state is donated."""
+  """The train and eval steps jitted with explicit shardings; the train state is donated.
+
+  With train.steps_per_call = K > 1 the train function is `steps.train_steps`, of (state,
+  batches [K, B, ...], count): up to K steps per call.
+  """
   model = GPT(setup.model)
   step_fn = functools.partial(
       train_step, model=model, optimizer=optim.make_optimizer(config.train, setup.model),
@@ -77,9 +81,16 @@ def jit_steps(config: ml_collections.ConfigDict, setup: hardware.Setup, mesh: Me
       dropout_seed=config.seed if setup.model.dropout > 0 else None)
   batch_sharding = sharding.batch_sharding(mesh)
   replicated = sharding.replicated(mesh)
-  jit_train = jax.jit(sharding.traced_under(mesh, rules, step_fn, 'train_step'),
-                      in_shardings=(state_shardings, batch_sharding),
-                      out_shardings=(state_shardings, replicated), donate_argnums=0)
+  if config.train.steps_per_call == 1:
+    jit_train = jax.jit(sharding.traced_under(mesh, rules, step_fn, 'train_step'),
+                        in_shardings=(state_shardings, batch_sharding),
+                        out_shardings=(state_shardings, replicated), donate_argnums=0)
+  else:
+    jit_train = jax.jit(
+        sharding.traced_under(mesh, rules, functools.partial(train_steps, step_fn=step_fn),
+                              'train_steps'),
+        in_shardings=(state_shardings, sharding.stacked_batch_sharding(mesh), replicated),
+        out_shardings=(state_shardings, replicated), donate_argnums=0)
   jit_eval = jax.jit(
       sharding.traced_under(mesh, rules, functools.partial(eval_step, model=model), 'eval_step'),
       in_shardings=(state_shardings.params, batch_sharding), out_shardings=replicated)
@@ -172,7 +183,7 @@ def take_workdir(workdir: str) -> workdir_lock.WorkdirLock:
 
 _AT_LEAST_ONE = ('data.batch_size', 'data.seq_len', 'train.num_steps', 'train.log_every',
                  'train.eval_every', 'train.eval_batches', 'train.checkpoint_every',
-                 'train.keep_checkpoints', 'train.grad_accum_steps')
+                 'train.keep_checkpoints', 'train.grad_accum_steps', 'train.steps_per_call')
 
 
 def check_config(config: ml_collections.ConfigDict, mesh: Mesh) -> None:
@@ -196,6 +207,13 @@ def check_config(config: ml_collections.ConfigDict, mesh: Mesh) -> None:
   optim.check_config(config.train)
   sharding.check_batch_divisible(config.data.batch_size, mesh, config.train.grad_accum_steps)
   hardware.tokens_per_pass(config.train.tokens_per_pass, mesh.devices.flat[0].platform)
+
+
+def check_one_step_per_call(config: ml_collections.ConfigDict, stage: str) -> None:
+  """Refuses train.steps_per_call > 1 for a stage whose loop takes one step per call."""
+  if config.train.steps_per_call != 1:
+    raise ValueError(f'train.steps_per_call={config.train.steps_per_call}: {stage} takes one step '
+                     'per call; set it to 1 (several steps per call are for pre-training).')
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
@@ -273,20 +291,45 @@ def close_run(manager, recorder: Recorder) -> None:
   recorder.close()
 
 
+def _steps_to_boundary(step: int, t: ml_collections.ConfigDict) -> int:
+  """Steps from `step` to the next one that logs, evaluates, saves or ends the run."""
+  return min([interval - step % interval
+              for interval in (t.log_every, t.eval_every, t.checkpoint_every)]
+             + [t.num_steps - step])
+
+
 def _steps(config, state, step, data, jit_train, evaluate_with, to_global, manager, recorder,
            preemption, mesh, rules) -> dict[str, Any]:
-  """Steps from `step` to the end (or a stop signal); returns the last record."""
+  """Steps from `step` to the end (or a stop signal); returns the last record.
+
+  With train.steps_per_call = K > 1, each call runs up to K steps and stops short at the next
+  step that logs, evaluates or saves, so those happen on exactly the same steps as with K = 1, and
+  the data iterator is drawn exactly once per step taken (a checkpoint resumes it exactly). A stop
+  signal is acted on at the end of a call.
+  """
   t = config.train
+  k = t.steps_per_call
+  if k > 1:
+    to_global_stacked = functools.partial(
+        global_batch, batch_sharding=sharding.stacked_batch_sharding(mesh),
+        global_shape=(k, config.data.batch_size, *data_lib.row_shape(config)))
   record: dict[str, Any] = {}
   previous: tuple[int, Any] | None = None
   with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
     while step < t.num_steps:
-      state, step_metrics = jit_train(state, to_global(next(data.train_iter)))
-      if previous is not None:  # read step t-1's metrics while step t runs
+      if k == 1:
+        count = 1
+        state, step_metrics = jit_train(state, to_global(next(data.train_iter)))
+      else:
+        count = min(k, _steps_to_boundary(step, t))
+        local = [next(data.train_iter) for _ in range(count)]
+        local += [np.zeros_like(local[0])] * (k - count)  # never stepped on
+        state, step_metrics = jit_train(state, to_global_stacked(np.stack(local)),
+                                        np.int32(count))
+      if previous is not None:  # read the last call's metrics while this one runs
         stopping.check_finite(previous[1], previous[0], manager.latest_step())
-      step += 1
+      step += count
       previous = (step, step_metrics)
-
       stop = preemption.reached(step)
       is_last = step == t.num_steps
       do_eval = step % t.eval_every == 0 or is_last

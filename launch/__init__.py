@@ -53,12 +53,18 @@ class Member:
 
 @dataclasses.dataclass(frozen=True)
 class Size:
-  """A model shape and the peak learning rate it trains well with."""
+  """A model shape, the peak learning rate it trains well with, and how many seeds train it.
+
+  Seeds beyond the first are replicas: the same size and budget, another initialisation and data
+  order (`config.seed` + 1, + 2, ...). The fits average them and measure their spread, the noise
+  a single run's loss carries.
+  """
 
   d_model: int
   num_layers: int
   num_heads: int
   learning_rate: float
+  seeds: int = 1
 
   @property
   def name(self) -> str:
@@ -228,7 +234,8 @@ def schedule_overrides(num_steps: int, *, warmup_fraction: float, num_evals: int
 def isoflop_members(base: ml_collections.ConfigDict, budgets: Mapping[float, Sequence[Size]], *,
                     method: str = 'kaplan', warmup_fraction: float = 0.05, num_evals: int = 4,
                     checkpoints: int = 2, log_lines: int = 8, min_steps: int = 50) -> list[Member]:
-  """For each budget C and each of its sizes, a member trained on D = C / flops_per_token tokens.
+  """For each budget C and each of its sizes, a member trained on D = C / flops_per_token tokens
+  (and one more per extra seed of the size, named `<member>_s1`, `_s2`, ...).
 
   Every member's cosine schedule ends at its own token budget (warmup `warmup_fraction` of its
   steps); it evaluates `num_evals` times evenly (the last at the final step), so the loss-vs-compute
@@ -245,6 +252,8 @@ def isoflop_members(base: ml_collections.ConfigDict, budgets: Mapping[float, Seq
       raise ValueError(f'Compute budget {budget} must be positive (FLOPs).')
     for size in sizes:
       name = f'c{budget_tag(budget)}_{size.name}'
+      if size.seeds < 1:
+        raise ValueError(f'Member {name!r}: seeds={size.seeds} must be at least 1.')
       shape = {'model.d_model': size.d_model, 'model.num_layers': size.num_layers,
                'model.num_heads': size.num_heads, 'train.learning_rate': size.learning_rate}
       try:
@@ -263,5 +272,7 @@ def isoflop_members(base: ml_collections.ConfigDict, budgets: Mapping[float, Seq
           steps, warmup_fraction=warmup_fraction, num_evals=num_evals, checkpoints=checkpoints,
           log_lines=log_lines)}
       members.append(Member(name, overrides, budget=float(budget)))
+      members += [Member(f'{name}_s{replica}', {**overrides, 'seed': base.seed + replica},
+                         budget=float(budget)) for replica in range(1, size.seeds)]
   check_members(base, members)
   return members

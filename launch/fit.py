@@ -16,12 +16,14 @@ from typing import Any, Sequence
 import numpy as np
 from absl import logging
 
-from gptjax import plots, records, run_dir, scaling, scaling_isoflop
+from gptjax import (plots, records, run_dir, scaling, scaling_envelope, scaling_isoflop,
+                    scaling_replicas)
 
 FIT_DIR, PLOTS_DIR = 'fit', 'plots'
 FIT_FILE = 'fit.json'
 _SCALE_UPS = (1, 10, 100)
 HOLDOUT_TARGET = 0.02  # the largest error the held-out budget's predicted optimal loss may have
+EXPONENT_TARGET = 0.15  # the largest half-width of an interval on a that a sweep should reach
 
 
 def _snapshot(workdir: str, finished: Sequence[str]) -> str:
@@ -61,11 +63,24 @@ def _fit_power_law(rows, final, keys, n_bootstrap) -> dict[str, Any]:
   return {'law': law, 'E': law.E, 'A': law.A, 'alpha': law.alpha}
 
 
+def _print_seed_noise(noise: scaling_replicas.SeedNoise | None) -> None:
+  if noise is None:
+    print('Seed noise: not measured (one seed per size and budget); the intervals of approach 2 '
+          'resample runs, approach 1 has none. Give sizes near the minima seeds=2 to measure it.')
+    return
+  c, n = noise.largest_at
+  print(f'Seed noise: {noise.cells} sizes trained with 2+ seeds ({noise.runs} runs): final loss '
+        f'sd {noise.sd:.4f} nats between seeds (pooled), widest gap {noise.largest_gap:.4f} at '
+        f'C={c:.3g}, N={_count(n)}. The fits use seed means; approaches 1 and 2 redraw them with '
+        'this noise for their intervals.')
+
+
 def _fit_isoflop(rows, final, keys, n_bootstrap) -> dict[str, Any]:
   del rows
   result = scaling_isoflop.isoflop_minima(final, n_bootstrap=n_bootstrap, **keys)
+  _print_seed_noise(result.noise)
   print('IsoFLOP minima (Chinchilla approach 2; parabola in log N per budget):')
-  sizes = records.column(final, keys['params_key'])
+  sizes = result.cells.params
   outside = []
   for c, n, d, l, index in zip(result.budgets, result.n_opt, result.d_opt, result.loss_min,
                                result.groups):
@@ -78,11 +93,32 @@ def _fit_isoflop(rows, final, keys, n_bootstrap) -> dict[str, Any]:
     print(f'  The minima at C={", ".join(outside)} are extrapolated, not measured: add model sizes '
           'on the side of the minimum so each IsoFLOP curve turns up on both ends.')
   lo, hi = result.n_exponent_ci
+  over = 'seed noise' if result.noise else 'runs'
   print(f'  N_opt ∝ C^{result.n_exponent:.3f} [{lo:.3f}, {hi:.3f}], D_opt ∝ C^'
-        f'{result.d_exponent:.3f} ({100 * result.level:.0f}% bootstrap over runs)')
+        f'{result.d_exponent:.3f} ({100 * result.level:.0f}% bootstrap over {over})')
+  noise = result.noise
   return {'result': result, 'budgets': result.budgets.tolist(), 'n_opt': result.n_opt.tolist(),
           'd_opt': result.d_opt.tolist(), 'loss_min': result.loss_min.tolist(),
-          'n_exponent': result.n_exponent, 'n_exponent_ci': [lo, hi]}
+          'n_exponent': result.n_exponent, 'n_exponent_ci': [lo, hi],
+          'seed_noise': None if noise is None else {
+              'sd': noise.sd, 'sizes': noise.cells, 'runs': noise.runs,
+              'largest_gap': noise.largest_gap}}
+
+
+def _fit_envelope(rows, final, keys, n_bootstrap) -> dict[str, Any]:
+  del rows
+  c, n, l = scaling.positive_columns(final, keys['compute_key'], keys['params_key'],
+                                     records.EVAL_KEY)
+  cells = scaling_replicas.replica_cells(c, n, l)
+  result = scaling_envelope.envelope_optima(cells, scaling_replicas.seed_noise(cells, l),
+                                            n_bootstrap=n_bootstrap)
+  lo, hi = result.n_exponent_ci
+  read = np.isfinite(result.n_opt)
+  print(f'Envelope of finished runs (Chinchilla approach 1; each size\'s final losses '
+        f'interpolated in log C between its budgets, read at {read.sum()} computes from '
+        f'C={result.compute[read].min():.3g} to {result.compute[read].max():.3g}): '
+        f'N_opt ∝ C^{result.n_exponent:.3f} [{lo:.3f}, {hi:.3f}]')
+  return {'result': result, 'n_exponent': result.n_exponent, 'n_exponent_ci': [lo, hi]}
 
 
 def _fit_chinchilla(rows, final, keys, n_bootstrap) -> dict[str, Any]:
@@ -190,7 +226,37 @@ def _allocation(fits: dict[str, Any], largest: float) -> list[dict[str, float]]:
 
 
 _STAGES = (('power_law', _fit_power_law), ('isoflop', _fit_isoflop),
-           ('chinchilla', _fit_chinchilla), ('holdout', _fit_holdout))
+           ('envelope', _fit_envelope), ('chinchilla', _fit_chinchilla),
+           ('holdout', _fit_holdout))
+
+
+def exponent_check(fits: dict[str, Any], target: float = EXPONENT_TARGET) -> dict[str, Any] | None:
+  """Approaches 2 and 3 agree when each one's a lies in the other's interval; an interval is
+  precise enough when its half-width is under `target`. None without both fits."""
+  if 'isoflop' not in fits or 'chinchilla' not in fits:
+    return None
+  a2, (lo2, hi2) = fits['isoflop']['n_exponent'], fits['isoflop']['n_exponent_ci']
+  a3 = fits['chinchilla']['n_exponent']
+  lo3, hi3 = fits['chinchilla']['intervals'].get('n_exponent', (float('nan'),) * 2)
+  agree = bool(lo2 <= a3 <= hi2 and lo3 <= a2 <= hi3)
+  half_widths = [(hi2 - lo2) / 2, (hi3 - lo3) / 2]
+  return dict(agree=agree, half_widths=half_widths, target=target,
+              precise=bool(all(w < target for w in half_widths)))
+
+
+def _print_exponents(fits: dict[str, Any], check: dict[str, Any]) -> None:
+  parts = []
+  for number, name in ((1, 'envelope'), (2, 'isoflop'), (3, 'chinchilla')):
+    if name in fits:
+      a = fits[name]['n_exponent']
+      lo, hi = (fits[name]['n_exponent_ci'] if name != 'chinchilla' else
+                fits[name]['intervals'].get('n_exponent', (float('nan'),) * 2))
+      parts.append(f'approach {number} {a:.3f} [{lo:.3f}, {hi:.3f}]')
+  w2, w3 = check['half_widths']
+  print(f"Exponent a of N_opt ∝ C^a: {'; '.join(parts)}. Approaches 2 and 3 "
+        f"{'agree (each inside the other' + chr(39) + 's interval)' if check['agree'] else 'DISAGREE'}"
+        f"; interval half-widths {w2:.3f} and {w3:.3f} (target under {check['target']:g}): "
+        f"{'PASS' if check['agree'] and check['precise'] else 'FAIL'}")
 
 
 def fit_and_report(workdir: str, finished: Sequence[str], *, compute_key: str = 'flops_kaplan',
@@ -219,6 +285,9 @@ def fit_and_report(workdir: str, finished: Sequence[str], *, compute_key: str = 
       fits['holdout']['check'] = holdout_check(fits['holdout']['result'],
                                                fits.get('isoflop', {}).get('result'))
       _print_holdout_check(fits['holdout']['check'])
+    exponents = exponent_check(fits)
+    if exponents is not None:
+      _print_exponents(fits, exponents)
     allocation = _allocation(fits, float(records.column(final, compute_key).max()))
     verbosity = logging.get_verbosity()
     logging.set_verbosity(logging.ERROR)  # make_plots logs its own summary of the fits above
@@ -234,7 +303,7 @@ def fit_and_report(workdir: str, finished: Sequence[str], *, compute_key: str = 
     print(f'  note: {message}')
   summary = {name: {k: v for k, v in fit.items() if k not in ('law', 'result')}
              for name, fit in fits.items()}
-  summary.update(members=list(finished), allocation=allocation, **keys)
+  summary.update(members=list(finished), allocation=allocation, exponent_check=exponents, **keys)
   path = run_dir.write_atomic(os.path.join(workdir, FIT_DIR, FIT_FILE),
                               json.dumps(summary, indent=1, default=float))
   print(f'Numbers in {path}.')

@@ -5,6 +5,12 @@ member's output goes to `<member>/log.txt`; the runner prints one board line per
 (the finished count, the sweep's ETA fitted from the members' progress, the running members'
 progress lines), and Ctrl-C stops the running members with SIGTERM, after which each saves a
 checkpoint. `launch.sweep` plans the members and calls `run_jobs`.
+
+Members share one persistent XLA compilation cache (`<workdir>/compile_cache`): members of the same
+shape at different budgets compile the same initialisation and evaluation programs, and a rerun
+after an interruption compiles nothing it compiled before. At the end the runner prints the
+sweep's efficiency: the model FLOPs it trained (full count) over its wall time, as a fraction of
+the matmul peak measured at its start.
 """
 
 from __future__ import annotations
@@ -28,6 +34,7 @@ from gptjax.progress import format_duration
 from launch.status import member_status
 
 LOG_FILE = 'log.txt'
+COMPILE_CACHE_DIR = 'compile_cache'  # in the sweep's workdir, beside the members
 _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 _PROGRESS = re.compile(r'\] (step (\d+)/(\d+) \|.*)$')
 _TAIL_LINES = 15
@@ -168,14 +175,20 @@ def _ended(job: Job, board: _Board, code: int) -> str | None:
 
 
 def run_jobs(jobs: Sequence[Job], sweep_path: str, *, parallel: int, total: int,
-             finished_before: int) -> dict[str, str]:
+             finished_before: int, compile_cache: str) -> dict[str, str]:
   """Trains the jobs, `parallel` at a time; returns {member: why it failed} for those that did."""
   env = dict(os.environ)
   env['PYTHONPATH'] = os.pathsep.join(filter(None, [_ROOT, env.get('PYTHONPATH')]))
   if parallel > 1:  # several JAX processes on one GPU must not each grab most of its memory
     env.setdefault('XLA_PYTHON_CLIENT_PREALLOCATE', 'false')
+  env.setdefault('JAX_COMPILATION_CACHE_DIR', compile_cache)
+  # A small model's programs compile in well under JAX's default threshold of 1 s for caching.
+  env.setdefault('JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS', '0.2')
+  peak = measure_peak(env)
   board = _Board(jobs, total, finished_before, parallel)
-  waiting, running, failures = list(jobs), [], {}
+  # The most expensive first, so the sweep does not end on one long member running alone.
+  waiting = sorted(jobs, key=lambda job: -job.flops(job.plan.steps - job.start_step))
+  running, failures = [], {}
   try:
     while waiting or running:
       while waiting and len(running) < parallel:
@@ -196,7 +209,39 @@ def run_jobs(jobs: Sequence[Job], sweep_path: str, *, parallel: int, total: int,
   except KeyboardInterrupt:
     _stop(running)
     raise
+  print(throughput_line([job for job in jobs if job.member.name not in failures],
+                        time.monotonic() - board.start, peak), flush=True)
   return failures
+
+
+def measure_peak(env: dict[str, str]) -> float | None:
+  """The matmul peak (FLOP/s) of the device the members train on, or None if it cannot be measured.
+
+  It runs in a process of its own with the members' environment, so this runner never holds the
+  accelerator (or its memory) that the members need.
+  """
+  code = 'from gptjax import flops; print(flops.measure_matmul_peak(repeats=10))'
+  try:
+    done = subprocess.run([sys.executable, '-c', code], env=env, capture_output=True, text=True,
+                          timeout=600, check=True)
+    return float(done.stdout.split()[-1])
+  except (subprocess.SubprocessError, ValueError, IndexError):
+    return None
+
+
+def throughput_line(trained: Sequence[Job], seconds: float, peak: float | None) -> str:
+  """The sweep's efficiency: the model FLOPs of the members it trained (full count, attention
+  included, from each one's starting step), per second of wall time, against the measured peak.
+  Startup, compilation, evaluation and checkpoints all count as time: they are what a sweep of
+  small models spends its time on."""
+  model_flops = sum(launch.plan(job.config, 'full').flops * (job.plan.steps - job.start_step)
+                    / job.plan.steps for job in trained)
+  rate = model_flops / max(seconds, 1e-9)
+  line = (f'Throughput: {model_flops:.3g} model FLOPs (full count) of {len(trained)} member(s) '
+          f'in {format_duration(seconds)} = {rate / 1e9:,.1f} GFLOP/s')
+  if peak is None:
+    return line + ' (the matmul peak could not be measured).'
+  return line + f', {100 * rate / peak:.1f}% of the {peak / 1e9:,.1f} GFLOP/s matmul peak measured.'
 
 
 def _stop(running: Sequence[Job]) -> None:

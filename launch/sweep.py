@@ -184,7 +184,8 @@ def run_sweep(sweep_path: str, workdir: str, *, backend: str = 'local',
       if backend == 'local':
         jobs = [local.Job(e.member, e.config, e.plan, e.directory, e.status.step) for e in selected]
         failures.update(local.run_jobs(jobs, sweep_path, parallel=parallel, total=len(entries),
-                                 finished_before=finished))
+                                       finished_before=finished,
+                                       compile_cache=os.path.join(workdir, local.COMPILE_CACHE_DIR)))
       else:
         failures.update(tpu_vm.run(selected, sweep_path, workdir, options))
     except KeyboardInterrupt:

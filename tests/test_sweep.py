@@ -10,6 +10,7 @@ runner builds actually trains with `gptjax.main`.
 import json
 import math
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -56,10 +57,27 @@ def test_isoflop_members_spend_their_budget(path):
     assert abs(plan.flops - member.budget) <= plan.flops_per_token * tokens_per_step / 2
     assert config.train.warmup_steps < config.train.num_steps
   for budget in budgets:  # several sizes per budget, each trained on fewer tokens as it grows
-    group = sorted((launch.plan(launch.resolve(base, m)) for m in members if m.budget == budget),
-                   key=lambda p: p.params)
+    plans = {p.params: p for p in (launch.plan(launch.resolve(base, m)) for m in members
+                                   if m.budget == budget)}
+    group = [plans[n] for n in sorted(plans)]
     assert len(group) >= 4
     assert all(a.tokens > b.tokens for a, b in zip(group, group[1:]))
+
+
+def test_extra_seeds_are_replicas_of_their_member(cpu_sweep):
+  """A size with seeds=2 adds `<member>_s1`: the same config but for the seed."""
+  base, members = cpu_sweep
+  by_name = {m.name: m for m in members}
+  replicas = [m for m in members if m.name.endswith('_s1')]
+  assert len({m.budget for m in replicas}) == 5 and len(replicas) == 10
+  for replica in replicas:
+    first = launch.resolve(base, by_name[replica.name.removesuffix('_s1')])
+    second = launch.resolve(base, replica)
+    assert second.seed == first.seed + 1
+    second.seed = first.seed
+    assert second.to_dict() == first.to_dict()
+  with pytest.raises(ValueError, match="'c1e11_d16l2': seeds=0 must be at least 1"):
+    launch.isoflop_members(base, {1e11: [launch.Size(16, 2, 2, 1e-3, seeds=0)]})
 
 
 @pytest.mark.parametrize('num_steps', [7, 50, 99, 100, 101, 761, 2417])
@@ -230,6 +248,7 @@ def fake_trainer(tmp_path, monkeypatch):
 
   monkeypatch.setattr(local, 'member_command', command)
   monkeypatch.setattr(local, '_POLL_S', 0.05)
+  monkeypatch.setattr(local, 'measure_peak', lambda env: None)  # a real one imports JAX: 5 s
   return calls
 
 
@@ -448,8 +467,11 @@ def test_fit_and_report_recovers_a_known_law(tmp_path, capsys):
   for row in summary['allocation']:  # both approaches agree on the compute-optimal size
     assert row['isoflop_n_opt'] == pytest.approx(row['chinchilla_n_opt'], rel=0.1)
   for text in ('L(C) on the frontier', 'N_opt ∝ C^', 'L(N, D) (approach 3', 'Holdout',
-               'C=1e+15 (100x)'):
-    assert text in out
+               'C=1e+15 (100x)', 'Seed noise: not measured (one seed per size and budget)',
+               'No envelope fit: The envelope needs at least 2 model sizes each trained at 2+'):
+    assert text in out  # no size is shared between budgets here, so approach 1 has nothing
+  check = summary['exponent_check']
+  assert check['agree'] and 'Exponent a of N_opt ∝ C^a: approach 2' in out
   assert 'outside the sizes trained' not in out
   for figure in ('loss_vs_compute', 'training_curves', 'isoflops', 'n_opt'):
     assert os.path.exists(os.path.join(workdir, 'plots', f'{figure}.png'))
@@ -526,6 +548,16 @@ def test_one_real_member_trains_and_is_then_skipped(tmp_path, monkeypatch, capsy
   assert runner.run_sweep(sweep, workdir, n_bootstrap=2) == 0
   out = capsys.readouterr().out
   assert 'real: step 4/4' in out and 'finished real: eval_loss' in out
+  throughput = re.search(r'Throughput: (\S+) model FLOPs \(full count\) of 1 member\(s\) in .* '
+                         r'([\d.]+)% of the ([\d,.]+) GFLOP/s matmul peak measured', out)
+  assert throughput, out
+  config = _configs(sweep)['real']
+  per_token = flops.flops_per_token(GPTConfig.from_run_config(config), config.data.seq_len, 'full')
+  tokens = config.train.num_steps * config.data.batch_size * config.data.seq_len
+  assert float(throughput.group(1)) == pytest.approx(per_token * tokens, rel=1e-2)  # 3 digits
+  assert 0 <= float(throughput.group(2)) < 100 and float(throughput.group(3).replace(',', '')) > 0
+  # Every program the member compiled is in the sweep's compilation cache for the next member.
+  assert os.listdir(os.path.join(workdir, local.COMPILE_CACHE_DIR))
   rows = run_dir.read_metrics(os.path.join(workdir, 'real'))
   assert rows[-1]['step'] == 4 and math.isfinite(rows[-1]['eval_loss'])
   with open(os.path.join(workdir, 'real', 'log.txt')) as f:

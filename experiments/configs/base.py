@@ -76,6 +76,9 @@ def get_config() -> ml_collections.ConfigDict:
   t.eps = 1e-8
   t.grad_clip = 1.0  # global-norm clipping; 0 disables
   t.grad_accum_steps = 1
+  # Optimizer steps per jitted call: > 1 saves the host's share of each step, which dominates for
+  # tiny models on a CPU (docs/performance.md); logs, evals and checkpoints land on the same steps.
+  t.steps_per_call = 1
   # Tokens per host in one forward+backward pass: each micro-batch is split into sequential passes
   # of at most this many tokens ('0': never). 'auto' is 1024 on a CPU, where small passes keep the
   # activations in the caches, and off elsewhere; the run logs what it resolved to.

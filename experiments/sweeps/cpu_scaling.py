@@ -39,19 +39,22 @@ import launch
 from experiments.configs import base as base_config
 
 BUDGETS = {  # compute (FLOPs) -> the d_model of its sizes
-    1e11: (12, 16, 24, 32, 48),
-    3e11: (16, 24, 32, 48, 64),
-    1e12: (24, 32, 48, 64, 96),
+    6e9: (6, 8, 12, 16, 24),
+    2e10: (8, 12, 16, 24, 32),
+    6e10: (12, 16, 24, 32, 48),
+    2e11: (16, 24, 32, 48, 64),
+    6e11: (24, 32, 48, 64, 96),
 }
+SEEDED = (1, 2)  # the sizes (by position) trained with 2 seeds: each budget's minimum lies there
 
 
 def learning_rate(d_model: int) -> float:
   return 8e-3 * min(1.0, 32 / d_model)
 
 
-def size(d_model: int) -> launch.Size:
+def size(d_model: int, seeds: int = 1) -> launch.Size:
   return launch.Size(d_model=d_model, num_layers=2, num_heads=2 if d_model < 48 else 4,
-                     learning_rate=learning_rate(d_model))
+                     learning_rate=learning_rate(d_model), seeds=seeds)
 
 
 def get_base() -> ml_collections.ConfigDict:
@@ -59,12 +62,13 @@ def get_base() -> ml_collections.ConfigDict:
   config.model.max_seq_len = 128
   config.data.update(source='stdlib', tokenizer='byte', seq_len=128, batch_size=4,
                      max_corpus_bytes=12_000_000)
-  config.train.update(eval_batches=200, async_checkpoints=False)
+  config.train.update(eval_batches=200, async_checkpoints=False, steps_per_call=16)
   return config
 
 
 def get_sweep():
   base = get_base()
-  budgets = {c: [size(d) for d in d_models] for c, d_models in BUDGETS.items()}
+  budgets = {c: [size(d, seeds=2 if i in SEEDED else 1) for i, d in enumerate(d_models)]
+             for c, d_models in BUDGETS.items()}
   return base, launch.isoflop_members(base, budgets, warmup_fraction=0.05, num_evals=4,
                                       checkpoints=2, log_lines=8)
