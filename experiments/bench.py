@@ -26,7 +26,7 @@ from absl import app, flags, logging
 
 from experiments.configs import base
 from experiments import profiling
-from gptjax import distributed, flops, hardware, sharding, train
+from gptjax import distributed, flops, hardware, optim, sharding, train
 
 _CONFIGS = flags.DEFINE_list('configs', ['small', 'medium', 'tiny'],
                              f'Which of {sorted(("small", "medium", "tiny", "gpt2_124m"))} to time.')
@@ -96,30 +96,32 @@ def time_train_step(config: ml_collections.ConfigDict, devices: list[jax.Device]
   setup = hardware.resolve(config, mesh)
   state, shardings = train.create_train_state(config, mesh, rules)
   jit_train, _ = train.jit_steps(config, setup, mesh, rules, shardings)
+  numbers = optim.schedule_numbers(config.train)
   rng = np.random.default_rng(0)
   shape = (config.data.batch_size, config.data.seq_len + 1)
   batches = [jax.device_put(rng.integers(0, config.model.vocab_size, shape, dtype=np.int32),
                             sharding.batch_sharding(mesh)) for _ in range(4)]
   compile_start = time.perf_counter()
   # Compiled once ahead of time: the same executable is timed, traced and read for its HLO.
-  compiled_train = jit_train.lower(state, batches[0]).compile()
-  state, metrics = compiled_train(state, batches[0])
+  compiled_train = jit_train.lower(state, batches[0], numbers).compile()
+  state, metrics = compiled_train(state, batches[0], numbers)
   jax.block_until_ready(metrics)
   compile_time = time.perf_counter() - compile_start  # the first step: compilation and one step
   for i in range(warmup):
-    state, metrics = compiled_train(state, batches[i % 4])
+    state, metrics = compiled_train(state, batches[i % 4], numbers)
   jax.block_until_ready(metrics)
   times = []
   for i in range(steps):
     start = time.perf_counter()
-    state, metrics = compiled_train(state, batches[i % 4])
+    state, metrics = compiled_train(state, batches[i % 4], numbers)
     jax.block_until_ready((state, metrics))
     times.append(time.perf_counter() - start)
   if not np.isfinite(float(metrics['train_loss'])):
     raise FloatingPointError('The benchmarked step produced a non-finite loss.')
   op_kinds, op_sources = [], []
   if profile_dir:
-    state, trace_path = profiling.trace_steps(compiled_train, state, batches[0], 2, profile_dir)
+    state, trace_path = profiling.trace_steps(
+        lambda state, batch: compiled_train(state, batch, numbers), state, batches[0], 2, profile_dir)
     op_kinds = profiling.summarize(trace_path, 2)
     op_sources = profiling.summarize_by_source(trace_path, 2, compiled_train.as_text())
   cfg = setup.model

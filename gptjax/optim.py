@@ -13,6 +13,7 @@ from typing import Any, Mapping
 import jax
 import jax.numpy as jnp
 import ml_collections
+import numpy as np
 import optax
 
 from gptjax import parametrization
@@ -39,27 +40,52 @@ def check_config(train_config: ml_collections.ConfigDict) -> None:
   learning_rate_schedule(t)
 
 
-def learning_rate_schedule(train_config: ml_collections.ConfigDict) -> optax.Schedule:
-  """Linear warmup from 0 to the peak, then cosine decay, a constant, or 1/sqrt(step) decay."""
-  peak = train_config.learning_rate
-  warmup = int(train_config.warmup_steps)
-  total = int(train_config.num_steps)
-  name = train_config.schedule
+def schedule_numbers(train_config: ml_collections.ConfigDict) -> np.ndarray:
+  """float32 [4]: the peak learning rate, warmup steps, total steps and floor ratio of the schedule.
+
+  A jitted train step takes these as an argument rather than as constants, so members of a sweep
+  that differ only in their schedules (the same size at several budgets) compile to the same
+  program and share it through the compilation cache.
+  """
+  t = train_config
+  return np.array([t.learning_rate, t.warmup_steps, t.num_steps, t.min_lr_ratio], np.float32)
+
+
+def learning_rate_schedule(train_config: ml_collections.ConfigDict,
+                           numbers: Any = None) -> optax.Schedule:
+  """Linear warmup from 0 to the peak, then cosine decay, a constant, or 1/sqrt(step) decay.
+
+  The kind of schedule comes from the config; its numbers from `numbers` (`schedule_numbers`,
+  possibly traced) or else the config. optax's schedules take their lengths as Python numbers
+  only, so the three shapes are written out here, as optax's warmup_cosine_decay_schedule and a
+  linear warmup joined to a constant or 1/sqrt decay compute them.
+  """
+  t = train_config
+  name = t.schedule
   if name not in SCHEDULES:
     raise ValueError(f'train.schedule={name!r}; choose one of {SCHEDULES}.')
-  if warmup < 0 or (name == 'cosine' and warmup >= total):
-    raise ValueError(f'train.warmup_steps={warmup} must be in [0, num_steps={total}) for a cosine '
-                     'schedule; shorten the warmup or train longer.')
-  if name == 'cosine':
-    return optax.warmup_cosine_decay_schedule(
-        init_value=0.0, peak_value=peak, warmup_steps=warmup, decay_steps=total,
-        end_value=peak * train_config.min_lr_ratio)
-  warmup_fn = optax.linear_schedule(0.0, peak, max(warmup, 1))
-  if name == 'constant':
-    after_fn = optax.constant_schedule(peak)
-  else:
-    after_fn = lambda step: peak * jax.lax.rsqrt((step + max(warmup, 1)) / max(warmup, 1))
-  return optax.join_schedules([warmup_fn, after_fn], [warmup])
+  warmup_steps, total_steps = int(t.warmup_steps), int(t.num_steps)
+  if warmup_steps < 0 or (name == 'cosine' and warmup_steps >= total_steps):
+    raise ValueError(f'train.warmup_steps={warmup_steps} must be in [0, num_steps={total_steps}) '
+                     'for a cosine schedule; shorten the warmup or train longer.')
+  peak, warmup, total, floor = (schedule_numbers(t) if numbers is None else numbers)
+
+  def schedule(step):
+    step = jnp.asarray(step, jnp.float32)
+    warming = peak * step / jnp.maximum(warmup, 1.0)
+    since = step - warmup  # steps after the warmup
+    if name == 'cosine':
+      decay_steps = total - warmup
+      cosine = 0.5 * (1 + jnp.cos(jnp.pi * jnp.minimum(since, decay_steps) / decay_steps))
+      after = peak * ((1 - floor) * cosine + floor)
+    elif name == 'constant':
+      after = peak * jnp.ones_like(step)
+    else:
+      width = jnp.maximum(warmup, 1.0)
+      after = peak * jax.lax.rsqrt((since + width) / width)
+    return jnp.where(step < warmup, warming, after)
+
+  return schedule
 
 
 def decay_mask(params: Any) -> Any:
@@ -100,15 +126,18 @@ def scale_by_class(lr_multipliers: Mapping[tuple[str, ...], float]) -> optax.Gra
   return optax.GradientTransformation(lambda params: optax.EmptyState(), update)
 
 
-def make_optimizer(train_config: ml_collections.ConfigDict,
-                   model_cfg: GPTConfig | None = None) -> optax.GradientTransformation:
+def make_optimizer(train_config: ml_collections.ConfigDict, model_cfg: GPTConfig | None = None,
+                   schedule: optax.Schedule | None = None) -> optax.GradientTransformation:
   """AdamW; under muP the model's config gives each parameter its learning-rate multiplier.
+
+  `schedule` defaults to the config's `learning_rate_schedule`; a jitted step passes one built on
+  its traced `schedule_numbers`.
 
   The SP form is `optax.adamw` itself; the muP form is the same chain with the per-class scale
   between Adam's direction and the decoupled weight decay, so at d_model == base_width (every
   multiplier 1) it computes the same updates bit for bit.
   """
-  schedule = learning_rate_schedule(train_config)
+  schedule = schedule or learning_rate_schedule(train_config)
   t = train_config
   if model_cfg is None or model_cfg.parametrization == 'sp':
     adamw = optax.adamw(schedule, b1=t.b1, b2=t.b2, eps=t.eps, weight_decay=t.weight_decay,

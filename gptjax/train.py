@@ -71,25 +71,35 @@ def jit_steps(config: ml_collections.ConfigDict, setup: hardware.Setup, mesh: Me
               rules: sharding.Rules, state_shardings: Any) -> tuple[Any, Any]:
   """The train and eval steps jitted with explicit shardings; the train state is donated.
 
-  With train.steps_per_call = K > 1 the train function is `steps.train_steps`, of (state,
-  batches [K, B, ...], count): up to K steps per call.
+  The train function takes (state, batch, schedule numbers): the learning-rate schedule's numbers
+  (`optim.schedule_numbers`) are an argument, not constants, so the same model at another budget
+  compiles to the same program. With train.steps_per_call = K > 1 it is `steps.train_steps`, of
+  (state, batches [K, B, ...], count, schedule numbers): up to K steps per call.
   """
   model = GPT(setup.model)
-  step_fn = functools.partial(
-      train_step, model=model, optimizer=optim.make_optimizer(config.train, setup.model),
-      schedule=optim.learning_rate_schedule(config.train), grad_accum_steps=setup.passes,
-      dropout_seed=config.seed if setup.model.dropout > 0 else None)
+
+  def step_fn(state, batch, frozen_params=None, *, numbers):
+    schedule = optim.learning_rate_schedule(config.train, numbers)
+    return train_step(state, batch, frozen_params, model=model,
+                      optimizer=optim.make_optimizer(config.train, setup.model, schedule),
+                      schedule=schedule, grad_accum_steps=setup.passes,
+                      dropout_seed=config.seed if setup.model.dropout > 0 else None)
+
   batch_sharding = sharding.batch_sharding(mesh)
   replicated = sharding.replicated(mesh)
   if config.train.steps_per_call == 1:
-    jit_train = jax.jit(sharding.traced_under(mesh, rules, step_fn, 'train_step'),
-                        in_shardings=(state_shardings, batch_sharding),
-                        out_shardings=(state_shardings, replicated), donate_argnums=0)
+    jit_train = jax.jit(
+        sharding.traced_under(mesh, rules, lambda state, batch, numbers: step_fn(
+            state, batch, numbers=numbers), 'train_step'),
+        in_shardings=(state_shardings, batch_sharding, replicated),
+        out_shardings=(state_shardings, replicated), donate_argnums=0)
   else:
     jit_train = jax.jit(
-        sharding.traced_under(mesh, rules, functools.partial(train_steps, step_fn=step_fn),
+        sharding.traced_under(mesh, rules, lambda state, batches, count, numbers: train_steps(
+            state, batches, count, step_fn=functools.partial(step_fn, numbers=numbers)),
                               'train_steps'),
-        in_shardings=(state_shardings, sharding.stacked_batch_sharding(mesh), replicated),
+        in_shardings=(state_shardings, sharding.stacked_batch_sharding(mesh), replicated,
+                      replicated),
         out_shardings=(state_shardings, replicated), donate_argnums=0)
   jit_eval = jax.jit(
       sharding.traced_under(mesh, rules, functools.partial(eval_step, model=model), 'eval_step'),
@@ -251,6 +261,7 @@ def _train(config: ml_collections.ConfigDict, workdir: str, mesh: Mesh, *,
       os.replace(config_path, os.path.join(workdir, f'config.until-step-{start_step}.json'))
     run_dir.write_config(workdir, config)
   jit_train, jit_eval = jit_steps(config, setup, mesh, rules, state_shardings)
+  numbers = optim.schedule_numbers(config.train)
   counts = flops.param_counts(setup.model)
   recorder = Recorder(config, setup.model, workdir, data, start_step)
   logging.info('Model: %s params (%s non-embedding); %d tokens per step; mesh %s.',
@@ -266,8 +277,9 @@ def _train(config: ml_collections.ConfigDict, workdir: str, mesh: Mesh, *,
     with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
       recorder.record_missing_final_eval(
           start_step, lambda: evaluate_with(state.params, batches=data.eval_batches()), workdir)
-  return run_loop(config, state, start_step, data, jit_train, evaluate_with, to_global, manager,
-                  recorder, mesh, rules)
+  return run_loop(config, state, start_step, data,
+                  lambda state, *batches: jit_train(state, *batches, numbers), evaluate_with,
+                  to_global, manager, recorder, mesh, rules)
 
 
 def run_loop(config, state, step, data, jit_train, evaluate_with, to_global, manager, recorder,

@@ -3,6 +3,7 @@
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 
 from experiments.configs import base
@@ -26,6 +27,20 @@ def test_cosine_schedule_warms_up_linearly_then_decays_to_the_floor():
   expected_550 = 1e-4 + 0.5 * (1e-3 - 1e-4) * (1 + np.cos(np.pi * 450 / 900))
   assert float(schedule(550)) == pytest.approx(expected_550, rel=1e-4)
   assert float(schedule(1000)) == pytest.approx(1e-4)
+
+
+@pytest.mark.parametrize('warmup, total, floor', [(100, 1000, 0.1), (0, 50, 0.0), (7, 8, 0.5)])
+def test_cosine_schedule_equals_optax_and_its_traced_numbers_give_the_same(warmup, total, floor):
+  """The schedule is written out so its numbers can be traced; optax's own cosine is the reference,
+  and a jitted schedule built on `schedule_numbers` as an argument gives the same values."""
+  config = _train_config(warmup_steps=warmup, num_steps=total, min_lr_ratio=floor)
+  reference = optax.warmup_cosine_decay_schedule(0.0, 1e-3, warmup, total, end_value=1e-3 * floor)
+  steps = np.arange(total + 20)
+  ours = np.array([float(optim.learning_rate_schedule(config)(s)) for s in steps])
+  np.testing.assert_allclose(ours, [float(reference(s)) for s in steps], rtol=1e-5, atol=1e-12)  # float32 rounding
+  traced = jax.jit(lambda numbers, s: optim.learning_rate_schedule(config, numbers)(s))
+  np.testing.assert_allclose([float(traced(optim.schedule_numbers(config), s)) for s in steps],
+                             ours, rtol=1e-6, atol=1e-12)
 
 
 def test_constant_and_inverse_sqrt_schedules():

@@ -7,7 +7,7 @@ import pytest
 from jax.sharding import PartitionSpec as P
 
 from experiments.configs import base
-from gptjax import hardware, sharding, train
+from gptjax import hardware, optim, sharding, train
 
 
 def _config(data=1, fsdp=1, tensor=1, **model):
@@ -68,7 +68,7 @@ def _one_step(config, devices):
   global_batch = jax.device_put(batch, sharding.batch_sharding(mesh))
   grad_norms = []
   for _ in range(2):
-    state, metrics = jit_train(state, global_batch)
+    state, metrics = jit_train(state, global_batch, optim.schedule_numbers(config.train))
     grad_norms.append(float(metrics['grad_norm']))
   return float(metrics['train_loss']), grad_norms, jax.device_get(state.params)
 
