@@ -342,7 +342,8 @@ def _steps(config, state, step, data, jit_train, evaluate_with, to_global, manag
         stopping.check_finite(previous[1], previous[0], manager.latest_step())
       step += count
       previous = (step, step_metrics)
-      stop = preemption.reached(step)
+      # every step taken is reported (all processes must see each one to meet at a sync point)
+      stop = any([preemption.reached(s) for s in range(step - count + 1, step + 1)])
       is_last = step == t.num_steps
       do_eval = step % t.eval_every == 0 or is_last
       do_log = step % t.log_every == 0 or do_eval

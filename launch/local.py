@@ -186,8 +186,7 @@ def run_jobs(jobs: Sequence[Job], sweep_path: str, *, parallel: int, total: int,
   env.setdefault('JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS', '0.2')
   peak = measure_peak(env)
   board = _Board(jobs, total, finished_before, parallel)
-  # The most expensive first, so the sweep does not end on one long member running alone.
-  waiting = sorted(jobs, key=lambda job: -job.flops(job.plan.steps - job.start_step))
+  waiting = sorted(jobs, key=_start_order)
   running, failures = [], {}
   try:
     while waiting or running:
@@ -212,6 +211,15 @@ def run_jobs(jobs: Sequence[Job], sweep_path: str, *, parallel: int, total: int,
   print(throughput_line([job for job in jobs if job.member.name not in failures],
                         time.monotonic() - board.start, peak), flush=True)
   return failures
+
+
+def _start_order(job: Job) -> tuple[float, int, int]:
+  """The largest budgets first, so the sweep does not end on one long member running alone;
+  within a budget the first seed of every size before any replica, so that a replica finds its
+  programs compiled in the cache instead of compiling them alongside its twin; then the most
+  steps (the longest) first."""
+  flops = float(f'{job.flops(job.plan.steps - job.start_step):.1g}')
+  return -flops, job.config.seed, -(job.plan.steps - job.start_step)
 
 
 def measure_peak(env: dict[str, str]) -> float | None:

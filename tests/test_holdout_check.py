@@ -80,3 +80,17 @@ def test_without_an_isoflop_minimum_the_best_run_is_the_measured_optimum(holdout
   assert result['measured_by'] == 'best run'
   assert result['measured_n_opt'] == holdout.run_params[best]
   assert result['measured_loss'] == holdout.run_loss[best]
+
+
+@pytest.mark.parametrize('a3, interval3, agree, precise', [
+    (0.62, (0.55, 0.70), True, True),     # each inside the other's interval, both narrow
+    (0.30, (0.18, 0.70), False, False),   # approach 2's a is inside 3's interval, not the reverse
+    (0.62, (0.30, 0.95), True, False),    # they agree, but approach 3 is too vague to act on
+])
+def test_exponent_check_wants_mutual_agreement_and_narrow_intervals(a3, interval3, agree, precise):
+  fits = {'isoflop': {'n_exponent': 0.64, 'n_exponent_ci': [0.59, 0.72]},
+          'chinchilla': {'n_exponent': a3, 'intervals': {'n_exponent': interval3}}}
+  check = fit.exponent_check(fits)
+  assert (check['agree'], check['precise']) == (agree, precise)
+  assert check['half_widths'] == pytest.approx([0.065, (interval3[1] - interval3[0]) / 2])
+  assert fit.exponent_check({'isoflop': fits['isoflop']}) is None

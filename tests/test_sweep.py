@@ -144,6 +144,25 @@ def test_resolve_leaves_the_base_untouched(cpu_sweep):
 
 
 @pytest.mark.filterwarnings('ignore:the load_module')  # ml_collections' own config loader
+def test_members_start_largest_budget_first_and_replicas_after_their_twins(cpu_sweep):
+  base, members = cpu_sweep
+  jobs = []
+  for member in members:
+    config = launch.resolve(base, member)
+    jobs.append(local.Job(member, config, launch.plan(config), member.name, start_step=0))
+  order = [job.member.name for job in sorted(jobs, key=local._start_order)]
+  assert order[0] == 'c6e11_d24l2'  # the most steps of the largest budget
+  position = {name: i for i, name in enumerate(order)}
+  for name in order:
+    if name.endswith('_s1'):
+      twin = name.removesuffix('_s1')
+      same_budget = [n for n in order if n.split('_')[0] == name.split('_')[0]]
+      assert position[name] > max(position[n] for n in same_budget if not n.endswith('_s1'))
+      assert position[twin] < position[name]
+  flops = [job.plan.flops for job in sorted(jobs, key=local._start_order)]
+  assert flops == sorted(flops, key=lambda f: -float(f'{f:.1g}'))
+
+
 def test_member_command_reproduces_the_member_config(cpu_sweep):
   """The flags the runner passes rebuild, in gptjax.main's own flag parser, the member's config."""
   from absl import flags

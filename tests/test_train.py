@@ -178,23 +178,20 @@ def test_resume_reaches_bit_identical_parameters_and_curve(finished_run, tmp_pat
 
 
 def test_several_steps_per_call_train_the_same_run(finished_run, tmp_path):
-  """train.steps_per_call=4 on a run that logs every 5 steps: calls of 4 and 1 steps (one compiled
-  program), records on the same steps, the same parameters up to float reassociation; and a
-  resume from a K=1 checkpoint continues the same run."""
-  workdir = str(tmp_path / 'chunked')
-  train.train_and_evaluate(_config(**{'train.steps_per_call': 4}), workdir)
+  """train.steps_per_call=4, resumed at step 20 of a run that logs every 5 steps: calls of 4 and
+  1 steps (one compiled program), records on the same steps, the same losses and parameters up to
+  float reassociation."""
+  workdir = _copy_without_last_checkpoint(finished_run, str(tmp_path / 'chunked'))
+  train.train_and_evaluate(_config(**{'train.steps_per_call': 4}), workdir,
+                           allow_config_change=True)
   chunked, original = _records(workdir), _records(finished_run)
   assert [r['step'] for r in chunked] == [r['step'] for r in original]
-  for a, b in zip(chunked, original):
+  for a, b in zip(chunked[-2:], original[-2:]):  # steps 25 and 30, trained in calls of 4 + 1
     assert a['train_loss'] == pytest.approx(b['train_loss'], rel=1e-5)
     assert ('eval_loss' in a) == ('eval_loss' in b)
     assert a.get('eval_loss', 0.0) == pytest.approx(b.get('eval_loss', 0.0), rel=1e-5)
     assert a['learning_rate'] == pytest.approx(b['learning_rate'], rel=1e-6)
   _assert_same_params(_params(workdir), _params(finished_run), atol=2e-5)
-  resumed = _copy_without_last_checkpoint(finished_run, str(tmp_path / 'resumed_chunked'))
-  train.train_and_evaluate(_config(**{'train.steps_per_call': 4}), resumed,
-                           allow_config_change=True)
-  _assert_same_params(_params(resumed), _params(finished_run), atol=2e-5)
 
 
 def test_unreadable_latest_checkpoint_falls_back_to_the_previous_one(finished_run, tmp_path):

@@ -1,14 +1,17 @@
-r"""A scaling sweep on a CPU: 3 compute budgets x 5 model sizes, about 12 CPU-minutes in all (its
-timings on 2 cores are in BENCHMARKS.md).
+r"""A scaling sweep on a CPU: 5 compute budgets over 2 decades x 5 model sizes, and a second seed
+for the two sizes nearest each budget's minimum: 35 members, about 10 minutes on 2 cores (its
+timings are in BENCHMARKS.md).
 
   python -m launch.sweep --sweep=experiments/sweeps/cpu_scaling.py --workdir=runs/cpu_scaling \
       --parallel=2
 
-Byte-level GPTs of 2 layers, d_model 12 to 96 (3.7K to 224K non-embedding parameters), trained on
-the embedded stdlib corpus at C = 1e11, 3e11 and 1e12 FLOPs (Kaplan's C, attention included).
-Each budget's sizes straddle its IsoFLOP minimum, which moves from N = 6K (d_model 16) at 1e11
-to 41K (between d_model 32 and 48) at 1e12. The choices below were measured at C = 3e11 (with an
-8 MB corpus cap, whose validation split differs: compare these losses with each other only):
+Byte-level GPTs of 2 layers, d_model 6 to 96 (1.0K to 224K non-embedding parameters), trained on
+the embedded stdlib corpus at C = 6e9, 2e10, 6e10, 2e11 and 6e11 FLOPs (Kaplan's C, attention
+included). Each budget's sizes straddle its IsoFLOP minimum, which moves from N = 1.1K (d_model 6)
+at 6e9 to 27K (d_model 32) at 6e11; neighbouring budgets share sizes, so each size is trained to
+the end of its schedule at 2 to 5 budgets (what Chinchilla's approach 1 reads). The choices below
+were measured at C = 3e11 (with an 8 MB corpus cap, whose validation split differs: compare these
+losses with each other only):
 
 - 4 sequences of 128 bytes per step (512 tokens). With 16 per step the same tokens came in 4x fewer
   steps and d_model=32 ended at 2.19 nats instead of 1.87: at that batch these models are limited
@@ -17,7 +20,8 @@ to 41K (between d_model 32 and 48) at 1e12. The choices below were measured at C
 - Learning rate 8e-3 up to d_model=32, then 8e-3 * 32/d_model. d_model=32 ended at 2.07 / 1.87 /
   1.79 / 1.78 with 2e-3 / 4e-3 / 8e-3 / 1.2e-2; d_model=48 at 2.06 / 1.99 with 3.3e-3 / 5.2e-3;
   d_model=16 at 1.89 / 1.92 with 5.7e-3 / 1.6e-2; d_model=64 at 2.19 / 2.20 with 2.8e-3 / 5.7e-3.
-  A too-low rate for one size would tilt its IsoFLOP curve and move the minimum.
+  A too-low rate for one size would tilt its IsoFLOP curve and move the minimum. The rates of
+  d_model 6 to 12 were not tuned.
   The sweep stays in SP with these per-size rates rather than muP with one rate
   (`model.parametrization='mup'`, docs/mup.md): muP has not been measured on this grid, and in the
   LR-transfer sweep (experiments/sweeps/mup_lr_transfer.py) muP, while its best rate held, ended
@@ -25,12 +29,17 @@ to 41K (between d_model 32 and 48) at 1e12. The choices below were measured at C
 - Warmup 5% of each member's steps, then cosine decay to 10% at its own last step, so every member
   is a finished run of its token budget (Hoffmann et al.: a schedule longer than the run inflates
   the loss of the shorter runs).
+- Seeds: the replicas differ from their twin in initialisation and data order. Between seeds the
+  final loss moves by 0.018 nats (pooled standard deviation, widest gap 0.059), 6 times the 0.003 nats
+  to which the evaluation pins a difference between two runs: one seed per point is what made
+  IsoFLOP curves jagged;
+  the fits average the seeds and carry their spread into the bootstrap (docs/scaling.md).
 - 200 eval batches = 102K tokens, the same windows for every member: the standard error of a
-  difference between two members is 0.003 nats (paired over batches), against differences of
-  0.04-0.4 nats along an IsoFLOP curve. (XLA's CPU reductions are not bit-reproducible: two runs
-  of the sweep ended 0.001-0.024 nats apart, the longest runs most.)
+  difference between two members is 0.003 nats (paired over batches).
 - `data.max_corpus_bytes` = 12 MB: 11.4M training tokens, more than any member reads (at most
-  8.1M), so no member sees a token twice; it also keeps each member's token cache small.
+  4.8M), so no member sees a token twice; it also keeps each member's token cache small.
+- 16 optimizer steps per jitted call (`train.steps_per_call`): the same run, with the host's share
+  of these tiny steps paid once per 16 (docs/performance.md).
 """
 
 import ml_collections
