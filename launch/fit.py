@@ -253,10 +253,10 @@ def _print_exponents(fits: dict[str, Any], check: dict[str, Any]) -> None:
                 fits[name]['intervals'].get('n_exponent', (float('nan'),) * 2))
       parts.append(f'approach {number} {a:.3f} [{lo:.3f}, {hi:.3f}]')
   w2, w3 = check['half_widths']
-  print(f"Exponent a of N_opt ∝ C^a: {'; '.join(parts)}. Approaches 2 and 3 "
-        f"{'agree (each inside the other' + chr(39) + 's interval)' if check['agree'] else 'DISAGREE'}"
-        f"; interval half-widths {w2:.3f} and {w3:.3f} (target under {check['target']:g}): "
-        f"{'PASS' if check['agree'] and check['precise'] else 'FAIL'}")
+  agreement = "agree (each inside the other's interval)" if check['agree'] else 'DISAGREE'
+  verdict = 'PASS' if check['agree'] and check['precise'] else 'FAIL'
+  print(f"Exponent a of N_opt ∝ C^a: {'; '.join(parts)}. Approaches 2 and 3 {agreement}; "
+        f"interval half-widths {w2:.3f} and {w3:.3f} (target under {check['target']:g}): {verdict}")
 
 
 def fit_and_report(workdir: str, finished: Sequence[str], *, compute_key: str = 'flops_kaplan',
