@@ -83,6 +83,23 @@ def _stage(stage: str, overrides: dict):
   return _set(preferences.get_config(stage), overrides)
 
 
+def _ppo_against_reward_model(workdir: str, policy: str, pairs: str, *, trunk: str, max_pairs: int,
+                              tag: str, label: str) -> dict:
+  """A reward model on `trunk` (`max_pairs` training pairs, 0: all) in rm_<tag>, then PPO of the
+  policy against it in ppo_rm_<tag>; returns the PPO run's entry for the table."""
+  rm = os.path.join(workdir, f'rm_{tag}')
+  reward_training.train_reward_model(_stage('reward', {
+      'preferences.pairs_from': pairs, 'reward.max_pairs': max_pairs,
+      'train.num_steps': FLAGS.rm_steps, 'train.eval_every': FLAGS.rm_steps}), trunk, rm)
+  accuracy = _evals(rm)[-1]['eval_accuracy']
+  ppo = os.path.join(workdir, f'ppo_rm_{tag}')
+  ppo_training.train_ppo(_stage('ppo', {
+      'preferences.pairs_from': pairs, 'ppo.reward_from': rm, 'ppo.kl_beta': FLAGS.ppo_kl_beta,
+      'train.num_steps': FLAGS.ppo_steps, 'train.eval_every': 10}), policy, ppo)
+  return {'dir': ppo, 'kind': 'ppo', 'rm_accuracy': accuracy,
+          'label': f'{label} (acc {accuracy:.2f})'}
+
+
 def run_all(workdir: str) -> dict[str, dict]:
   """Every stage; returns {run name: {'dir', 'kind', 'label', ...}} of the trained policies."""
   policy = sft_run(workdir, base_run(workdir))
@@ -90,32 +107,16 @@ def run_all(workdir: str) -> dict[str, dict]:
   pair_sampling.make_pairs(preferences.get_config('pairs'), policy, pairs)
   runs = {}
   for n in [int(n) for n in FLAGS.reward_pairs.split(',')]:
-    rm = os.path.join(workdir, f'rm_{n}')
-    reward_training.train_reward_model(_stage('reward', {
-        'preferences.pairs_from': pairs, 'reward.max_pairs': n,
-        'train.num_steps': FLAGS.rm_steps, 'train.eval_every': FLAGS.rm_steps}), policy, rm)
-    accuracy = _evals(rm)[-1]['eval_accuracy']
-    ppo = os.path.join(workdir, f'ppo_rm_{n}')
-    ppo_training.train_ppo(_stage('ppo', {
-        'preferences.pairs_from': pairs, 'ppo.reward_from': rm, 'ppo.kl_beta': FLAGS.ppo_kl_beta,
-        'train.num_steps': FLAGS.ppo_steps, 'train.eval_every': 10}), policy, ppo)
-    runs[f'ppo_rm_{n}'] = {'dir': ppo, 'kind': 'ppo', 'rm_accuracy': accuracy,
-                           'label': f'PPO, RM on {n or "all"} pairs (acc {accuracy:.2f})'}
+    runs[f'ppo_rm_{n}'] = _ppo_against_reward_model(
+        workdir, policy, pairs, trunk=policy, max_pairs=n, tag=str(n),
+        label=f'PPO, RM on {n or "all"} pairs')
   for trunk in [t for t in FLAGS.reward_trunks.split(',') if t]:
     # A reward model of another size: the trunk of another pre-trained run (same tokenizer), on
     # every training pair; PPO still trains the same policy against it.
     name = os.path.basename(os.path.normpath(trunk))
-    rm = os.path.join(workdir, f'rm_{name}')
-    reward_training.train_reward_model(_stage('reward', {
-        'preferences.pairs_from': pairs, 'reward.max_pairs': 0,
-        'train.num_steps': FLAGS.rm_steps, 'train.eval_every': FLAGS.rm_steps}), trunk, rm)
-    accuracy = _evals(rm)[-1]['eval_accuracy']
-    ppo = os.path.join(workdir, f'ppo_rm_{name}')
-    ppo_training.train_ppo(_stage('ppo', {
-        'preferences.pairs_from': pairs, 'ppo.reward_from': rm, 'ppo.kl_beta': FLAGS.ppo_kl_beta,
-        'train.num_steps': FLAGS.ppo_steps, 'train.eval_every': 10}), policy, ppo)
-    runs[f'ppo_rm_{name}'] = {'dir': ppo, 'kind': 'ppo', 'rm_accuracy': accuracy,
-                              'label': f'PPO, RM {name} on all pairs (acc {accuracy:.2f})'}
+    runs[f'ppo_rm_{name}'] = _ppo_against_reward_model(
+        workdir, policy, pairs, trunk=trunk, max_pairs=0, tag=name,
+        label=f'PPO, RM {name} on all pairs')
   for beta in FLAGS.betas.split(','):
     dpo = os.path.join(workdir, f'dpo_beta_{beta}')
     dpo_training.train_dpo(_stage('dpo', {

@@ -7,8 +7,8 @@ progress lines), and Ctrl-C stops the running members with SIGTERM, after which 
 checkpoint. `launch.sweep` plans the members and calls `run_jobs`.
 
 Members share one persistent XLA compilation cache (`<workdir>/compile_cache`): members of the same
-shape at different budgets compile the same initialisation and evaluation programs, and a rerun
-after an interruption compiles nothing it compiled before. At the end the runner prints the
+shape at different budgets compile the same programs (the schedule is an argument of the train
+step), and a rerun after an interruption compiles nothing it compiled before. At the end the runner prints the
 sweep's efficiency: the model FLOPs it trained (full count) over its wall time, as a fraction of
 the matmul peak measured at its start.
 """
@@ -68,6 +68,10 @@ class Job:
 
   def flops(self, steps: float) -> float:
     return self.plan.flops * steps / self.plan.steps
+
+  @property
+  def steps_to_train(self) -> int:
+    return self.plan.steps - self.start_step
 
 
 def _start(job: Job, sweep_path: str, env: dict[str, str]) -> None:
@@ -218,8 +222,8 @@ def _start_order(job: Job) -> tuple[float, int, int]:
   within a budget the first seed of every size before any replica, so that a replica finds its
   programs compiled in the cache instead of compiling them alongside its twin; then the most
   steps (the longest) first."""
-  flops = float(f'{job.flops(job.plan.steps - job.start_step):.1g}')
-  return -flops, job.config.seed, -(job.plan.steps - job.start_step)
+  flops = float(f'{job.flops(job.steps_to_train):.1g}')
+  return -flops, job.config.seed, -job.steps_to_train
 
 
 def measure_peak(env: dict[str, str]) -> float | None:
@@ -242,8 +246,8 @@ def throughput_line(trained: Sequence[Job], seconds: float, peak: float | None) 
   included, from each one's starting step), per second of wall time, against the measured peak.
   Startup, compilation, evaluation and checkpoints all count as time: they are what a sweep of
   small models spends its time on."""
-  model_flops = sum(launch.plan(job.config, 'full').flops * (job.plan.steps - job.start_step)
-                    / job.plan.steps for job in trained)
+  model_flops = sum(launch.plan(job.config, 'full').flops * job.steps_to_train / job.plan.steps
+                    for job in trained)
   rate = model_flops / max(seconds, 1e-9)
   line = (f'Throughput: {model_flops:.3g} model FLOPs (full count) of {len(trained)} member(s) '
           f'in {format_duration(seconds)} = {rate / 1e9:,.1f} GFLOP/s')
