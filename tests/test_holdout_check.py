@@ -94,3 +94,13 @@ def test_exponent_check_wants_mutual_agreement_and_narrow_intervals(a3, interval
   assert (check['agree'], check['precise']) == (agree, precise)
   assert check['half_widths'] == pytest.approx([0.065, (interval3[1] - interval3[0]) / 2])
   assert fit.exponent_check({'isoflop': fits['isoflop']}) is None
+
+
+def test_exponent_check_takes_degenerate_intervals_that_differ_in_the_last_bits():
+  """Exact synthetic data gives zero-width intervals; another CPU's rounding must not split them."""
+  a = 6 / 13
+  fits = {'isoflop': {'n_exponent': a + 1e-13, 'n_exponent_ci': [a + 1e-13, a + 1e-13]},
+          'chinchilla': {'n_exponent': a, 'intervals': {'n_exponent': (a, a)}}}
+  assert fit.exponent_check(fits)['agree']
+  fits['isoflop'] = {'n_exponent': a + 1e-3, 'n_exponent_ci': [a + 1e-3, a + 1e-3]}
+  assert not fit.exponent_check(fits)['agree']  # a real difference still disagrees
