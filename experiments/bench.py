@@ -6,7 +6,7 @@
   python -m experiments.bench --configs=small --profile_dir=/tmp/prof   # + where the step's time goes
 
 The matmul peak of the device is measured first, so MFU is against what this machine can actually
-do, not only against a datasheet. Achieved FLOP/s uses the full FLOPs count of `gptjax.flops`
+do, not only against a datasheet. Achieved FLOP/s uses the full FLOPs count of `gptjax.cost.flops`
 (every matmul, attention included), the same number the training records use.
 """
 
@@ -26,8 +26,10 @@ from absl import app, flags, logging
 
 from experiments.configs import base
 from experiments import profiling
-from gptjax import distributed, flops, hardware, optim, sharding, train
-
+from gptjax.parallel import distributed, hardware, sharding
+from gptjax.cost import flops
+from gptjax.train import optim
+from gptjax.train import loop
 _CONFIGS = flags.DEFINE_list('configs', ['small', 'medium', 'tiny'],
                              f'Which of {sorted(("small", "medium", "tiny", "gpt2_124m"))} to time.')
 _DEVICES = flags.DEFINE_list('devices', ['1'], 'Device counts to time each config on (data mesh).')
@@ -36,7 +38,7 @@ _WARMUP = flags.DEFINE_integer('warmup', 3, 'Untimed steps first (compilation, c
 _DTYPE = flags.DEFINE_string('dtype', 'float32', "Compute dtype: 'float32' or 'bfloat16'.")
 _ATTENTION = flags.DEFINE_string('attention_impl', '',
                                  "'xla', 'cudnn', 'blocked' or 'cpu_fused'; '' picks the fastest "
-                                 'that runs here, as a training run does (gptjax.attention).')
+                                 'that runs here, as a training run does (gptjax.model.attention).')
 _CPU_DEVICES = flags.DEFINE_integer('cpu_devices', 0, 'Split a CPU host into this many XLA devices '
                                     'first (mesh.cpu_devices); --devices picks how many to use.')
 _BATCH = flags.DEFINE_integer('batch_size', 0, 'Override the batch size of every config.')
@@ -94,8 +96,8 @@ def time_train_step(config: ml_collections.ConfigDict, devices: list[jax.Device]
   mesh = sharding.make_mesh(config.mesh, devices)
   rules = sharding.logical_rules(config.mesh)
   setup = hardware.resolve(config, mesh)
-  state, shardings = train.create_train_state(config, mesh, rules)
-  jit_train, _ = train.jit_steps(config, setup, mesh, rules, shardings)
+  state, shardings = loop.create_train_state(config, mesh, rules)
+  jit_train, _ = loop.jit_steps(config, setup, mesh, rules, shardings)
   numbers = optim.schedule_numbers(config.train)
   rng = np.random.default_rng(0)
   shape = (config.data.batch_size, config.data.seq_len + 1)

@@ -1,4 +1,4 @@
-"""How fast approach 3's bootstrap refits a table: `scaling.fit_chinchilla(..., n_bootstrap=S)`.
+"""How fast approach 3's bootstrap refits a table: `laws.fit_chinchilla(..., n_bootstrap=S)`.
 
   python -m experiments.bench_bootstrap [--points=250 --refits=1000 --loop]
 
@@ -20,7 +20,10 @@ import numpy as np
 import scipy.optimize
 from absl import app, flags
 
-from gptjax import scaling, scaling_huber
+from gptjax.scaling import laws
+
+from gptjax.cost import chinchilla
+from gptjax.scaling import huber
 
 _POINTS = flags.DEFINE_integer('points', 250, 'Points in the table (a multiple of 10).')
 _REFITS = flags.DEFINE_integer('refits', 1000, 'Bootstrap resamples.')
@@ -28,8 +31,8 @@ _SEED = flags.DEFINE_integer('seed', 0, 'Seed of the noise and of the resamples.
 _LOOP = flags.DEFINE_bool('loop', False, 'Also time one scipy BFGS per start and resample '
                           '(minutes) and compare its intervals.')
 
-TRUE = scaling.ChinchillaFit(E=1.69, A=406.4, B=410.7, alpha=0.34, beta=0.28)
-NAMES = scaling.CHINCHILLA_PARAMS + ('n_exponent', 'd_exponent')
+TRUE = chinchilla.ChinchillaFit(E=1.69, A=406.4, B=410.7, alpha=0.34, beta=0.28)
+NAMES = chinchilla.CHINCHILLA_PARAMS + ('n_exponent', 'd_exponent')
 DELTA = 1e-3
 
 
@@ -41,26 +44,26 @@ def sweep_points(n_points: int, seed: int) -> tuple[np.ndarray, np.ndarray, np.n
   return n, d, TRUE.predict(n, d) * noise
 
 
-def scipy_bfgs(start: np.ndarray, weights_P: np.ndarray, points: scaling_huber.Points):
+def scipy_bfgs(start: np.ndarray, weights_P: np.ndarray, points: huber.Points):
   def objective(theta: np.ndarray) -> tuple[float, np.ndarray]:
-    value_1, grad_1x5 = scaling_huber.objective(theta[None], weights_P[None], points, DELTA)
+    value_1, grad_1x5 = huber.objective(theta[None], weights_P[None], points, DELTA)
     return float(value_1[0]), grad_1x5[0]
   return scipy.optimize.minimize(objective, start, jac=True, method='BFGS',
                                  options=dict(maxiter=2000))
 
 
-def loop_refits(fit: scaling.ChinchillaFit, n, d, l, n_refits: int, seed: int) -> np.ndarray:
+def loop_refits(fit: chinchilla.ChinchillaFit, n, d, l, n_refits: int, seed: int) -> np.ndarray:
   """[S, 5] the bootstrap of `fit_chinchilla`, one scipy BFGS per start: the same resamples
   (drawn as it draws them) and the same 3 starts each."""
   theta = np.log([fit.A, fit.B, fit.E]).tolist() + [fit.alpha, fit.beta]
-  points = scaling_huber.Points(n, d, l)
-  per_point_GxP = scaling_huber.huber_per_point(scaling_huber.GRID_Gx5, points, DELTA)
+  points = huber.Points(n, d, l)
+  per_point_GxP = huber.huber_per_point(huber.GRID_Gx5, points, DELTA)
   drawn_SxP = np.random.default_rng(seed).integers(0, len(l), (n_refits, len(l)))
   samples = []
   for drawn_P in drawn_SxP:
     weights_P = np.bincount(drawn_P, minlength=len(l)).astype(np.float64)
     best_2 = np.argsort(per_point_GxP @ weights_P, kind='stable')[:2]
-    starts_3x5 = np.concatenate([[theta], scaling_huber.GRID_Gx5[best_2]])
+    starts_3x5 = np.concatenate([[theta], huber.GRID_Gx5[best_2]])
     a, b, e, alpha, beta = min((scipy_bfgs(start, weights_P, points) for start in starts_3x5),
                                key=lambda result: result.fun).x
     samples.append([np.exp(e), np.exp(a), np.exp(b), alpha, beta])
@@ -76,10 +79,10 @@ def main(argv) -> None:
   del argv
   n, d, l = sweep_points(_POINTS.value, _SEED.value)
   start = time.perf_counter()
-  fit = scaling.fit_chinchilla(n, d, l)
+  fit = laws.fit_chinchilla(n, d, l)
   fit_s = time.perf_counter() - start
   start = time.perf_counter()
-  boot = scaling.fit_chinchilla(n, d, l, n_bootstrap=_REFITS.value, seed=_SEED.value)
+  boot = laws.fit_chinchilla(n, d, l, n_bootstrap=_REFITS.value, seed=_SEED.value)
   boot_s = time.perf_counter() - start - fit_s
   print(f'points {len(l)}, refits {_REFITS.value}')
   print(f'full fit (16 grid starts, scipy BFGS): {fit_s:.2f} s')
@@ -96,7 +99,7 @@ def main(argv) -> None:
   print(f'refits equal to 1e-4 in every parameter: {same.sum()} of {len(same)}')
   print('95% intervals, batched | loop:')
   for name, (lo, hi), (loop_lo, loop_hi) in zip(
-      NAMES, scaling.central_interval(batched_SxK, 0.95), scaling.central_interval(loop_SxK, 0.95)):
+      NAMES, laws.central_interval(batched_SxK, 0.95), laws.central_interval(loop_SxK, 0.95)):
     print(f'  {name:10s} [{lo:.5g}, {hi:.5g}] | [{loop_lo:.5g}, {loop_hi:.5g}]')
 
 

@@ -18,7 +18,8 @@ matplotlib.use('Agg')
 import matplotlib.pyplot as plt  # noqa: E402
 from absl import app, flags  # noqa: E402
 
-from gptjax import cli, records, run_dir  # noqa: E402
+from gptjax.runs import cli, run_dir
+from gptjax.scaling import records  # noqa: E402
 
 # {objective: {d_model: [eval records, in step order]}}
 Curves = dict[str, dict[int, list[dict]]]

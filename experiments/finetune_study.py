@@ -25,10 +25,14 @@ from absl import app, flags  # noqa: E402
 
 from experiments.configs import finetune as finetune_config  # noqa: E402
 from experiments.sweeps import finetune_methods as study  # noqa: E402
-from gptjax import cli, finetune, flops, records, run_dir, sft_tasks  # noqa: E402
-from gptjax import train  # noqa: E402
-from gptjax.model_config import GPTConfig  # noqa: E402
-from gptjax.tokenizer import load_tokenizer  # noqa: E402
+from gptjax.runs import cli, run_dir
+from gptjax import finetune
+from gptjax.cost import flops
+from gptjax.scaling import records
+from gptjax.finetune import tasks  # noqa: E402
+from gptjax.train import loop
+from gptjax.model.config import GPTConfig  # noqa: E402
+from gptjax.data.tokenizer import load_tokenizer  # noqa: E402
 
 FLAGS = flags.FLAGS
 
@@ -44,9 +48,9 @@ def _finished(run: str) -> dict | None:
 
 def _base_accuracy(base_dir: str) -> float:
   """Exact match of the pre-trained model itself on the task's validation prompts."""
-  config, params = train.load_params(base_dir)
+  config, params = loop.load_params(base_dir)
   task_config = finetune_config.get_config()
-  validation = sft_tasks.synthetic_validation('reverse', task_config.finetune.eval_examples,
+  validation = tasks.synthetic_validation('reverse', task_config.finetune.eval_examples,
                                               task_config.seed)
   model_cfg = dataclasses.replace(GPTConfig.from_run_config(config), attention_impl='xla')
   return finetune.exact_match(params, model_cfg, load_tokenizer(base_dir), validation,

@@ -18,7 +18,9 @@ from absl import app, flags, logging
 import jax
 from ml_collections import config_flags
 
-from gptjax import cli, distributed, sharding, train
+from gptjax.runs import cli
+from gptjax.parallel import distributed, sharding
+from gptjax import train
 
 _CONFIG = config_flags.DEFINE_config_file('config', None, 'Path to a get_config() file.',
                                           lock_config=True)
@@ -36,7 +38,7 @@ def main(argv):
   config = _CONFIG.value
   distributed.configure_cpu_devices(config.mesh.cpu_devices)
   distributed.initialize(config.distributed)
-  train.check_config(config, sharding.make_mesh(config.mesh))
+  train.check_run_config(config, sharding.make_mesh(config.mesh))
   workdir = os.path.expanduser(_WORKDIR.value)
   logging.info('JAX %s on %d process(es), %d device(s): %s', jax.__version__, jax.process_count(),
                jax.device_count(), jax.devices()[0].device_kind)

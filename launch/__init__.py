@@ -8,7 +8,7 @@ they resolve each member, check it, and start `python -m gptjax.main` with the o
 `--config=launch/__init__.py:<sweep file>` (this module's `get_config` returns the sweep's base).
 
 IsoFLOP design (Hoffmann et al. 2022, approach 2): for each compute budget C, several model sizes,
-each trained on D = C / (FLOPs per token) tokens. The FLOPs per token come from `gptjax.flops`,
+each trained on D = C / (FLOPs per token) tokens. The FLOPs per token come from `gptjax.cost.flops`,
 the same function that writes the records' `flops_<method>` column, so every member of a budget
 lands on the budget in the records themselves (within one step), and the fit groups them. With
 method='kaplan' (the default) N is Kaplan's non-embedding N and C = (6N + 6·L·T·d_model)·D: the
@@ -28,8 +28,9 @@ from typing import Any, Mapping, Sequence
 
 import ml_collections
 
-from gptjax import flops, optim
-from gptjax.model_config import GPTConfig
+from gptjax.cost import flops
+from gptjax.train import optim
+from gptjax.model.config import GPTConfig
 
 PARAMS_KEYS = {'kaplan': 'params_non_embedding', 'full': 'params_total'}
 _NAME = re.compile(r'^[A-Za-z0-9][A-Za-z0-9_.-]*$')

@@ -29,7 +29,7 @@ import subprocess
 from typing import Sequence
 
 import launch
-from gptjax import run_dir
+from gptjax.runs import run_dir
 from launch.status import Entry
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -17,7 +17,7 @@ backend would run. The backends (`launch.slurm`, `launch.tpu_vm` say more):
            the running members after they save a checkpoint.
   slurm    submits the unfinished members as one job array and returns; `--status` follows it.
   tpu_vm   runs them on existing slices, every host of a slice on the same member.
-Then the fits run on the finished members (`launch.fit`): the L(C) frontier power law, IsoFLOP
+Then the fits run on the finished members (`gptjax.scaling.report`): the L(C) frontier power law, IsoFLOP
 minima (Chinchilla approach 2), L(N, D) with bootstrap intervals (approach 3), the holdout check of
 the largest budget, and the compute-optimal N and D at the largest budget and 10x and 100x it.
 Figures go to `workdir/plots`, the numbers to `workdir/fit/fit.json`.
@@ -33,8 +33,9 @@ from typing import Sequence
 from absl import app, flags
 
 import launch
-from gptjax import run_dir
-from launch import fit, local, slurm, tpu_vm
+from gptjax.runs import run_dir
+from gptjax.scaling import report
+from launch import local, slurm, tpu_vm
 from launch import status as status_lib
 from launch.status import format_table, member_status
 
@@ -195,8 +196,8 @@ def run_sweep(sweep_path: str, workdir: str, *, backend: str = 'local',
             for e in entries}
   finished = [name for name, state in states.items() if state == 'finished']
   unfinished = [name for name in names if name not in finished and name not in failures]
-  fit.fit_and_report(records_dir, finished, compute_key=compute_key,
-                     params_key=launch.PARAMS_KEYS[method], n_bootstrap=n_bootstrap)
+  report.fit_and_report(records_dir, finished, compute_key=compute_key,
+                        params_key=launch.PARAMS_KEYS[method], n_bootstrap=n_bootstrap)
   if unfinished:
     print(f'\n{len(unfinished)} member(s) not trained to the end yet, left out of the fits: '
           f'{", ".join(unfinished)}.')

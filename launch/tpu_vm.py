@@ -9,7 +9,7 @@ member.
 The slices exist already (`launch/tpu_vm.sh ... --steps=create,setup`). Each member trains in
 `workdir/<member>` on storage every worker sees: a gs:// bucket, which tpu_vm.sh mounts with
 gcsfuse, or a shared mount. The runner reads where each member stands from there (a bucket
-through `gptjax.run_dir`), and copies each member's config and metrics back to `--fetch_to` for
+through `gptjax.runs.run_dir`), and copies each member's config and metrics back to `--fetch_to` for
 the fits. When a run fails and its slice is no longer READY (preempted, deleted), the slice is
 deleted and created again as it was made (`--accelerator_type`, `--queued`, `--spot`) and the
 member resumes from its checkpoint; a run that fails on a healthy slice is the member's own failure
@@ -28,7 +28,7 @@ import time
 from typing import Sequence
 
 import launch
-from gptjax import run_dir
+from gptjax.runs import run_dir
 from launch.status import Entry, member_status
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

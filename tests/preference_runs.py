@@ -9,10 +9,12 @@ import jax.numpy as jnp
 import numpy as np
 
 from experiments.configs import base, preferences
-from gptjax import checkpointing, optim, run_dir, train
-from gptjax.model_config import GPTConfig
-from gptjax.steps import TrainState
-from gptjax.tokenizer import ByteTokenizer
+from gptjax.train import checkpointing, optim
+from gptjax.runs import run_dir
+from gptjax.train import loop
+from gptjax.model.config import GPTConfig
+from gptjax.train.steps import TrainState
+from gptjax.data.tokenizer import ByteTokenizer
 
 MODEL = {'d_model': 32, 'num_layers': 1, 'num_heads': 2, 'max_seq_len': 24,
          'attention_impl': 'xla'}
@@ -34,7 +36,7 @@ def policy_run(workdir: str, seed: int = 0, std: float = 0.5, **model) -> str:
   config.data.seq_len = config.model.max_seq_len
   config.data.batch_size = 8
   model_cfg = GPTConfig.from_run_config(config)
-  abstract = train.abstract_train_state(config).params
+  abstract = loop.abstract_train_state(config).params
   rng = np.random.default_rng(seed)
   params = jax.tree.map(lambda s: jnp.asarray(rng.normal(0.0, std, s.shape), s.dtype), abstract)
   state = TrainState(step=jnp.zeros((), jnp.int32), params=params,

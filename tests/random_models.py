@@ -7,8 +7,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from gptjax.model import GPT
-from gptjax.model_config import GPTConfig
+from gptjax.model.gpt import GPT
+from gptjax.model.config import GPTConfig
 
 
 @functools.lru_cache(maxsize=None)

@@ -17,9 +17,9 @@ import pytest
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 PACKAGES = ('gptjax', 'launch', 'experiments')
-TRAINING_STACK = {'gptjax.train', 'gptjax.steps', 'gptjax.data', 'gptjax.tokens', 'gptjax.corpus',
-                  'gptjax.checkpointing', 'gptjax.sharding', 'gptjax.hardware',
-                  'gptjax.distributed'}
+TRAINING_STACK = {'gptjax.train', 'gptjax.train.steps', 'gptjax.data', 'gptjax.data.tokens', 'gptjax.data.corpus',
+                  'gptjax.train.checkpointing', 'gptjax.parallel.sharding', 'gptjax.parallel.hardware',
+                  'gptjax.parallel.distributed'}
 
 
 def _module_name(path: pathlib.Path) -> str:
@@ -132,7 +132,7 @@ def test_no_gptjax_module_imports_experiments_or_launch():
 def test_the_model_imports_no_training_data_sharding_or_launch_and_queries_no_device():
   graph = _graph()
   reached = _reachable(graph, 'gptjax.model')
-  assert 'gptjax.attention' in reached  # the check follows imports
+  assert 'gptjax.model.attention' in reached  # the check follows imports
   assert not reached & (TRAINING_STACK | {'launch'}), sorted(reached)
   source = (ROOT / 'gptjax' / 'model.py').read_text()
   for query in ('jax.devices', 'get_abstract_mesh', '.platform', 'device_kind'):
@@ -141,7 +141,7 @@ def test_the_model_imports_no_training_data_sharding_or_launch_and_queries_no_de
 
 def test_the_scaling_fits_import_neither_the_model_nor_training():
   graph = _graph()
-  for fits in ('gptjax.scaling', 'gptjax.scaling_isoflop', 'gptjax.records', 'gptjax.plots'):
+  for fits in ('gptjax.scaling', 'gptjax.scaling.isoflop', 'gptjax.scaling.records', 'gptjax.scaling.plots'):
     reached = _reachable(graph, fits)
     assert not reached & (TRAINING_STACK | {'gptjax.model'}), (fits, sorted(reached))
 
@@ -171,7 +171,7 @@ def test_code_tests_and_docs_say_what_is_true_now():
 
 def test_the_cpu_kernel_source_ships_as_package_data():
   """A wheel holds only what setup.cfg's package_data names: the kernel is built from it."""
-  from gptjax.attention import cpu_fused
+  from gptjax.model.attention import cpu_fused
   config = configparser.ConfigParser()
   config.read(ROOT / 'setup.cfg')
   shipped = {path.resolve() for package, pattern in config['options.package_data'].items()

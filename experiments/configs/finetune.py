@@ -4,7 +4,7 @@ The model, tokenizer and data source come from the run named by --init_from; thi
 fine-tuning changes: the sequence length and batch, the optimizer and schedule, the mesh, and the
 method and task. Fields of `finetune`:
   method: 'full' trains every parameter; 'lora' | 'adapter' | 'prefix' | 'prompt' train only the
-    method's parameters (`gptjax/peft.py`, docs/finetuning.md), the base stays frozen.
+    method's parameters (`gptjax/model/peft.py`, docs/finetuning.md), the base stays frozen.
   lora_rank, lora_alpha, lora_targets (comma-separated among query, key, value, out, up, down,
     gate), adapter_dim, prefix_len, prompt_len: the methods' sizes.
   task: 'reverse' | 'sort' | 'add' (synthetic, scored by exact match), 'docstring' (function

@@ -6,7 +6,7 @@ config sets only what the stage changes, so its config.json names exactly what i
 
 preferences (every stage):
   init_from: the policy run (an SFT run, or a pre-trained one); --init_from overrides it.
-  gold: the gold reward that labels pairs and scores samples (`gptjax/gold_rewards.py`). The
+  gold: the gold reward that labels pairs and scores samples (`gptjax/preferences/gold_rewards.py`). The
     default counts the letter 'e' up to 20: every token can add to it, so a small model's policy
     and a small reward model both move it within minutes, and its cap bounds it at 1.
   eval_fraction: the share of prompts (by a stable hash) whose pairs every stage holds out.
@@ -16,7 +16,7 @@ preferences (every stage):
   pairs_from (reward, dpo, ppo): the pairs stage's --workdir or a pairs JSONL file (--pairs).
   eval_samples (dpo, ppo): responses to held-out prompts sampled at each evaluation; a multiple
     of data.batch_size.
-pairs: prompt_task ('docstring', or any task of `gptjax/sft_tasks.py`, with task_path for
+pairs: prompt_task ('docstring', or any task of `gptjax/finetune/tasks.py`, with task_path for
   'jsonl'), num_prompts, samples_per_prompt (K: all K(K-1)/2 pairs of a prompt's responses are
   labelled), bt_noise (the labeller's Bradley-Terry temperature; 0 labels by the gold reward),
   skip_ties (drop pairs whose gold rewards are equal).

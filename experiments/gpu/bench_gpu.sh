@@ -17,7 +17,7 @@ python3 - <<'PY' 2>&1 | tee "$out/attention_check.txt"
 # cuDNN flash attention must compute the same function as the XLA path (bf16 tolerance).
 import jax, jax.numpy as jnp, numpy as np, flax.linen as nn
 from gptjax.model import GPT
-from gptjax.model_config import GPTConfig
+from gptjax.model.config import GPTConfig
 for kw in [dict(), dict(position='rope', num_kv_heads=4)]:
   base = dict(vocab_size=1024, d_model=512, num_layers=2, num_heads=8, max_seq_len=512, dtype='bfloat16', **kw)
   tokens = jax.random.randint(jax.random.key(0), (4, 512), 0, 1024)

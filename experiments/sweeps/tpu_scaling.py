@@ -63,7 +63,7 @@ def get_sweep():
   base = get_base()
   sizes = []
   for num_layers, d_model, num_heads in SHAPES:
-    n = 12 * num_layers * d_model**2  # the lr rule's N; the design itself uses gptjax.flops
+    n = 12 * num_layers * d_model**2  # the lr rule's N; the design itself uses gptjax.cost.flops
     sizes.append(launch.Size(d_model, num_layers, num_heads, learning_rate(n)))
   budgets = {c: sizes[i:i + SIZES_PER_BUDGET] for i, c in enumerate(BUDGETS)}
   members = launch.isoflop_members(base, budgets, warmup_fraction=0.02, num_evals=8,

@@ -1,0 +1,8 @@
+"""A sweep's records to scaling laws: the table of records, the three Chinchilla approaches with
+bootstrap intervals and seed noise, the checks, the report and the figures (docs/scaling.md).
+
+The fits read runs only through `gptjax.runs`; they import neither the model nor training. The muP
+coordinate check (`python -m gptjax.scaling mup_check`) is the one command here that trains."""
+
+from gptjax.scaling import envelope, huber, isoflop, laws, plots, records, replicas, report, table
+from gptjax.scaling.report import fit_and_report

@@ -1,0 +1,129 @@
+"""Chinchilla approach 2 (Hoffmann et al. 2022) on an IsoFLOP sweep's final records.
+
+Per compute budget, a parabola of final loss in log N; its minimum N_opt(C); then the power laws
+N_opt ∝ C^a and D_opt ∝ C^b through the minima. Seed replicas of one (budget, size) are averaged
+first (`gptjax.scaling.replicas`); where the sweep has them, the bootstrap redraws every cell's
+loss with their measured noise, and otherwise it resamples runs within each budget.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import warnings
+from typing import Any
+
+import numpy as np
+
+from gptjax.scaling import replicas as scaling_replicas
+from gptjax.scaling.laws import Records, central_interval, positive_columns
+from gptjax.scaling.replicas import Cells, SeedNoise
+
+
+def _parabola_minimum(log_n: np.ndarray, loss: np.ndarray) -> tuple | None:
+  """(coefficients, log N at the minimum, loss there), or None when there is no minimum."""
+  if len(np.unique(log_n)) < 3:
+    return None
+  coef = np.polyfit(log_n, loss, 2)
+  if coef[0] <= 0:
+    return None
+  x_min = -coef[1] / (2 * coef[0])
+  return coef, float(x_min), float(np.polyval(coef, x_min))
+
+
+@dataclasses.dataclass(frozen=True)
+class IsoFLOPResult:
+  """Per-budget parabola minima and the power laws N_opt = k_N·C^a, D_opt = k_D·C^b through them.
+
+  `cells` are the (budget, size) points fitted (seed means); `groups[i]` indexes the cells of
+  budget i, `parabolas[i]` is its (c2, c1, c0) in log N. `noise` is the measured seed noise (None
+  without replicas). `bootstrap` holds (log k_N, a) refits. D_opt = C/(6 N_opt) makes b = 1 - a
+  exactly, so the interval of b is 1 minus that of a.
+  """
+
+  budgets: np.ndarray
+  n_opt: np.ndarray
+  d_opt: np.ndarray
+  loss_min: np.ndarray
+  parabolas: np.ndarray
+  groups: list[np.ndarray]
+  n_exponent: float
+  log_n_coefficient: float
+  bootstrap: np.ndarray
+  level: float
+  cells: Cells
+  noise: SeedNoise | None
+
+  @property
+  def d_exponent(self) -> float:
+    return 1.0 - self.n_exponent
+
+  @property
+  def n_exponent_ci(self) -> tuple[float, float]:
+    lo, hi = central_interval(self.bootstrap[:, 1:], self.level)[0]
+    return float(lo), float(hi)
+
+  def predict_n_opt(self, compute: Any) -> np.ndarray:
+    return np.exp(self.log_n_coefficient + self.n_exponent * np.log(np.asarray(compute, float)))
+
+  def n_opt_band(self, compute: Any) -> tuple[np.ndarray, np.ndarray]:
+    """Pointwise `level` band of the N_opt(C) line over the bootstrap refits."""
+    log_c = np.log(np.atleast_1d(np.asarray(compute, float)))
+    lines_SxC = np.exp(self.bootstrap[:, :1] + self.bootstrap[:, 1:] * log_c[None])
+    lo, hi = central_interval(lines_SxC, self.level).T
+    return lo, hi
+
+
+def _minima(log_n, loss, groups) -> tuple[list[int], list[tuple]]:
+  kept, minima = [], []
+  for g, index in enumerate(groups):
+    found = _parabola_minimum(log_n[index], loss[index])
+    if found is not None:
+      kept.append(g)
+      minima.append(found)
+  return kept, minima
+
+
+def isoflop_minima(records: Records, *, compute_key: str = 'flops_kaplan',
+                   params_key: str = 'params_non_embedding', loss_key: str = 'eval_loss',
+                   budget_rtol: float = 0.1, n_bootstrap: int = 200, level: float = 0.95,
+                   seed: int = 0) -> IsoFLOPResult:
+  """Approach 2 on final records of an IsoFLOP sweep (several model sizes per compute budget).
+
+  A budget whose parabola opens downwards or has fewer than 3 sizes is skipped with a warning.
+  """
+  c, n, l = positive_columns(records, compute_key, params_key, loss_key)
+  cells = scaling_replicas.replica_cells(c, n, l, budget_rtol)
+  noise = scaling_replicas.seed_noise(cells, l)
+  log_n, groups = np.log(cells.params), scaling_replicas.budget_groups(cells)
+  kept, minima = _minima(log_n, cells.loss, groups)
+  for g, index in enumerate(groups):
+    if g not in kept:
+      warnings.warn(f'Budget C~{np.median(cells.compute[index]):.3g} skipped: {len(index)} model '
+                    'sizes with no loss minimum among them; add sizes on both sides.')
+  if len(kept) < 2:
+    raise ValueError(f'IsoFLOP fit needs at least 2 compute budgets each with 3+ model sizes '
+                     f'around a loss minimum; found {len(kept)} of {len(groups)} budgets. Add '
+                     'budgets (and sizes on both sides of each minimum) to the sweep.')
+  groups = [groups[g] for g in kept]
+  budgets = np.array([np.exp(np.mean(np.log(cells.compute[index]))) for index in groups])
+  log_n_opt = np.array([m[1] for m in minima])
+  a, log_k = np.polyfit(np.log(budgets), log_n_opt, 1)
+
+  rng = np.random.default_rng(seed)
+  if noise is not None:
+    resamples = [(groups, loss_K) for loss_K in
+                 scaling_replicas.perturbed_losses(cells, noise, n_bootstrap, rng)]
+  else:
+    resamples = [([rng.choice(index, len(index)) for index in groups], cells.loss)
+                 for _ in range(n_bootstrap)]
+  samples = []
+  for groups_i, loss_K in resamples:
+    kept_i, minima_i = _minima(log_n, loss_K, groups_i)
+    if len(kept_i) >= 2:
+      samples.append(np.polyfit(np.log(budgets[kept_i]), [m[1] for m in minima_i], 1)[::-1])
+  n_opt = np.exp(log_n_opt)
+  return IsoFLOPResult(
+      budgets=budgets, n_opt=n_opt, d_opt=budgets / (6 * n_opt),
+      loss_min=np.array([m[2] for m in minima]), parabolas=np.array([m[0] for m in minima]),
+      groups=groups, n_exponent=float(a), log_n_coefficient=float(log_k),
+      bootstrap=np.array(samples).reshape(-1, 2), level=level, cells=cells, noise=noise)

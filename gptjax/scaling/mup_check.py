@@ -1,0 +1,163 @@
+r"""Coordinate check: do activations keep their size as the model widens, under SP and under muP?
+
+  python -m gptjax.scaling mup_check --config=experiments/configs/tiny.py --widths=64,128,256,512,1024 \
+      [--steps=3 --out_dir=runs/mup_check --config.train.learning_rate=0.01 --base_width=64]
+
+For each parametrisation and width (d_model; the head count, depth and everything else come from
+the config) it trains from the same seed on one fixed batch of random tokens and records the mean
+|activation| of the token embedding, each block's attention and MLP outputs, each block's residual
+output and the logits, at init and after 1..steps optimizer steps (AdamW at the config's peak
+learning rate, constant, no warmup). Under muP every row should stay flat across widths; under SP
+the logits (and the hidden layers' updates) grow with width (Yang, Hu et al. 2022, figure 5).
+It prints one table per parametrisation (the last column: widest / narrowest) and writes
+coord_check.png and coord_check.json to --out_dir. The parameter classes of the widest model are
+printed first (`gptjax.model.parametrization`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+import os
+import sys
+from typing import Any, Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from absl import app, flags
+from ml_collections import config_flags
+
+from gptjax.train import optim
+from gptjax.model import parametrization
+from gptjax.scaling import plots
+from gptjax.model.gpt import GPT, MLP, Block, CausalSelfAttention
+from gptjax.model.config import GPTConfig
+from gptjax.train.steps import TrainState, train_step
+
+# {parametrization: {width: [{layer: mean |activation|} for step 0..steps]}}
+Result = dict[str, dict[int, list[dict[str, float]]]]
+_MEASURED = (GPT, Block, CausalSelfAttention, MLP, nn.Embed)
+
+
+def _capture(module: nn.Module, method_name: str) -> bool:
+  return method_name == '__call__' and isinstance(module, _MEASURED)
+
+
+def mean_abs_activations(model: GPT, params: Any, tokens_BxT: jax.Array) -> dict[str, jax.Array]:
+  """{layer: mean |output|}: 'embed', 'block_i/attn', 'block_i/mlp', 'block_i', 'logits'."""
+  _, state = model.apply({'params': params}, tokens_BxT, capture_intermediates=_capture,
+                         mutable=['intermediates'])
+  found = {}
+  for path, value in jax.tree_util.tree_flatten_with_path(state['intermediates'])[0]:
+    keys = [k for k in parametrization.dict_path(path) if k != '__call__']
+    found['/'.join(keys) or 'logits'] = jnp.mean(jnp.abs(value.astype(jnp.float32)))
+  return found
+
+
+def check_config(config: ml_collections.ConfigDict, width: int, parametrization_name: str,
+                 base_width: int) -> tuple[GPTConfig, ml_collections.ConfigDict]:
+  """The model at `width` and the train config of the check (constant LR, no warmup)."""
+  model_cfg = dataclasses.replace(
+      GPTConfig.from_run_config(config), d_model=width, parametrization=parametrization_name,
+      base_width=base_width, attention_impl='xla', scan_layers=False, remat='none', dropout=0.0)
+  train = ml_collections.ConfigDict(config.train.to_dict())
+  train.update(schedule='constant', warmup_steps=0)
+  return model_cfg, train
+
+
+def run_width(config: ml_collections.ConfigDict, width: int, parametrization_name: str,
+              base_width: int, steps: int) -> list[dict[str, float]]:
+  """Mean |activation| per layer after 0..steps optimizer steps of one model."""
+  model_cfg, train = check_config(config, width, parametrization_name, base_width)
+  model = GPT(model_cfg)
+  optimizer = optim.make_optimizer(train, model_cfg)
+  shape = (config.data.batch_size, config.data.seq_len + 1)
+  batch_BxT1 = jnp.asarray(np.random.default_rng(1).integers(0, model_cfg.vocab_size, shape),
+                           jnp.int32)
+
+  @jax.jit  # one compiled init: an eager one compiles each small op of the optimizer's init
+  def init(key: jax.Array) -> TrainState:
+    params = nn.unbox(model.init(key, batch_BxT1[:, :-1])['params'])
+    return TrainState(step=jnp.zeros((), jnp.int32), params=params,
+                      opt_state=optimizer.init(params))
+
+  state = init(jax.random.key(config.seed))
+  step = functools.partial(train_step, model=model, optimizer=optimizer,
+                           schedule=optim.learning_rate_schedule(train))
+
+  @jax.jit
+  def measure_then_step(state: TrainState) -> tuple[dict[str, jax.Array], TrainState]:
+    return mean_abs_activations(model, state.params, batch_BxT1[:, :-1]), step(state, batch_BxT1)[0]
+
+  history = []
+  for _ in range(steps + 1):  # one compiled function per model; the last step goes unused
+    activations, state = measure_then_step(state)
+    history.append({k: float(v) for k, v in activations.items()})
+  return history
+
+
+def coord_check(config: ml_collections.ConfigDict, widths: Sequence[int], *, steps: int = 3,
+                parametrizations: Sequence[str] = parametrization.PARAMETRIZATIONS,
+                base_width: int | None = None) -> Result:
+  """Every (parametrisation, width); muP's base width defaults to the narrowest width."""
+  base = base_width or min(widths)
+  return {p: {w: run_width(config, w, p, base, steps) for w in widths} for p in parametrizations}
+
+
+def ratios(result: Result, step: int) -> dict[str, dict[str, float]]:
+  """{parametrization: {layer: mean |act| at the widest width / at the narrowest}} at `step`."""
+  out = {}
+  for name, by_width in result.items():
+    narrow, wide = by_width[min(by_width)][step], by_width[max(by_width)][step]
+    out[name] = {layer: wide[layer] / narrow[layer] for layer in narrow}
+  return out
+
+
+def format_tables(result: Result) -> str:
+  lines = []
+  for name, by_width in result.items():
+    widths = sorted(by_width)
+    lines.append(f'\n{name}: mean |activation| per width, and widest / narrowest')
+    lines.append(f'{"step":>4} {"layer":<14}' + ''.join(f'{w:>10}' for w in widths) + '     ratio')
+    for t in range(len(by_width[widths[0]])):
+      for layer in by_width[widths[0]][t]:
+        values = [by_width[w][t][layer] for w in widths]
+        lines.append(f'{t:>4} {layer:<14}' + ''.join(f'{v:10.4g}' for v in values)
+                     + f'{values[-1] / values[0]:10.3g}')
+  return '\n'.join(lines)
+
+
+FLAGS = flags.FLAGS
+
+
+def define_flags() -> None:
+  config_flags.DEFINE_config_file('config', 'experiments/configs/tiny.py', 'A get_config() file.',
+                                  lock_config=True)
+  flags.DEFINE_list('widths', ['64', '128', '256', '512', '1024'], 'd_model values to compare.')
+  flags.DEFINE_integer('steps', 3, 'Optimizer steps after init.')
+  flags.DEFINE_integer('base_width', 0, "muP's base width; 0: the narrowest width.")
+  flags.DEFINE_string('out_dir', 'runs/mup_check', 'Where coord_check.png and .json go.')
+
+
+def main(argv: Sequence[str]) -> None:
+  if len(argv) > 1:
+    raise app.UsageError(f'Unexpected arguments: {argv[1:]}.')
+  config, widths = FLAGS.config, sorted(int(w) for w in FLAGS.widths)
+  try:  # a config that cannot run: its message in one line, not a traceback
+    widest, _ = check_config(config, widths[-1], 'mup', FLAGS.base_width or widths[0])
+    for width in widths:
+      check_config(config, width, 'mup', FLAGS.base_width or widths[0])
+  except ValueError as error:
+    print('gptjax.scaling mup_check: error: ' + ' '.join(str(error).split()), file=sys.stderr)
+    sys.exit(2)
+  print(parametrization.format_table(optim.param_table(widest)))
+  result = coord_check(config, widths, steps=FLAGS.steps, base_width=FLAGS.base_width or None)
+  print(format_tables(result))
+  os.makedirs(FLAGS.out_dir, exist_ok=True)
+  with open(os.path.join(FLAGS.out_dir, 'coord_check.json'), 'w') as f:
+    json.dump({p: {str(w): h for w, h in r.items()} for p, r in result.items()}, f, indent=1)
+  print('Wrote', plots.plot_coord_check(result, os.path.join(FLAGS.out_dir, 'coord_check.png')))
