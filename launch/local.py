@@ -232,7 +232,7 @@ def measure_peak(env: dict[str, str]) -> float | None:
   It runs in a process of its own with the members' environment, so this runner never holds the
   accelerator (or its memory) that the members need.
   """
-  code = 'from gptjax import flops; print(flops.measure_matmul_peak(repeats=10))'
+  code = 'from gptjax.cost import flops; print(flops.measure_matmul_peak(repeats=10))'
   try:
     done = subprocess.run([sys.executable, '-c', code], env=env, capture_output=True, text=True,
                           timeout=600, check=True)

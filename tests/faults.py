@@ -10,7 +10,7 @@ import textwrap
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 _HOLD = textwrap.dedent('''
     import sys, time
-    from gptjax import workdir_lock
+    from gptjax.runs import workdir_lock
     workdir_lock.prepare(sys.argv[1])
     lock = workdir_lock.WorkdirLock(sys.argv[1])
     lock.acquire()

@@ -3,6 +3,11 @@ backends, the SP/muP parametrization and the fine-tuning methods' parameters and
 
 It imports nothing of data, training, sharding or launching, and queries no devices."""
 
-from gptjax.model import attention, config, gpt, parametrization, peft, peft_layers
-from gptjax.model.config import GPTConfig, check_config
-from gptjax.model.gpt import GPT, MLP, Block, CausalSelfAttention
+from gptjax import lazy_exports
+
+SUBMODULES = ('attention', 'config', 'gpt', 'parametrization', 'peft', 'peft_layers')
+# Public names -> the submodule that defines each.
+NAMES = {'GPTConfig': 'config', 'check_config': 'config', 'GPT': 'gpt', 'MLP': 'gpt', 'Block':
+         'gpt', 'CausalSelfAttention': 'gpt'}
+__all__ = [*SUBMODULES, *NAMES]
+__getattr__, __dir__ = lazy_exports(__name__, SUBMODULES, NAMES)

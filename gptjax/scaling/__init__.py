@@ -4,5 +4,11 @@ bootstrap intervals and seed noise, the checks, the report and the figures (docs
 The fits read runs only through `gptjax.runs`; they import neither the model nor training. The muP
 coordinate check (`python -m gptjax.scaling mup_check`) is the one command here that trains."""
 
-from gptjax.scaling import envelope, huber, isoflop, laws, plots, records, replicas, report, table
-from gptjax.scaling.report import fit_and_report
+from gptjax import lazy_exports
+
+SUBMODULES = ('envelope', 'huber', 'isoflop', 'laws', 'plots', 'records', 'replicas', 'report',
+              'table')
+# Public names -> the submodule that defines each.
+NAMES = {'fit_and_report': 'report'}
+__all__ = [*SUBMODULES, *NAMES]
+__getattr__, __dir__ = lazy_exports(__name__, SUBMODULES, NAMES)

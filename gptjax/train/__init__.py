@@ -1,11 +1,16 @@
 """Training: the pure train and eval steps, the optimizer, the loop with its records, progress,
 checkpoints and stop signals, and the one place a run's config is checked before it starts."""
 
-from gptjax.train import (checkpointing, checks, evaluate, loop, masked_tokens, metrics, optim,
-                          progress, recorder, steps, stopping)
-from gptjax.train.checks import check_one_step_per_call, check_run_config
-from gptjax.train.loop import (abstract_train_state, check_unchanged, close_run, create_train_state,
-                               global_batch, jit_steps, load_params, restore_or_start, run_loop,
-                               take_workdir, train_and_evaluate)
-from gptjax.train.recorder import Recorder
-from gptjax.train.steps import TrainState, eval_step, train_step
+from gptjax import lazy_exports
+
+SUBMODULES = ('checkpointing', 'checks', 'evaluate', 'loop', 'masked_tokens', 'metrics', 'optim',
+              'progress', 'recorder', 'steps', 'stopping')
+# Public names -> the submodule that defines each.
+NAMES = {'check_one_step_per_call': 'checks', 'check_run_config': 'checks',
+         'abstract_train_state': 'loop', 'check_unchanged': 'loop', 'close_run': 'loop',
+         'create_train_state': 'loop', 'global_batch': 'loop', 'jit_steps': 'loop',
+         'load_params': 'loop', 'restore_or_start': 'loop', 'run_loop': 'loop',
+         'take_workdir': 'loop', 'train_and_evaluate': 'loop', 'Recorder': 'recorder',
+         'TrainState': 'steps', 'eval_step': 'steps', 'train_step': 'steps'}
+__all__ = [*SUBMODULES, *NAMES]
+__getattr__, __dir__ = lazy_exports(__name__, SUBMODULES, NAMES)

@@ -94,8 +94,8 @@ def test_with_every_token_masked_the_initial_loss_is_ln_v(monkeypatch):
   """No label reaches the input: with every token selected and replaced by [MASK], an untrained
   model can do no better than uniform. (BERT's 10% kept tokens do show their label, by design:
   with them the initial loss is lower.)"""
-  monkeypatch.setattr(mlm, 'SELECT_RATE', 1.0)
-  monkeypatch.setattr(mlm, 'MASK_SHARE', 1.0)
+  monkeypatch.setattr(masking, 'SELECT_RATE', 1.0)
+  monkeypatch.setattr(masking, 'MASK_SHARE', 1.0)
   model, params = _model(causal=False)
   rng = np.random.default_rng(5)
   random_tokens = rng.integers(1, VOCAB, (8, 16))

@@ -121,7 +121,8 @@ def test_design_errors_name_the_member_and_the_fix():
     launch.check_members(base, [launch.Member('plots', {})])
 
 
-TRAINING_STACK = ('gptjax.train', 'gptjax.data', 'gptjax.parallel')  # any module of them loads these
+TRAINING_STACK = ('gptjax.train.loop', 'gptjax.train.steps', 'gptjax.train.checkpointing', 'gptjax.data',
+                  'gptjax.parallel')
 
 
 def test_planning_a_sweep_imports_no_training_stack():
@@ -188,7 +189,7 @@ FAKE_TRAINER = textwrap.dedent('''
     """Writes the records of a run of num_steps; 'fail' prints a traceback and exits 1 instead;
     'slow' waits for SIGTERM and exits, as a real member does once it has saved a checkpoint."""
     import json, os, signal, sys, time
-    from gptjax import run_dir
+    from gptjax.runs import run_dir
     workdir, num_steps, d_model, mode, calls = sys.argv[1:]
     num_steps, d_model = int(num_steps), int(d_model)
     with open(calls, 'a') as f:

@@ -394,7 +394,7 @@ def fake_gcloud(fake_tools):
 def fits(monkeypatch):
   """The fits (tested in test_sweep.py) only record the directory and members they were given."""
   calls = []
-  monkeypatch.setattr(runner.fit, 'fit_and_report',
+  monkeypatch.setattr(runner.report, 'fit_and_report',
                       lambda directory, finished, **_: calls.append((directory, list(finished))))
   return calls
 

@@ -109,7 +109,7 @@ def test_kernel_rejects_a_head_size_it_was_not_built_for():
 def test_without_a_compiler_the_reason_is_reported(tmp_path):
   """A fresh process with no compiler on PATH and an empty cache: the run picks 'blocked'."""
   script = ('import jax, jax.numpy as jnp\n'
-            'from gptjax import attention\n'
+            'from gptjax.model import attention\n'
             'from gptjax.model.attention import cpu_fused\n'
             'print(repr(cpu_fused.unavailable_reason()))\n'
             "print(attention.resolve('', jax.devices()[0], jnp.float32, 32)[0])\n")

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from experiments.configs import base
-from gptjax import model as model_lib
+from gptjax.model import gpt as model_lib
 from gptjax.train import optim
 from gptjax.model import parametrization
 from gptjax.model.gpt import GPT

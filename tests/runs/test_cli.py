@@ -12,7 +12,7 @@ ROOT = pathlib.Path(__file__).resolve().parents[2]
 PROGRAM = textwrap.dedent('''
     import sys
     from absl import flags
-    from gptjax import cli
+    from gptjax.runs import cli
     RAISE = flags.DEFINE_string('raise_', '', 'What main raises.')
 
     def main(argv):

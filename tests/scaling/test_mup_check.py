@@ -60,5 +60,5 @@ def test_the_command_refuses_a_width_the_heads_do_not_divide_in_one_line():
        '--widths=64,66'], cwd=ROOT, capture_output=True, text=True, timeout=120,
       env={**os.environ, 'JAX_PLATFORMS': 'cpu'})
   assert run.returncode == 2
-  assert run.stderr.strip().splitlines()[-1].startswith('gptjax.scaling.mup_check: error: ')
+  assert run.stderr.strip().splitlines()[-1].startswith('gptjax.scaling mup_check: error: ')
   assert 'd_model=66 is not divisible by num_heads=4' in run.stderr
