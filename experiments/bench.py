@@ -29,7 +29,7 @@ from experiments import profiling
 from gptjax.parallel import distributed, hardware, sharding
 from gptjax.cost import flops
 from gptjax.train import optim
-from gptjax.train import loop
+from gptjax import train
 _CONFIGS = flags.DEFINE_list('configs', ['small', 'medium', 'tiny'],
                              f'Which of {sorted(("small", "medium", "tiny", "gpt2_124m"))} to time.')
 _DEVICES = flags.DEFINE_list('devices', ['1'], 'Device counts to time each config on (data mesh).')
@@ -96,8 +96,8 @@ def time_train_step(config: ml_collections.ConfigDict, devices: list[jax.Device]
   mesh = sharding.make_mesh(config.mesh, devices)
   rules = sharding.logical_rules(config.mesh)
   setup = hardware.resolve(config, mesh)
-  state, shardings = loop.create_train_state(config, mesh, rules)
-  jit_train, _ = loop.jit_steps(config, setup, mesh, rules, shardings)
+  state, shardings = train.create_train_state(config, mesh, rules)
+  jit_train, _ = train.jit_steps(config, setup, mesh, rules, shardings)
   numbers = optim.schedule_numbers(config.train)
   rng = np.random.default_rng(0)
   shape = (config.data.batch_size, config.data.seq_len + 1)

@@ -25,8 +25,8 @@ from absl import app, flags
 import launch
 from gptjax.parallel import hardware, sharding
 from gptjax.train import optim, steps
-from gptjax.train import loop
-from gptjax.model.gpt import GPT
+from gptjax import train
+from gptjax.model import GPT
 
 _SWEEP = flags.DEFINE_string('sweep', 'experiments/sweeps/cpu_scaling.py', 'Sweep file.')
 _MEMBERS = flags.DEFINE_list('members', ['c1e11_d16l2', 'c1e12_d48l2'], 'Members to time.')
@@ -61,7 +61,7 @@ def bench_member(base, member: launch.Member, replica_counts: Sequence[int], ste
   b, t = config.data.batch_size, config.data.seq_len
   rng = np.random.default_rng(0)
   with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
-    init = jax.jit(lambda key: loop._init(config)(key))
+    init = jax.jit(lambda key: train.state_initializer(config)(key))
     for r in replica_counts:
       states = [nn.unbox(init(jax.random.key(seed))) for seed in range(r)]
       batches_RxBxT1 = [jnp.asarray(rng.integers(0, 256, (r, b, t + 1)), jnp.int32)

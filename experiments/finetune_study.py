@@ -26,13 +26,13 @@ from absl import app, flags  # noqa: E402
 from experiments.configs import finetune as finetune_config  # noqa: E402
 from experiments.sweeps import finetune_methods as study  # noqa: E402
 from gptjax.runs import cli, run_dir
-from gptjax import finetune
+from gptjax.finetune import exact_match, finetune
 from gptjax.cost import flops
 from gptjax.scaling import records
 from gptjax.finetune import tasks  # noqa: E402
-from gptjax.train import loop
-from gptjax.model.config import GPTConfig  # noqa: E402
-from gptjax.data.tokenizer import load_tokenizer  # noqa: E402
+from gptjax import train
+from gptjax.model import GPTConfig  # noqa: E402
+from gptjax.data import load_tokenizer  # noqa: E402
 
 FLAGS = flags.FLAGS
 
@@ -48,12 +48,12 @@ def _finished(run: str) -> dict | None:
 
 def _base_accuracy(base_dir: str) -> float:
   """Exact match of the pre-trained model itself on the task's validation prompts."""
-  config, params = loop.load_params(base_dir)
+  config, params = train.load_params(base_dir)
   task_config = finetune_config.get_config()
   validation = tasks.synthetic_validation('reverse', task_config.finetune.eval_examples,
                                               task_config.seed)
   model_cfg = dataclasses.replace(GPTConfig.from_run_config(config), attention_impl='xla')
-  return finetune.exact_match(params, model_cfg, load_tokenizer(base_dir), validation,
+  return exact_match(params, model_cfg, load_tokenizer(base_dir), validation,
                               task_config.data.batch_size)
 
 
@@ -73,7 +73,7 @@ def run_all(bases: str, workdir: str) -> None:
       section, field = key.split('.')
       config[section][field] = value
     start = time.perf_counter()
-    record = finetune.finetune(config, os.path.join(bases, base), run)
+    record = finetune(config, os.path.join(bases, base), run)
     print(f'[{index}/{len(plan)}] {name}: exact match {record["eval_exact_match"]:.3f}, response '
           f'loss {record["eval_loss"]:.3f}, {int(record["params_trainable"]):,} trainable, '
           f'{time.perf_counter() - start:.0f}s', flush=True)

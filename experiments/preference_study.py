@@ -36,7 +36,7 @@ from experiments.configs import base, preferences  # noqa: E402
 from gptjax.runs import cli
 from gptjax.preferences import dpo_training, pair_sampling, ppo_training, reward_training
 from gptjax.runs import run_dir
-from gptjax.train import loop
+from gptjax import train
 
 FLAGS = flags.FLAGS
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -55,7 +55,7 @@ def base_run(workdir: str) -> str:
   if FLAGS.base_run:
     return FLAGS.base_run
   path = os.path.join(workdir, 'base')
-  loop.train_and_evaluate(_set(base.get_config(), {
+  train.train_and_evaluate(_set(base.get_config(), {
       'model.d_model': 64, 'model.num_layers': 2, 'model.num_heads': 4, 'model.max_seq_len': 128,
       'data.seq_len': 128, 'data.batch_size': 16, 'train.num_steps': 600,
       'train.warmup_steps': 50, 'train.learning_rate': 2e-3, 'train.log_every': 50,

@@ -30,7 +30,7 @@ import ml_collections
 
 from gptjax.cost import flops
 from gptjax.train import optim
-from gptjax.model.config import GPTConfig
+from gptjax.model import GPTConfig
 
 PARAMS_KEYS = {'kaplan': 'params_non_embedding', 'full': 'params_total'}
 _NAME = re.compile(r'^[A-Za-z0-9][A-Za-z0-9_.-]*$')

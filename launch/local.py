@@ -30,7 +30,7 @@ import numpy as np
 import scipy.optimize
 
 import launch
-from gptjax.runs.cli import format_duration
+from gptjax.runs import format_duration
 from launch.status import member_status
 
 LOG_FILE = 'log.txt'

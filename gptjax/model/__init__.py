@@ -5,9 +5,9 @@ It imports nothing of data, training, sharding or launching, and queries no devi
 
 from gptjax import lazy_exports
 
-SUBMODULES = ('attention', 'config', 'gpt', 'parametrization', 'peft', 'peft_layers')
+SUBMODULES = ('attention', 'config', 'gpt', 'parametrization', 'peft', 'peft_config', 'peft_layers')
 # Public names -> the submodule that defines each.
-NAMES = {'GPTConfig': 'config', 'check_config': 'config', 'GPT': 'gpt', 'MLP': 'gpt', 'Block':
-         'gpt', 'CausalSelfAttention': 'gpt'}
+NAMES = {'GPTConfig': 'config', 'check_config': 'config', 'GPT': 'gpt', 'MLP': 'gpt',
+         'Block': 'gpt', 'CausalSelfAttention': 'gpt', 'PeftConfig': 'peft_config'}
 __all__ = [*SUBMODULES, *NAMES]
 __getattr__, __dir__ = lazy_exports(__name__, SUBMODULES, NAMES)

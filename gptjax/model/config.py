@@ -15,7 +15,7 @@ import jax.numpy as jnp
 import ml_collections
 
 from gptjax.model import attention, parametrization
-from gptjax.model.peft import PeftConfig
+from gptjax.model.peft_config import PeftConfig
 
 POSITIONS = ('learned', 'sinusoidal', 'rope')
 MLPS = ('gelu', 'swiglu')

@@ -41,9 +41,12 @@ def _init_fn(rng: jax.Array, model: GPT, optimizer, seq_len: int) -> TrainState:
   return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=optimizer.init(params))
 
 
-def _init(config: ml_collections.ConfigDict):
-  # The parameters do not depend on the attention backend: initialisation traces the plain one, so
-  # it needs nothing resolved for the hardware.
+def state_initializer(config: ml_collections.ConfigDict):
+  """key -> a fresh train state of `config`, its leaves boxed with their logical axes.
+
+  The parameters do not depend on the attention backend: initialisation traces the plain one, so
+  it needs nothing resolved for the hardware.
+  """
   model_cfg = dataclasses.replace(GPTConfig.from_run_config(config), attention_impl='xla')
   return functools.partial(_init_fn, model=GPT(model_cfg),
                            optimizer=optim.make_optimizer(config.train, model_cfg),
@@ -52,7 +55,7 @@ def _init(config: ml_collections.ConfigDict):
 
 def abstract_train_state(config: ml_collections.ConfigDict) -> TrainState:
   """Shapes and dtypes of the train state, without allocating it (for restoring checkpoints)."""
-  return nn.unbox(jax.eval_shape(_init(config), jax.random.key(config.seed)))
+  return nn.unbox(jax.eval_shape(state_initializer(config), jax.random.key(config.seed)))
 
 
 def load_params(workdir: str) -> tuple[ml_collections.ConfigDict, Any]:
@@ -64,7 +67,7 @@ def load_params(workdir: str) -> tuple[ml_collections.ConfigDict, Any]:
 def create_train_state(config: ml_collections.ConfigDict, mesh: Mesh,
                        rules: sharding.Rules) -> tuple[TrainState, Any]:
   """Initialises the state directly into its shardings: nothing is ever built unsharded."""
-  init = _init(config)
+  init = state_initializer(config)
   boxed = jax.eval_shape(init, jax.random.key(config.seed))
   shardings = sharding.logical_shardings(boxed, mesh, rules)
   sharding.check_divisible(nn.unbox(boxed), shardings, mesh)

@@ -19,7 +19,7 @@ from gptjax.model import peft
 from gptjax.parallel import sharding
 from gptjax.model.gpt import GPT
 from gptjax.model.config import GPTConfig
-from gptjax.model.peft import PeftConfig
+from gptjax.model.peft_config import LORA_TARGETS, METHODS, PeftConfig
 from random_models import random_model
 
 SMALL = dict(vocab_size=64, d_model=32, num_layers=2, num_heads=4, max_seq_len=24)
@@ -27,7 +27,7 @@ P = 4  # prefix and prompt length
 # One model per method, spreading the variants every method must run on between them.
 CASES = {
     'lora': dict(position='rope', num_kv_heads=2, mlp='swiglu',
-                 peft=PeftConfig('lora', lora_rank=4, lora_targets=peft.LORA_TARGETS)),
+                 peft=PeftConfig('lora', lora_rank=4, lora_targets=LORA_TARGETS)),
     'adapter': dict(peft=PeftConfig('adapter', adapter_dim=8)),
     'prefix': dict(position='rope', num_kv_heads=2, scan_layers=True,
                    peft=PeftConfig('prefix', prefix_len=P)),
@@ -193,8 +193,8 @@ def test_trainable_count_and_split_on_abstract_and_boxed_trees(variant):
   `combine` restores the whole tree."""
   is_box = lambda x: isinstance(x, nn.LogicallyPartitioned)
   plain = jax.tree.structure(nn.unbox(_abstract(GPTConfig(**SMALL, **variant))))
-  targets = peft.LORA_TARGETS if variant.get('mlp') == 'swiglu' else ('query', 'out', 'down')
-  for method in peft.METHODS:
+  targets = LORA_TARGETS if variant.get('mlp') == 'swiglu' else ('query', 'out', 'down')
+  for method in METHODS:
     cfg = GPTConfig(**SMALL, **variant, peft=PeftConfig(
         method, lora_rank=3, lora_targets=targets, adapter_dim=5, prefix_len=P, prompt_len=P + 1))
     boxed = _abstract(cfg)
