@@ -111,6 +111,7 @@ def _torch_logits(model, tokens: np.ndarray) -> np.ndarray:
 
 @pytest.mark.parametrize('scan_layers', [False, True], ids=['unrolled', 'scan'])
 @pytest.mark.parametrize('impl', BACKENDS)
+@pytest.mark.slow
 def test_imported_logits_equal_transformers_for_every_cpu_attention_backend(hf_dir, imported, impl,
                                                                             scan_layers):
   if impl == 'cpu_fused' and cpu_fused.unavailable_reason():
@@ -191,6 +192,7 @@ def test_greedy_decoding_of_32_tokens_equals_transformers_generate(hf_dir, impor
   assert (sorted_NxV[:, -1] - sorted_NxV[:, -2]).min() > 1e-4
 
 
+@pytest.mark.slow
 def test_the_imported_run_trains_on_from_its_weights(imported, corpus, tmp_path):
   """gptjax.main's own loop resumes the imported step-0 checkpoint (a tiny learning rate keeps the
   trained weights within 1e-3 of it; a fresh initialisation would be ~0.1 away)."""

@@ -111,6 +111,7 @@ def next_token_loss(params, cfg: GPTConfig, tokens_BxT):
 
 
 @pytest.mark.parametrize('name', sorted(XLA_CONFIGS))
+@pytest.mark.slow
 def test_training_flops_match_xla_cost_of_value_and_grad(name):
   """`flops_per_token` (forward + a backward of twice the forward) is at most 3% below XLA's FLOPs
   for the compiled `jax.value_and_grad` of the next-token loss.

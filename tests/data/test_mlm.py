@@ -61,6 +61,7 @@ def _model(causal: bool, vocab: int = VOCAB + 1) -> tuple[GPT, dict]:
   return model, model.init(jax.random.key(0), jnp.zeros((1, 16), jnp.int32))['params']
 
 
+@pytest.mark.slow
 def test_the_loss_counts_the_selected_positions_only():
   model, params = _model(causal=False)
   rng = np.random.default_rng(2)
@@ -90,6 +91,7 @@ def test_a_later_token_reaches_earlier_positions_only_without_the_causal_mask():
       assert (np.abs(np.asarray(before[0, :10] - after[0, :10])).max(axis=-1) > 1e-6).all()
 
 
+@pytest.mark.slow
 def test_with_every_token_masked_the_initial_loss_is_ln_v(monkeypatch):
   """No label reaches the input: with every token selected and replaced by [MASK], an untrained
   model can do no better than uniform. (BERT's 10% kept tokens do show their label, by design:
@@ -174,6 +176,7 @@ def test_a_bidirectional_model_refuses_to_decode():
                       config=model.config, max_new_tokens=2, sampling=SamplingConfig())
 
 
+@pytest.mark.slow
 def test_a_small_mlm_run_learns_the_masked_tokens(tmp_path):
   config = base.get_config()
   # RoPE: a masked token's own embedding says nothing, so the model must learn to read its

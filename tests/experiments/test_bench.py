@@ -55,6 +55,7 @@ def test_summary_by_source_names_the_model_operation_and_folds_layers(tmp_path):
   ]
 
 
+@pytest.mark.slow
 def test_bench_reports_consistent_rates_and_a_profile(tmp_path):
   out_json, profile_dir = tmp_path / 'bench.json', tmp_path / 'profile'
   env = {**os.environ, 'XLA_FLAGS': '', 'JAX_PLATFORMS': 'cpu'}

@@ -83,6 +83,7 @@ def _trained(workdir, config):
   return peft.split_trainable(jax.device_get(params), config.finetune.method)
 
 
+@pytest.mark.slow
 def test_lora_records_frozen_base_and_exact_resume(base_run, tmp_path):
   straight, resumed_dir = str(tmp_path / 'straight'), str(tmp_path / 'resumed')
   record = finetune.finetune(_finetune_config(), base_run, straight)
@@ -156,6 +157,7 @@ def test_full_method_trains_every_parameter_from_the_base(base_run, tmp_path):
     np.testing.assert_array_equal(a, b)
 
 
+@pytest.mark.slow
 def test_exact_match_scores_the_right_answers(base_run):
   config, params = loop.load_params(base_run)
   model_cfg = _model_config(config)

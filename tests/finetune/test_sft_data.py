@@ -110,6 +110,7 @@ EXAMPLES = [sft_tasks.Example('abc', 'de'), sft_tasks.Example('hello ', 'world')
             sft_tasks.Example('x', 'yyyyyyyy')]
 
 
+@pytest.mark.slow
 def test_loss_is_the_mean_nll_of_response_tokens_in_float64():
   model, params = _model()
   batch = jnp.asarray(sft_data.example_rows(TOKENIZER, EXAMPLES, 24, 'train')[0])
@@ -125,6 +126,7 @@ def test_loss_is_the_mean_nll_of_response_tokens_in_float64():
   np.testing.assert_allclose(float(loss), np.mean(nll), rtol=1e-6)
 
 
+@pytest.mark.slow
 def test_prompt_predictions_get_no_gradient():
   model, params = _model()
   batch = jnp.asarray(sft_data.example_rows(TOKENIZER, EXAMPLES, 24, 'train')[0])

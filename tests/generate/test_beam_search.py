@@ -93,6 +93,7 @@ def test_wide_beam_matches_exhaustive_search(stop, beam):
 
 @pytest.mark.parametrize('beam', [BeamSearchConfig(num_beams=3),
                                   BeamSearchConfig(num_beams=4, alpha=1.0, early_stopping=True)])
+@pytest.mark.slow
 def test_scores_are_the_true_logprobs_of_the_returned_sequences(beam):
   # A wrong cache reorder would score a hypothesis with another beam's history.
   cfg, params = tiny(position='rope', num_kv_heads=2, scan_layers=True, num_layers=2)

@@ -62,6 +62,7 @@ def cached_teacher_forced(params, prompt_BxP, mask_BxP, next_BxN, cfg, n):
 
 
 @pytest.mark.parametrize('variant', VARIANTS)
+@pytest.mark.slow
 def test_cached_logits_match_full_forward_with_left_padding(variant):
   cfg, params = tiny(**VARIANTS[variant])
   n = 4

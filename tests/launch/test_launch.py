@@ -3,7 +3,7 @@ what `jax.distributed.initialize` is called with.
 
 No cloud or cluster is touched: `gcloud`, `srun` and the Python interpreter are replaced by stubs
 that record how they were called. The multi-host training path itself is tested end to end in
-tests/test_multihost.py.
+tests/parallel/test_multihost.py.
 """
 
 from __future__ import annotations

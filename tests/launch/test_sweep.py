@@ -537,6 +537,7 @@ def test_fit_only_fits_the_records_on_disk_and_starts_no_member(tmp_path, fake_t
     assert os.path.exists(os.path.join(workdir, 'plots', f'{figure}.png'))
 
 
+@pytest.mark.slow
 def test_compute_key_flag_fits_the_named_compute_and_params_columns(tmp_path):
   """--compute_key=flops_full fits C = flops_full and N = params_total: the synthetic records'
   full columns are FULL_C and FULL_N times the Kaplan ones, and so are the budgets and N_opt."""
@@ -564,6 +565,7 @@ def test_compute_key_flag_fits_the_named_compute_and_params_columns(tmp_path):
 # ---------------------------------------------------------------- one real member
 
 
+@pytest.mark.slow
 def test_one_real_member_trains_and_is_then_skipped(tmp_path, monkeypatch, capsys):
   monkeypatch.delenv('XLA_FLAGS', raising=False)  # one CPU device, as a user's shell has
   sweep = _write_sweep(tmp_path, [('real', 16, 4)])

@@ -232,6 +232,7 @@ def test_slurm_segments_chain_and_dry_run_submits_nothing(tiny, fake_slurm, caps
   assert len(_cluster(fake_slurm)['arrays']) == 3
 
 
+@pytest.mark.slow
 def test_slurm_array_task_runs_its_line_unless_the_member_finished(tmp_path, fake_tools, tiny):
   """The sbatch script picks line SLURM_ARRAY_TASK_ID + 1 of the commands file and asks
   `python -m launch.status` whether its member still needs training."""

@@ -34,6 +34,7 @@ def _inputs(b, t, n, k, h, seed=0):
 
 @pytest.mark.parametrize('impl', ['xla', 'blocked', 'cpu_fused'])
 @pytest.mark.parametrize('b, t, n, k, h', [(2, 100, 4, 2, 32), (1, 130, 2, 2, 16)])
+@pytest.mark.slow
 def test_every_cpu_backend_computes_causal_attention(impl, b, t, n, k, h):
   q, key, value = _inputs(b, t, n, k, h)
   got = attention.causal_attention(q, key, value, impl=impl)
@@ -58,6 +59,7 @@ def test_an_unresolved_or_unknown_backend_is_refused_with_the_choices(impl):
 
 @pytest.mark.parametrize('t, n, k, block', [(256, 4, 4, blocked.BLOCK), (100, 6, 2, 32),
                                             (37, 4, 4, 8), (16, 2, 1, 64)])
+@pytest.mark.slow
 def test_blocked_attention_matches_jax_attention_and_its_gradients(t, n, k, block):
   keys = jax.random.split(jax.random.key(t), 4)
   q = jax.random.normal(keys[0], (2, t, n, 16))
@@ -137,6 +139,7 @@ def test_an_unknown_backend_in_the_config_is_refused():
 
 @pytest.mark.parametrize('d_model, expected', [(32, 'gptjax_causal_attention_fwd'),
                                               (16, 'bkgch,bksh->bkgcs')])
+@pytest.mark.slow
 def test_the_resolved_cpu_backend_is_what_the_model_compiles(d_model, expected, monkeypatch):
   """Head size 16 takes the fused kernel; 8, which it was not built for, the blocked attention."""
   monkeypatch.setattr(cpu_fused, 'has_wide_vectors', lambda: True)  # an AVX-512 host

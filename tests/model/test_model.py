@@ -36,6 +36,7 @@ def _init(cfg: GPTConfig, batch: int = 2, length: int = 12):
 
 
 @pytest.mark.parametrize('variant', VARIANTS)
+@pytest.mark.slow
 def test_logits_shape_and_dtype(variant):
   cfg = GPTConfig(**{**SMALL, **VARIANTS[variant]})
   params, tokens = _init(cfg)
@@ -46,6 +47,7 @@ def test_logits_shape_and_dtype(variant):
 
 
 @pytest.mark.parametrize('variant', VARIANTS)
+@pytest.mark.slow
 def test_changing_a_future_token_never_changes_an_earlier_logit(variant):
   cfg = GPTConfig(**{**SMALL, **VARIANTS[variant]})
   params, tokens = _init(cfg)
@@ -58,6 +60,7 @@ def test_changing_a_future_token_never_changes_an_earlier_logit(variant):
     assert np.abs(out[:, position:] - base[:, position:]).max() > 1e-6  # the change does matter
 
 
+@pytest.mark.slow
 def test_bfloat16_compute_keeps_float32_params_and_close_logits():
   cfg32 = GPTConfig(**SMALL)
   cfg16 = GPTConfig(**SMALL, dtype='bfloat16')
@@ -114,6 +117,7 @@ def test_rope_scores_depend_only_on_relative_position():
 
 @pytest.mark.parametrize('kv_heads', [4, 2, 1])
 @pytest.mark.parametrize('position', ['learned', 'rope'])
+@pytest.mark.slow
 def test_attention_matches_naive_float64(kv_heads, position):
   cfg = GPTConfig(**SMALL, num_kv_heads=kv_heads, position=position)
   x = jax.random.normal(jax.random.key(2), (2, 10, cfg.d_model))
@@ -143,6 +147,7 @@ def test_attention_matches_naive_float64(kv_heads, position):
 
 
 @pytest.mark.parametrize('variant', VARIANTS)
+@pytest.mark.slow
 def test_kv_cache_prefill_and_steps_reproduce_the_full_forward(variant):
   cfg = GPTConfig(**{**SMALL, **VARIANTS[variant]})
   params, tokens = _init(cfg)
@@ -159,6 +164,7 @@ def test_kv_cache_prefill_and_steps_reproduce_the_full_forward(variant):
     np.testing.assert_allclose(np.asarray(logits[:, 0]), full[:, t], atol=2e-5)
 
 
+@pytest.mark.slow
 def test_scan_and_unrolled_blocks_compute_the_same_function():
   unrolled, scanned = GPTConfig(**SMALL), GPTConfig(**SMALL, scan_layers=True)
   params, tokens = _init(unrolled)
@@ -178,6 +184,7 @@ def _loss(params, cfg: GPTConfig, tokens_BxT):
 
 
 @pytest.mark.parametrize('scan', [False, True], ids=['unrolled', 'scanned'])
+@pytest.mark.slow
 def test_remat_leaves_the_gradients_unchanged(scan):
   """'full' and 'dots' recompute activations in the backward pass, and only there; the gradients
   of the loss, with dropout on (so the recomputation must redraw the same masks), equal remat='none'.

@@ -67,6 +67,7 @@ def test_bad_parametrization_config_is_refused_in_one_message(fields, message):
     GPTConfig(**SMALL, **fields)
 
 
+@pytest.mark.slow
 def test_init_std_scales_as_one_over_sqrt_width_for_hidden_weights_only():
   cfg = GPTConfig(vocab_size=256, d_model=128, num_layers=2, num_heads=4, max_seq_len=64,
                   parametrization='mup', base_width=32)  # m = 4
@@ -123,6 +124,7 @@ def _losses(cfg: GPTConfig, train_config, steps: int = 10):
   return first_params, losses
 
 
+@pytest.mark.slow
 def test_mup_at_the_base_width_is_sp_bit_for_bit():
   """Same init, same 10 losses, exactly: every muP multiplier is 1 at d_model == base_width.
   The GPT-2 block: tied embeddings (the readout multiplier), learned positions, biases."""
@@ -136,6 +138,7 @@ def test_mup_at_the_base_width_is_sp_bit_for_bit():
   assert sp_losses[-1] < sp_losses[0] - 0.1  # it trains
 
 
+@pytest.mark.slow
 def test_mup_at_the_base_width_initialises_every_variant_as_sp():
   fields = {**SMALL, **VARIANTS['rope_gqa_swiglu_rms'], 'scan_layers': True}
   tokens = jnp.zeros((1, 4), jnp.int32)

@@ -82,6 +82,7 @@ def _apply(cfg: GPTConfig, params, tokens) -> np.ndarray:
 
 
 @pytest.mark.parametrize('method', ['lora', 'adapter'])
+@pytest.mark.slow
 def test_lora_and_adapter_leave_the_plain_model_unchanged_at_init(method):
   """At init B = 0 (LoRA) and the adapters' up-projections are 0, so the model is the plain one.
 
@@ -112,6 +113,7 @@ def _light(method: str, num_layers: int = 2) -> GPTConfig:
                    peft=PeftConfig(method, **sizes))
 
 
+@pytest.mark.slow
 def test_prefix_from_the_base_models_keys_reproduces_it_on_those_tokens_prepended():
   """With the prefix set to the base model's keys and values for P token ids, the model computes
   the base model's logits on those ids followed by the tokens (whose positions start at P):
@@ -145,6 +147,7 @@ def test_prompt_from_token_embeddings_reproduces_the_base_model_on_those_tokens_
   assert np.abs(run(params) - want).max() > 1e-2
 
 
+@pytest.mark.slow
 def test_training_moves_the_method_parameters_and_nothing_else():
   """AdamW on each method's trainable tree alone, the gradient taken through `combine`: every
   method parameter moves, the loss falls, and the frozen tree is the one the steps started from,
@@ -239,6 +242,7 @@ def test_merge_folds_each_update_into_its_kernel_of_stacked_layers():
 
 
 @pytest.mark.parametrize('case', CASES)
+@pytest.mark.slow
 def test_decoding_with_the_kv_cache_reproduces_the_full_forward(case):
   """A left-padded batch fed through the cache 4 tokens a call (the prefill at index 0, then two
   calls that extend it) gives the logits of one forward pass over the whole padded batch at every
@@ -257,6 +261,7 @@ def test_decoding_with_the_kv_cache_reproduces_the_full_forward(case):
 
 
 @pytest.mark.parametrize('case', ['lora', 'prefix'])
+@pytest.mark.slow
 def test_sharded_apply_equals_the_single_device_apply(case):
   """Parameters placed by the shardings of `split_trainable`'s two boxed parts on a 2x2x2 mesh
   (the method's own leaves split over 'tensor' like the projections they belong to)."""

@@ -43,6 +43,7 @@ def _start_main(workdir, cpu_devices):
       cwd=_ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
+@pytest.mark.slow
 def test_main_splits_the_host_and_trains_on_every_device(tmp_path):
   """Two devices train like one: the same losses and gradient norms, each device its half batch."""
   runs = {count: _start_main(tmp_path / f'devices{count}', count) for count in (2, 0)}

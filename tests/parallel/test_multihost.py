@@ -172,6 +172,7 @@ def _check_shared_workdir(workdir: pathlib.Path, stop: int, logs: list[str]) -> 
   assert (workdir / 'config.json').exists()
 
 
+@pytest.mark.slow
 def test_two_processes_train_like_one(tmp_path):
   single, multi = tmp_path / 'single', tmp_path / 'multi'
   # The one-process baseline runs beside the first multi-host launch: they share no files.
@@ -188,6 +189,7 @@ def test_two_processes_train_like_one(tmp_path):
   _check_shared_workdir(multi, stop, resumed)
 
 
+@pytest.mark.slow
 def test_tensor_axis_across_processes(tmp_path):
   """One device per process and tensor=2, as with one process per GPU: both load the same rows."""
   overrides = (*(o for o in OVERRIDES if not o.startswith('--config.mesh.')),

@@ -79,6 +79,7 @@ def single_device_result():
 
 
 @pytest.mark.parametrize('mesh', [(8, 1, 1), (1, 8, 1), (2, 2, 2), (1, 1, 8), (2, 4, 1)])
+@pytest.mark.slow
 def test_sharded_steps_equal_the_single_device_step(mesh, single_device_result):
   """Loss, gradient norms and parameters after two AdamW steps match one device's.
 

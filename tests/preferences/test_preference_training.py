@@ -86,6 +86,7 @@ def _differs(a, b) -> bool:
                                                        jax.tree.leaves(jax.device_get(b))))
 
 
+@pytest.mark.slow
 def test_the_reward_model_ranks_held_out_pairs_by_the_count(runs):
   records = _records(runs['reward'])
   evals = [r for r in records if 'eval_accuracy' in r]
@@ -141,6 +142,7 @@ def _resumed_copy(workdir: str) -> str:
   return copy
 
 
+@pytest.mark.slow
 def test_dpo_resumes_exactly(runs):
   straight = str(runs['root'] / 'dpo')
   record = dpo_training.train_dpo(_dpo_config(runs, **{'train.num_steps': 4}), runs['policy'],
@@ -163,6 +165,7 @@ def _ppo_config(runs, **overrides):
       'ppo.kl_target': 0.5, 'ppo.kl_horizon': 64.0, **overrides})
 
 
+@pytest.mark.slow
 def test_ppo_first_minibatch_has_ratio_one_and_frozen_models_stay_frozen(runs):
   config, mesh, rules, policy_cfg, params = _setup(_ppo_config(runs, **{'train.num_steps': 4}),
                                                    runs['policy'])
@@ -195,6 +198,7 @@ def test_ppo_first_minibatch_has_ratio_one_and_frozen_models_stay_frozen(runs):
   assert _differs(state.policy.params, params) and _differs(state.critic.params, reward_params)
 
 
+@pytest.mark.slow
 def test_ppo_resumes_exactly_with_its_adaptive_beta(runs):
   straight = str(runs['root'] / 'ppo')
   record = ppo_training.train_ppo(_ppo_config(runs, **{'train.num_steps': 4}), runs['policy'],

@@ -35,6 +35,7 @@ def result():
 
 
 @pytest.mark.parametrize('step', [1, 2, 3])
+@pytest.mark.slow
 def test_under_mup_every_layer_keeps_its_size_from_width_64_to_1024(result, step):
   ratios = mup_check.ratios(result, step)['mup']
   assert set(ratios) == {'embed', 'block_0/attn', 'block_0/mlp', 'block_0', 'block_1/attn',

@@ -145,7 +145,7 @@ BAD_TABLES = {
 
 @pytest.mark.parametrize('name', sorted(BAD_TABLES))
 def test_an_unusable_table_is_a_value_error_naming_the_fix(tmp_path, name):
-  """`cli.run` ends any ValueError in one line with status 2 (tests/test_cli.py); the command's own
+  """`cli.run` ends any ValueError in one line with status 2 (tests/runs/test_cli.py); the command's own
   paths to it are checked below."""
   text, *expected = BAD_TABLES[name]
   path = tmp_path / 'points.csv'

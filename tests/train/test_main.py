@@ -29,6 +29,7 @@ def _tree(path: pathlib.Path) -> dict[str, bytes]:
 
 @pytest.mark.parametrize('name, existing_workdir', [('heads', False), ('warmup', True),
                                                     ('batch', False), ('passes', True)])
+@pytest.mark.slow
 def test_a_bad_config_is_refused_in_one_line_before_anything_is_written(tmp_path, name,
                                                                          existing_workdir):
   """Exit status 2, one error line naming the field and the fix, no traceback, workdir as it was."""
@@ -80,6 +81,7 @@ MISTAKES = {  # the command line's mistakes: (arguments, what the one error line
 
 
 @pytest.mark.parametrize('name', list(MISTAKES))
+@pytest.mark.slow
 def test_command_line_mistakes_are_one_line_with_the_fix(tmp_path, name):
   args, expected = MISTAKES[name]
   workdir = tmp_path / 'run'

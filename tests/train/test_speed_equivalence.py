@@ -75,6 +75,7 @@ def _train_config():
 
 @pytest.mark.parametrize('attention_impl', ['cpu_fused', 'blocked'])
 @pytest.mark.parametrize('num_kv_heads, seq_len, batch', [(0, 128, 16), (2, 100, 4)])
+@pytest.mark.slow
 def test_twenty_steps_follow_the_plain_reference(num_kv_heads, seq_len, batch, attention_impl):
   cfg = GPTConfig(vocab_size=64, d_model=64, num_layers=2, num_heads=4, num_kv_heads=num_kv_heads,
                   max_seq_len=seq_len, attention_impl=attention_impl)
@@ -113,6 +114,7 @@ def test_twenty_steps_follow_the_plain_reference(num_kv_heads, seq_len, batch, a
       np.testing.assert_allclose(got, want, atol=1e-6, err_msg=jax.tree_util.keystr(path))
 
 
+@pytest.mark.slow
 def test_data_parallel_cpu_step_gives_each_device_its_own_rows():
   """On 8 devices each one trains on its own rows: no pass gathers the batch onto every device."""
   config = base.get_config()

@@ -6,6 +6,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 import optax
 
 from experiments.configs import base
@@ -85,6 +86,7 @@ def _recording_optimizer():
       update=lambda grads, state, params=None: (jax.tree.map(jnp.zeros_like, grads), grads))
 
 
+@pytest.mark.slow
 def test_gradient_accumulation_matches_one_large_batch():
   """Four micro-batches give the whole batch's loss, gradient and AdamW update (learning rate > 0)."""
   state1, step1, batch, model = _setup(accum=1, warmup=0)
@@ -132,6 +134,7 @@ def test_repeated_steps_on_one_batch_drive_the_loss_down():
   assert int(state.step) == 30
 
 
+@pytest.mark.slow
 def test_dropout_changes_the_loss_and_is_reproducible():
   state, step, batch, _ = _setup(dropout=0.5)
   plain_state, plain_step, _, _ = _setup()

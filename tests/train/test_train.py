@@ -80,6 +80,7 @@ def _copy_without_last_checkpoint(src, dst):
   return dst
 
 
+@pytest.mark.slow
 def test_training_writes_records_and_the_loss_falls(finished_run):
   records = _records(finished_run)
   assert [r['step'] for r in records] == [5, 10, 15, 20, 25, 30]
@@ -124,6 +125,7 @@ def test_records_hold_compute_perplexity_and_bits_per_byte_by_their_definitions(
                                  r['eval_loss'] / np.log(2) * val_ids.size / val_bytes, rtol=1e-12)
 
 
+@pytest.mark.slow
 def test_the_generate_command_continues_a_prompt_from_the_latest_checkpoint(finished_run):
   command = [sys.executable, '-m', 'gptjax.generate', f'--workdir={finished_run}', '--prompt=def ',
              '--max_new_tokens=12', '--temperature=0']
@@ -153,6 +155,7 @@ def _generate(*flags):
      "The prompt has 40 tokens, but beam search keeps prompt and output in the model's 32-token "
      'context: shorten the prompt, or sample (--num_beams=1)'),
 ], ids=['no-tokens', 'no-beams', 'prompt-too-long'])
+@pytest.mark.slow
 def test_the_generate_command_refuses_impossible_requests_in_one_line(finished_run, flags, says):
   run = _generate(f'--workdir={finished_run}', *flags)
   assert run.returncode == 2 and run.stdout == '', run.stderr[-3000:]
@@ -171,6 +174,7 @@ def test_the_generate_command_on_a_run_without_checkpoints_writes_nothing(finish
   assert os.listdir(workdir) == [run_dir.CONFIG_FILE]
 
 
+@pytest.mark.slow
 def test_resume_reaches_bit_identical_parameters_and_curve(finished_run, tmp_path):
   workdir = _copy_without_last_checkpoint(finished_run, str(tmp_path / 'resumed'))
   loop.train_and_evaluate(_config(), workdir)
@@ -182,6 +186,7 @@ def test_resume_reaches_bit_identical_parameters_and_curve(finished_run, tmp_pat
     assert a.get('eval_loss') == b.get('eval_loss')
 
 
+@pytest.mark.slow
 def test_several_steps_per_call_train_the_same_run(finished_run, tmp_path):
   """train.steps_per_call=4, resumed at step 20 of a run that logs every 5 steps: calls of 4 and
   1 steps (one compiled program), records on the same steps, the same losses and parameters up to
@@ -199,6 +204,7 @@ def test_several_steps_per_call_train_the_same_run(finished_run, tmp_path):
   _assert_same_params(_params(workdir), _params(finished_run), atol=2e-5)
 
 
+@pytest.mark.slow
 def test_unreadable_latest_checkpoint_falls_back_to_the_previous_one(finished_run, tmp_path):
   workdir = str(tmp_path / 'corrupt')
   shutil.copytree(finished_run, workdir)
@@ -213,6 +219,7 @@ def test_unreadable_latest_checkpoint_falls_back_to_the_previous_one(finished_ru
   assert len(set_aside) == 1 and set_aside[0].startswith('30-')  # kept, not deleted
 
 
+@pytest.mark.slow
 def test_resume_on_a_different_mesh(finished_run, tmp_path):
   workdir = _copy_without_last_checkpoint(finished_run, str(tmp_path / 'remeshed'))
   # saved with the batch split over 8 devices ('data'), resumed fully sharded over 'fsdp'
@@ -247,6 +254,7 @@ def _tree(path) -> dict[str, bytes]:
           for root, _, names in os.walk(path) for name in names if name != run_dir.LOCK_FILE}
 
 
+@pytest.mark.slow
 def test_a_changed_config_is_refused_before_anything_is_touched(finished_run, tmp_path):
   workdir = shutil.copytree(finished_run, str(tmp_path / 'changed'))
   before = _tree(workdir)
@@ -260,6 +268,7 @@ def test_a_changed_config_is_refused_before_anything_is_touched(finished_run, tm
   assert _records(workdir) == _records(finished_run)
 
 
+@pytest.mark.slow
 def test_allow_config_change_continues_the_run_and_keeps_its_old_config(finished_run, tmp_path):
   workdir = shutil.copytree(finished_run, str(tmp_path / 'longer'))
   with open(os.path.join(workdir, run_dir.CONFIG_FILE)) as f:
@@ -272,6 +281,7 @@ def test_allow_config_change_continues_the_run_and_keeps_its_old_config(finished
   assert _records(workdir)[:6] == _records(finished_run)
 
 
+@pytest.mark.slow
 def test_a_checkpoint_of_another_model_is_refused_not_set_aside(finished_run, tmp_path):
   workdir = shutil.copytree(finished_run, str(tmp_path / 'reshaped'))
   before = _tree(os.path.join(workdir, 'checkpoints'))
@@ -301,6 +311,7 @@ def _alter_one_saved_checksum(step_dir):
 
 @pytest.mark.parametrize('damage', [_flip_a_byte_of_the_largest_array_file,
                                     _alter_one_saved_checksum], ids=['flipped-byte', 'checksum'])
+@pytest.mark.slow
 def test_a_checkpoint_that_fails_its_checksum_is_set_aside(finished_run, tmp_path, damage):
   workdir = shutil.copytree(finished_run, str(tmp_path / 'altered'))
   damage(os.path.join(workdir, 'checkpoints', '30'))
@@ -310,6 +321,7 @@ def test_a_checkpoint_that_fails_its_checksum_is_set_aside(finished_run, tmp_pat
   assert len(set_aside) == 1 and set_aside[0].startswith('30-')
 
 
+@pytest.mark.slow
 def test_a_lost_final_record_is_measured_again_on_rerun(finished_run, tmp_path):
   workdir = shutil.copytree(finished_run, str(tmp_path / 'cut'))
   metrics = os.path.join(workdir, run_dir.METRICS_FILE)
@@ -325,6 +337,7 @@ def test_a_lost_final_record_is_measured_again_on_rerun(finished_run, tmp_path):
   assert len(_records(workdir)) == len(_records(finished_run))
 
 
+@pytest.mark.slow
 def test_a_non_finite_state_is_never_saved_and_the_error_names_the_last_good_step(tmp_path):
   workdir = str(tmp_path / 'nan')
   config = _config(**{'train.learning_rate': 1e3, 'train.warmup_steps': 0,
@@ -344,6 +357,7 @@ def test_a_non_finite_state_is_never_saved_and_the_error_names_the_last_good_ste
     assert all(np.isfinite(x).all() for x in jax.tree.leaves(state)), step
 
 
+@pytest.mark.slow
 def test_sigterm_saves_a_checkpoint_and_the_rerun_finishes_identically(finished_run, tmp_path):
   workdir = str(tmp_path / 'preempted')
   # a slower schedule of saves so the SIGTERM checkpoint is the one that matters
