@@ -24,12 +24,13 @@ import ml_collections
 import numpy as np
 from absl import app, flags, logging
 
-from experiments.configs import base
 from experiments import profiling
-from gptjax.parallel import distributed, hardware, sharding
-from gptjax.cost import flops
-from gptjax.train import optim
+from experiments.configs import base
 from gptjax import train
+from gptjax.cost import flops
+from gptjax.parallel import distributed, hardware, sharding
+from gptjax.train import optim
+
 _CONFIGS = flags.DEFINE_list('configs', ['small', 'medium', 'tiny'],
                              f'Which of {sorted(("small", "medium", "tiny", "gpt2_124m"))} to time.')
 _DEVICES = flags.DEFINE_list('devices', ['1'], 'Device counts to time each config on (data mesh).')

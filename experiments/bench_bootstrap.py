@@ -20,10 +20,8 @@ import numpy as np
 import scipy.optimize
 from absl import app, flags
 
-from gptjax.scaling import laws
-
 from gptjax.cost import chinchilla
-from gptjax.scaling import huber
+from gptjax.scaling import huber, laws
 
 _POINTS = flags.DEFINE_integer('points', 250, 'Points in the table (a multiple of 10).')
 _REFITS = flags.DEFINE_integer('refits', 1000, 'Bootstrap resamples.')

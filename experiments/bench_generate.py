@@ -23,10 +23,8 @@ import jax
 import jax.numpy as jnp
 from absl import app, flags
 
-from gptjax.generate import generate
-from gptjax.model import GPT
-from gptjax.model import GPTConfig
-from gptjax.generate import SamplingConfig
+from gptjax.generate import SamplingConfig, generate
+from gptjax.model import GPT, GPTConfig
 
 _NEW_TOKENS = flags.DEFINE_integer('new_tokens', 256, 'Tokens generated per sequence.')
 _PROMPT_LEN = flags.DEFINE_integer('prompt_len', 16, 'Prompt tokens per sequence.')

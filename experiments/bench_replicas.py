@@ -23,10 +23,10 @@ import numpy as np
 from absl import app, flags
 
 import launch
-from gptjax.parallel import hardware, sharding
-from gptjax.train import optim, steps
 from gptjax import train
 from gptjax.model import GPT
+from gptjax.parallel import hardware, sharding
+from gptjax.train import optim, steps
 
 _SWEEP = flags.DEFINE_string('sweep', 'experiments/sweeps/cpu_scaling.py', 'Sweep file.')
 _MEMBERS = flags.DEFINE_list('members', ['c1e11_d16l2', 'c1e12_d48l2'], 'Members to time.')

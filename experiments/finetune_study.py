@@ -25,14 +25,13 @@ from absl import app, flags  # noqa: E402
 
 from experiments.configs import finetune as finetune_config  # noqa: E402
 from experiments.sweeps import finetune_methods as study  # noqa: E402
-from gptjax.runs import cli, run_dir
-from gptjax.finetune import exact_match, finetune
-from gptjax.cost import flops
-from gptjax.scaling import records
-from gptjax.finetune import tasks  # noqa: E402
 from gptjax import train
-from gptjax.model import GPTConfig  # noqa: E402
+from gptjax.cost import flops
 from gptjax.data import load_tokenizer  # noqa: E402
+from gptjax.finetune import exact_match, finetune, tasks  # noqa: E402
+from gptjax.model import GPTConfig  # noqa: E402
+from gptjax.runs import cli, run_dir
+from gptjax.scaling import records
 
 FLAGS = flags.FLAGS
 

@@ -18,8 +18,8 @@ from typing import Sequence
 import numpy as np
 from absl import app, flags
 
-from gptjax.scaling import plots, records
 from gptjax.runs import run_dir
+from gptjax.scaling import plots, records
 
 # {parametrization: {d_model: {learning_rate: final eval loss}}}
 Losses = dict[str, dict[int, dict[float, float]]]

@@ -33,10 +33,9 @@ import matplotlib.pyplot as plt  # noqa: E402
 from absl import app, flags  # noqa: E402
 
 from experiments.configs import base, preferences  # noqa: E402
-from gptjax.runs import cli
-from gptjax.preferences import dpo_training, pair_sampling, ppo_training, reward_training
-from gptjax.runs import run_dir
 from gptjax import train
+from gptjax.preferences import dpo_training, pair_sampling, ppo_training, reward_training
+from gptjax.runs import cli, run_dir
 
 FLAGS = flags.FLAGS
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -14,13 +14,13 @@ run that stops (non-finite training, no readable checkpoint) says why in one lin
 
 import os
 
-from absl import app, flags, logging
 import jax
+from absl import app, flags, logging
 from ml_collections import config_flags
 
-from gptjax.runs import cli
-from gptjax.parallel import distributed, sharding
 from gptjax import train
+from gptjax.parallel import distributed, sharding
+from gptjax.runs import cli
 
 _CONFIG = config_flags.DEFINE_config_file('config', None, 'Path to a get_config() file.',
                                           lock_config=True)

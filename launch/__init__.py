@@ -29,8 +29,8 @@ from typing import Any, Mapping, Sequence
 import ml_collections
 
 from gptjax.cost import flops
-from gptjax.train import optim
 from gptjax.model import GPTConfig
+from gptjax.train import optim
 
 PARAMS_KEYS = {'kaplan': 'params_non_embedding', 'full': 'params_total'}
 _NAME = re.compile(r'^[A-Za-z0-9][A-Za-z0-9_.-]*$')

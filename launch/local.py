@@ -8,9 +8,9 @@ checkpoint. `launch.sweep` plans the members and calls `run_jobs`.
 
 Members share one persistent XLA compilation cache (`<workdir>/compile_cache`): members of the same
 shape at different budgets compile the same programs (the schedule is an argument of the train
-step), and a rerun after an interruption compiles nothing it compiled before. At the end the runner prints the
-sweep's efficiency: the model FLOPs it trained (full count) over its wall time, as a fraction of
-the matmul peak measured at its start.
+step), and a rerun after an interruption compiles nothing it compiled before. At the end the runner
+prints the sweep's efficiency: the model FLOPs it trained (full count) over its wall time, as a
+fraction of the matmul peak measured at its start.
 """
 
 from __future__ import annotations

@@ -1,8 +1,8 @@
 """Where each member of a sweep stands on disk (new, partial, finished, stale, running or broken),
 and the table of members, their sizes, tokens and compute that the runner prints before it trains.
 
-Every backend (this machine, SLURM, Cloud TPU VMs) plans from the same survey, so they agree on
-what is left to train. A workdir may be a `gs://` URI: its files are read through `gptjax.runs.run_dir`.
+Every backend (this machine, SLURM, Cloud TPU VMs) plans from the same survey, so they agree on what
+is left to train. A workdir may be a `gs://` URI: its files are read through `gptjax.runs.run_dir`.
 
   python -m launch.status MEMBER_DIR   exits 0 if the run there is finished by its own config, 1
                                        if not: a SLURM array task asks this before it trains.
@@ -18,8 +18,8 @@ from typing import Sequence
 import ml_collections
 
 import launch
-from gptjax.scaling import records
 from gptjax.runs import run_dir, workdir_lock
+from gptjax.scaling import records
 
 
 @dataclasses.dataclass(frozen=True)

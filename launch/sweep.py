@@ -17,10 +17,10 @@ backend would run. The backends (`launch.slurm`, `launch.tpu_vm` say more):
            the running members after they save a checkpoint.
   slurm    submits the unfinished members as one job array and returns; `--status` follows it.
   tpu_vm   runs them on existing slices, every host of a slice on the same member.
-Then the fits run on the finished members (`gptjax.scaling.report`): the L(C) frontier power law, IsoFLOP
-minima (Chinchilla approach 2), L(N, D) with bootstrap intervals (approach 3), the holdout check of
-the largest budget, and the compute-optimal N and D at the largest budget and 10x and 100x it.
-Figures go to `workdir/plots`, the numbers to `workdir/fit/fit.json`.
+Then the fits run on the finished members (`gptjax.scaling.report`): the L(C) frontier power law,
+IsoFLOP minima (Chinchilla approach 2), L(N, D) with bootstrap intervals (approach 3), the holdout
+check of the largest budget, and the compute-optimal N and D at the largest budget and 10x and 100x
+it. Figures go to `workdir/plots`, the numbers to `workdir/fit/fit.json`.
 """
 
 from __future__ import annotations
@@ -35,8 +35,7 @@ from absl import app, flags
 import launch
 from gptjax.runs import run_dir
 from gptjax.scaling import report
-from launch import local, slurm, tpu_vm
-from launch import status as status_lib
+from launch import local, slurm, status as status_lib, tpu_vm
 from launch.status import format_table, member_status
 
 # ---------------------------------------------------------------- the command

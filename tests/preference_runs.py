@@ -9,12 +9,11 @@ import jax.numpy as jnp
 import numpy as np
 
 from experiments.configs import base, preferences
-from gptjax.train import checkpointing, optim
-from gptjax.runs import run_dir
-from gptjax.train import loop
-from gptjax.model.config import GPTConfig
-from gptjax.train.steps import TrainState
 from gptjax.data.tokenizer import ByteTokenizer
+from gptjax.model.config import GPTConfig
+from gptjax.runs import run_dir
+from gptjax.train import checkpointing, loop, optim
+from gptjax.train.steps import TrainState
 
 MODEL = {'d_model': 32, 'num_layers': 1, 'num_heads': 2, 'max_seq_len': 24,
          'attention_impl': 'xla'}

@@ -7,8 +7,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from gptjax.model.gpt import GPT
 from gptjax.model.config import GPTConfig
+from gptjax.model.gpt import GPT
 
 
 @functools.lru_cache(maxsize=None)

@@ -37,8 +37,8 @@ ALLOWED = {
     'convert': {'runs', 'data', 'model', 'train', 'finetune'},
 }
 STAGES = tuple(ALLOWED)
-TRAINING_STACK = {'gptjax.train.loop', 'gptjax.train.steps', 'gptjax.train.checkpointing', 'gptjax.data',
-                  'gptjax.parallel'}
+TRAINING_STACK = {'gptjax.train.loop', 'gptjax.train.steps', 'gptjax.train.checkpointing',
+                  'gptjax.data', 'gptjax.parallel'}
 # The scaling fits read records and nothing of the model or training; the muP check is the one
 # scaling module that trains.
 SCALING_FITS = ('records', 'laws', 'huber', 'isoflop', 'envelope', 'replicas', 'table', 'fit_csv',

@@ -33,8 +33,9 @@ def get_model_config() -> ml_collections.ConfigDict:
   m.param_dtype = 'float32'
   m.scan_layers = False  # nn.scan over blocks: compile time independent of depth
   m.remat = 'none'  # 'none' | 'full' | 'dots' (save matmul outputs, recompute the rest)
-  # 'xla' | 'cudnn' | 'blocked' | 'cpu_fused' (gptjax/model/attention); '' picks the fastest that runs
-  # where the run is set up ('cpu_fused' on a CPU, else 'blocked'; 'cudnn' on NVIDIA GPUs in bf16)
+  # 'xla' | 'cudnn' | 'blocked' | 'cpu_fused' (gptjax/model/attention); '' picks the fastest that
+  # runs where the run is set up ('cpu_fused' on a CPU, else 'blocked'; 'cudnn' on NVIDIA GPUs in
+  # bf16)
   m.attention_impl = ''
   m.causal = True  # False: bidirectional attention, for train.objective='mlm'
   return m

@@ -5,8 +5,8 @@ The model, tokenizer and data source come from the policy run named by --init_fr
 config sets only what the stage changes, so its config.json names exactly what it depends on.
 
 preferences (every stage):
-  init_from: the policy run (an SFT run, or a pre-trained one); --init_from overrides it.
-  gold: the gold reward that labels pairs and scores samples (`gptjax/preferences/gold_rewards.py`). The
+  init_from: the policy run (an SFT run, or a pre-trained one); --init_from overrides it. gold: the
+  gold reward that labels pairs and scores samples (`gptjax/preferences/gold_rewards.py`). The
     default counts the letter 'e' up to 20: every token can add to it, so a small model's policy
     and a small reward model both move it within minutes, and its cap bounds it at 1.
   eval_fraction: the share of prompts (by a stable hash) whose pairs every stage holds out.

@@ -7,9 +7,9 @@ r"""Next-token (CLM) against masked-token (MLM) prediction at 3 sizes, on the sa
 Byte-level models of 2 layers, d_model 32, 64 and 128, with RoPE (a masked token's own embedding
 says nothing, so MLM must read its neighbours, which relative positions make quick to learn), each
 trained once causally on every next token and once bidirectionally on BERT's masked tokens
-(`gptjax/data/masking.py`). Both read the same windows in the same order (an MLM row is the CLM window
-minus its last token), 600 steps of 8 x 128 tokens (614K tokens), and spend the same compute: the
-FLOPs accounting counts the full T x T attention for both, and the masking costs nothing on the
+(`gptjax/data/masking.py`). Both read the same windows in the same order (an MLM row is the CLM
+window minus its last token), 600 steps of 8 x 128 tokens (614K tokens), and spend the same compute:
+the FLOPs accounting counts the full T x T attention for both, and the masking costs nothing on the
 device. Learning rates follow the CPU scaling sweep's rule, 8e-3 * min(1, 32 / d_model).
 
 What is comparable: compute, tokens read and the model. What is not: the losses. CLM's eval loss

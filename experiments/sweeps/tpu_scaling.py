@@ -3,9 +3,9 @@
   python -m launch.sweep --sweep=experiments/sweeps/tpu_scaling.py --workdir=runs/tpu --dry_run
 
 Chinchilla's IsoFLOP profiles (Hoffmann et al. 2022, figure 3) span 6e18-3e21 FLOPs; this grid
-covers the low end: 7e20 FLOPs in Kaplan's count, 9e20 in full (`gptjax/cost/flops.py`), about 12 hours of a
-v5e-256 slice at 40% MFU, 8 of them for the five 1e20 members. The same code as the CPU sweep;
-what changes:
+covers the low end: 7e20 FLOPs in Kaplan's count, 9e20 in full (`gptjax/cost/flops.py`), about 12
+hours of a v5e-256 slice at 40% MFU, 8 of them for the five 1e20 members. The same code as the CPU
+sweep; what changes:
 
 - data: GPT-2 BPE token shards (`data.source='tokens'`, `data.paths` -> your shards), not bytes;
 - model: GPT-2 blocks (learned positions, GELU, tied embeddings), 10M to 1.8B non-embedding

@@ -1,4 +1,5 @@
-"""`python -m gptjax.convert`: GPT-2 checkpoints in from Hugging Face (from-hf) and out to it (to-hf)."""
+"""`python -m gptjax.convert`: GPT-2 checkpoints in from Hugging Face (from-hf) and out to it
+(to-hf)."""
 
 from gptjax.convert import commands
 from gptjax.runs import cli

@@ -17,8 +17,9 @@ A LoRA fine-tune (`gptjax.finetune`) exports with its factors merged into the we
 with adapters, a prefix or a prompt has modules GPT-2 lacks and is refused.
 
 Everything is read and checked before anything is written; a bad input ends in one line on stderr
-and exit status 2 (`gptjax.runs.cli`). The `hf` extra (`pip install -e '.[hf]'`) provides safetensors
-and torch. docs/interop.md has the details and the tensor mapping (`gptjax/convert/hf_gpt2.py`).
+and exit status 2 (`gptjax.runs.cli`). The `hf` extra (`pip install -e '.[hf]'`) provides
+safetensors and torch. docs/interop.md has the details and the tensor mapping
+(`gptjax/convert/hf_gpt2.py`).
 """
 
 from __future__ import annotations
@@ -37,15 +38,15 @@ import numpy as np
 from absl import flags, logging
 from ml_collections import config_flags
 
-from gptjax.train import checkpointing, optim
-from gptjax.runs import cli, run_dir
-from gptjax.finetune import state as finetune_state
-from gptjax.convert import hf_gpt2
 from gptjax import train
+from gptjax.convert import hf_gpt2
 from gptjax.convert.hf_gpt2 import ConversionError
-from gptjax.model.config import GPTConfig
-from gptjax.train.steps import TrainState
 from gptjax.data.tokenizer import BPETokenizer, Tokenizer, gpt2_bpe, load_tokenizer
+from gptjax.finetune import state as finetune_state
+from gptjax.model.config import GPTConfig
+from gptjax.runs import cli, run_dir
+from gptjax.train import checkpointing, optim
+from gptjax.train.steps import TrainState
 
 HF_CONFIG = 'config.json'
 SAFETENSORS = 'model.safetensors'

@@ -1,7 +1,7 @@
 """What it costs to train and to serve a model like this: FLOPs, time, accelerator-hours, dollars.
 
-Parameter counts, FLOPs and chip datasheets all come from `gptjax/cost/flops.py` (one source of truth);
-this module only turns them into time and money.
+Parameter counts, FLOPs and chip datasheets all come from `gptjax/cost/flops.py` (one source of
+truth); this module only turns them into time and money.
 
 Training: time = FLOPs / (accelerators * peak * MFU). The FLOPs that count are those of `method`:
 'full' by default, the count the training loop's MFU is measured against, so a measured MFU plugs
@@ -29,11 +29,11 @@ from typing import Any, Sequence
 from absl import flags
 from ml_collections import config_flags
 
-from gptjax.runs import cli
 from gptjax.cost import flops
 from gptjax.cost.chinchilla import CHINCHILLA_PARAMS, ChinchillaFit
 from gptjax.cost.flops import Accelerator, ParamCounts
 from gptjax.model.config import GPTConfig
+from gptjax.runs import cli
 from gptjax.runs.cli import format_duration
 
 HOUR = 3600.0

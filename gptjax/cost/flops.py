@@ -1,8 +1,8 @@
 """Parameter counts, FLOPs per token and MFU: the one place these numbers are computed.
 
 Logs, MFU, cost estimates and scaling fits all read sizes and FLOPs from here, so a change to the
-model (a new MLP, GQA, untied head) has to be reflected once, and `tests/cost/test_flops.py` checks the
-formulas against the real parameter tree and against XLA's own FLOP count.
+model (a new MLP, GQA, untied head) has to be reflected once, and `tests/cost/test_flops.py` checks
+the formulas against the real parameter tree and against XLA's own FLOP count.
 
 Letters follow `gptjax/model/gpt.py`: D d_model, L layers, N query heads, K key/value heads, H head
 dim, F MLP hidden width, V vocabulary, T sequence length (the attention context).

@@ -1,4 +1,5 @@
-"""The checks of the `data` section: sizes, the source and the tokenizer, before anything is read."""
+"""The checks of the `data` section: sizes, the source and the tokenizer, before anything is
+read."""
 
 from __future__ import annotations
 

@@ -6,8 +6,8 @@ Sources (`config.data.source`):
                 differ between machines, the standard library of one Python version does not.
   'text'        files matching `data.paths` (comma-separated globs, `~` expanded, `**` recursive).
   'arrayrecord' ArrayRecord files matching `data.paths`; each record is one UTF-8 document.
-  'tokens'      pre-tokenised shards: ids, not documents, so `gptjax.data.tokens` reads them; it finds
-                them with `glob_files` and checks `config.data` with `check_config`, as here.
+  'tokens'      pre-tokenised shards: ids, not documents, so `gptjax.data.tokens` reads them; it
+                finds them with `glob_files` and checks `config.data` with `check_config`, as here.
 
 Split: `data.val_paths` names the validation files explicitly (they are removed from the train
 files). Otherwise a file goes to validation when a stable hash (sha256, not Python's salted `hash`)
@@ -35,11 +35,11 @@ import os
 import sysconfig
 from typing import Iterator
 
-from absl import logging
-from array_record.python import array_record_module
 import grain
 import ml_collections
 import numpy as np
+from absl import logging
+from array_record.python import array_record_module
 
 SOURCES = ('stdlib', 'text', 'arrayrecord', 'tokens')
 DECODE_ERRORS = ('replace', 'skip', 'strict')

@@ -7,9 +7,9 @@ predicts the originals at those positions only (`train.objective='mlm'`). BERT's
 must predict. Separators (the tokenizer's EOS between documents) are never selected.
 
 The `[MASK]` id is one past the data's vocabulary (`mask_id`), so the model of an MLM run has one
-more embedding row than the tokenizer has tokens (`gptjax.model.config.GPTConfig.from_run_config`); no
-tokenizer ever emits it. The masking runs in the grain pipeline as a random map, seeded by the run's
-seed and the window's index: deterministic, different in every epoch (dynamic masking, as in
+more embedding row than the tokenizer has tokens (`gptjax.model.config.GPTConfig.from_run_config`);
+no tokenizer ever emits it. The masking runs in the grain pipeline as a random map, seeded by the
+run's seed and the window's index: deterministic, different in every epoch (dynamic masking, as in
 RoBERTa), and resumed exactly with the data iterator.
 
 A masked batch is int32 [B, 2, T]: row 0 the corrupted inputs, row 1 the labels, IGNORE where a

@@ -1,16 +1,16 @@
 """Input pipeline (grain): token streams -> windows -> shuffled, repeated, per-process batches.
 
-The token streams come from `gptjax.data.tokens` (a text source's tokenised cache, written on the first
-call, or token shards); this module only reads them. Each stream is cut into non-overlapping
-windows of seq_len + 1 tokens (inputs are window[:-1], targets window[1:]); the last partial
-window is dropped. Training shuffles the windows with `config.seed` (reshuffled each epoch,
-repeated forever) and groups them into global batches of `data.batch_size` rows; process p of P
-reads only rows [p*l, (p+1)*l), l = batch_size / P, of each global batch, so the processes
-together see exactly the one-process batch, in the same order.
+The token streams come from `gptjax.data.tokens` (a text source's tokenised cache, written on the
+first call, or token shards); this module only reads them. Each stream is cut into non-overlapping
+windows of seq_len + 1 tokens (inputs are window[:-1], targets window[1:]); the last partial window
+is dropped. Training shuffles the windows with `config.seed` (reshuffled each epoch, repeated
+forever) and groups them into global batches of `data.batch_size` rows; process p of P reads only
+rows [p*l, (p+1)*l), l = batch_size / P, of each global batch, so the processes together see exactly
+the one-process batch, in the same order.
 
-Under the MLM objective (`train.objective='mlm'`, `gptjax/data/masking.py`) each window is masked before
-batching by a grain random map seeded with the run's seed (the evaluation's with a fixed one), and
-a batch is int32 [B, 2, seq_len] of inputs and labels instead; the windows are the same.
+Under the MLM objective (`train.objective='mlm'`, `gptjax/data/masking.py`) each window is masked
+before batching by a grain random map seeded with the run's seed (the evaluation's with a fixed
+one), and a batch is int32 [B, 2, seq_len] of inputs and labels instead; the windows are the same.
 
 Checkpointing the position: `Data.train_iter` is a grain `DatasetIterator`; `get_state()` returns a
 small JSON-able dict and `set_state()` resumes exactly. With orbax, save it next to the model:
@@ -27,10 +27,10 @@ from __future__ import annotations
 import dataclasses
 from typing import Callable, Iterator
 
-from absl import logging
 import grain
 import ml_collections
 import numpy as np
+from absl import logging
 
 from gptjax.data import masking, tokens
 from gptjax.data.tokenizer import Tokenizer, load_or_train_tokenizer

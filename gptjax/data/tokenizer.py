@@ -21,10 +21,10 @@ import json
 import os
 from typing import Iterable, Iterator, Sequence
 
-from absl import logging
 import ml_collections
 import numpy as np
 import tokenizers
+from absl import logging
 
 from gptjax.data import corpus
 from gptjax.runs import run_dir
@@ -155,7 +155,8 @@ def load_tokenizer(directory: str) -> Tokenizer:
 
 
 def check_config(d: ml_collections.ConfigDict) -> None:
-  """Raises, naming the field and the fix, for a tokenizer setting that cannot work; reads no data."""
+  """Raises, naming the field and the fix, for a tokenizer setting that cannot work; reads no
+  data."""
   if d.tokenizer not in ('byte', 'bpe'):
     raise ValueError(f"data.tokenizer={d.tokenizer!r}; choose 'byte' or 'bpe'.")
   if d.tokenizer == 'bpe' and d.get('tokenizer_path', ''):

@@ -24,13 +24,13 @@ import os
 import tempfile
 from typing import Any, Iterator, Sequence
 
-from absl import logging
 import ml_collections
 import numpy as np
+from absl import logging
 
 from gptjax.data import corpus
-from gptjax.runs import run_dir
 from gptjax.data.tokenizer import Tokenizer
+from gptjax.runs import run_dir
 
 TOKEN_DTYPES = ('uint16', 'uint32')
 _CACHE_VERSION = 1  # bump when the cached token layout changes

@@ -1,5 +1,6 @@
 """Supervised fine-tuning of a pre-trained run, in full or with a parameter-efficient method,
-through the pre-training step, loop and checkpoints (`python -m gptjax.finetune`, docs/finetuning.md)."""
+through the pre-training step, loop and checkpoints (`python -m gptjax.finetune`,
+docs/finetuning.md)."""
 
 from gptjax import lazy_exports
 

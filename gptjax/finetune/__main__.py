@@ -1,4 +1,5 @@
-"""`python -m gptjax.finetune`: supervised fine-tuning of a pre-trained run, in full or with a PEFT method."""
+"""`python -m gptjax.finetune`: supervised fine-tuning of a pre-trained run, in full or with a PEFT
+method."""
 
 from gptjax.finetune import run
 from gptjax.runs import cli

@@ -4,12 +4,12 @@
       --workdir=runs/tiny_sft --config.finetune.method=lora --config.finetune.task=reverse
 
 The run starts from the parameters of `--init_from`'s latest checkpoint and trains on the task's
-prompt/response examples with the loss on response tokens only (`gptjax/finetune/sft_data.py`), through the
-pre-training step, loop, records and checkpoints (`gptjax/train/loop.py`): a rerun resumes exactly, a
-second process on the workdir is refused, and a changed config is refused unless
+prompt/response examples with the loss on response tokens only (`gptjax/finetune/sft_data.py`),
+through the pre-training step, loop, records and checkpoints (`gptjax/train/loop.py`): a rerun
+resumes exactly, a second process on the workdir is refused, and a changed config is refused unless
 `--allow_config_change`. The train state holds only what the method trains
-(`gptjax/finetune/state.py`, `gptjax/model/peft.py`). Each evaluation adds the response loss and, on a
-task with one right answer, the exact-match accuracy of greedy generations of the validation
+(`gptjax/finetune/state.py`, `gptjax/model/peft.py`). Each evaluation adds the response loss and, on
+a task with one right answer, the exact-match accuracy of greedy generations of the validation
 responses (`eval_exact_match`).
 
 Everything that can be refused is checked before anything is written: a missing run to start from,
@@ -30,25 +30,20 @@ import ml_collections
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from gptjax.train import checkpointing, evaluate
-from gptjax.runs import cli
-from gptjax.generate import decoding
-from gptjax.parallel import distributed
-from gptjax.finetune import state as finetune_state
-from gptjax.cost import flops
-from gptjax.parallel import hardware, sharding
-from gptjax.train import optim
-from gptjax.model import peft
-from gptjax.runs import run_dir
-from gptjax.finetune import sft_data, tasks
 from gptjax import train
-from gptjax.runs import workdir_lock
-from gptjax.model.gpt import GPT
-from gptjax.model.config import GPTConfig
-from gptjax.train.recorder import Recorder
-from gptjax.generate.sampling import SamplingConfig
-from gptjax.train.steps import eval_step, train_step
+from gptjax.cost import flops
 from gptjax.data.tokenizer import Tokenizer, load_tokenizer
+from gptjax.finetune import sft_data, state as finetune_state, tasks
+from gptjax.generate import decoding
+from gptjax.generate.sampling import SamplingConfig
+from gptjax.model import peft
+from gptjax.model.config import GPTConfig
+from gptjax.model.gpt import GPT
+from gptjax.parallel import distributed, hardware, sharding
+from gptjax.runs import cli, run_dir, workdir_lock
+from gptjax.train import checkpointing, evaluate, optim
+from gptjax.train.recorder import Recorder
+from gptjax.train.steps import eval_step, train_step
 
 
 def exact_match(params: Any, model_cfg: GPTConfig, tokenizer: Tokenizer,

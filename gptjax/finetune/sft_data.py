@@ -2,8 +2,8 @@
 
 A row is int32 [2, seq_len]: the inputs (prompt, response, EOS, then padding) and the labels, the
 next token wherever it is a response token or the closing EOS and `masking.IGNORE` elsewhere (prompt
-targets and padding). That is the masked-batch layout the training and evaluation steps already
-take (`gptjax/train/steps.py`), so fine-tuning runs the pre-training step unchanged. Padding goes on the
+targets and padding). That is the masked-batch layout the training and evaluation steps already take
+(`gptjax/train/steps.py`), so fine-tuning runs the pre-training step unchanged. Padding goes on the
 right: under causal attention no real token attends to a later pad, so a padded example's loss and
 gradient equal the unpadded one's, with no attention mask at all.
 
@@ -25,8 +25,8 @@ from absl import logging
 
 from gptjax import data as data_lib
 from gptjax.data import masking
-from gptjax.finetune import tasks
 from gptjax.data.tokenizer import Tokenizer
+from gptjax.finetune import tasks
 
 _READ_OPTIONS = grain.ReadOptions(num_threads=1, prefetch_buffer_size=8)
 
@@ -94,7 +94,8 @@ def build_sft_data(config: ml_collections.ConfigDict, tokenizer: Tokenizer, *,
   train_ds = train_ds.batch(local, drop_remainder=True)[process_index::process_count]
 
   num_eval = math.ceil(len(val_rows) / d.batch_size)
-  filler = np.full((num_eval * d.batch_size - len(val_rows), 2, d.seq_len), masking.IGNORE, np.int32)
+  filler = np.full((num_eval * d.batch_size - len(val_rows), 2, d.seq_len), masking.IGNORE,
+                   np.int32)
   filler[:, 0] = tokenizer.eos_id
   val_ds = grain.MapDataset.source(np.concatenate([val_rows, filler]))
   val_ds = val_ds.batch(local, drop_remainder=True)[process_index::process_count]

@@ -24,13 +24,13 @@ import jax.numpy as jnp
 import ml_collections
 from jax.sharding import Mesh
 
-from gptjax.train import checkpointing, optim
-from gptjax.model import peft
-from gptjax.runs import run_dir
-from gptjax.parallel import sharding
 from gptjax import train
-from gptjax.model.gpt import GPT
+from gptjax.model import peft
 from gptjax.model.config import GPTConfig
+from gptjax.model.gpt import GPT
+from gptjax.parallel import sharding
+from gptjax.runs import run_dir
+from gptjax.train import checkpointing, optim
 from gptjax.train.steps import TrainState
 
 BASE_FILE = 'base.json'

@@ -5,12 +5,13 @@ Every task needs no download:
   pre-trained on Python source meets a familiar notation ("reverse('abc') == '" -> "cba'"). Each
   has one right answer, so generation is scored by exact match.
 - 'docstring': from the embedded corpus, a function's signature and docstring as the prompt and its
-  body as the response; the files are split into train and validation exactly as for
-  pre-training (`gptjax.data.corpus.text_splits`), so no validation function was seen in either stage.
+  body as the response; the files are split into train and validation exactly as for pre-training
+  (`gptjax.data.corpus.text_splits`), so no validation function was seen in either stage.
 - 'jsonl': the user's file of {"prompt": ..., "response": ...} lines (`finetune.task_path`), with
   validation from `finetune.eval_path` or, without one, a stable 5% of the lines.
 
-Examples are plain strings here; `gptjax/finetune/sft_data.py` tokenizes them and builds the batches.
+Examples are plain strings here; `gptjax/finetune/sft_data.py` tokenizes them and builds the
+batches.
 """
 
 from __future__ import annotations

@@ -16,14 +16,14 @@ import jax
 import numpy as np
 from absl import app, flags
 
-from gptjax.runs import cli
+from gptjax.data.tokenizer import load_or_train_tokenizer
 from gptjax.finetune import state
-from gptjax.parallel import hardware
 from gptjax.generate.beam_search import BeamSearchConfig, beam_search
 from gptjax.generate.decoding import left_pad, sample_windowed
-from gptjax.model.config import GPTConfig
 from gptjax.generate.sampling import SamplingConfig
-from gptjax.data.tokenizer import load_or_train_tokenizer
+from gptjax.model.config import GPTConfig
+from gptjax.parallel import hardware
+from gptjax.runs import cli
 
 _WORKDIR = flags.DEFINE_string('workdir', None,
                                 'Run directory holding config.json and checkpoints/.')

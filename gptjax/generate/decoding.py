@@ -24,9 +24,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from gptjax.model.gpt import GPT
-from gptjax.model.config import GPTConfig
 from gptjax.generate.sampling import SamplingConfig, select_tokens
+from gptjax.model.config import GPTConfig
+from gptjax.model.gpt import GPT
 
 Array = jax.Array
 

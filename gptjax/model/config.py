@@ -50,13 +50,14 @@ class GPTConfig:
   param_dtype: str = 'float32'
   scan_layers: bool = False
   remat: str = 'none'
-  # A backend of `gptjax.model.attention`; '' (the config files' default) is resolved to one where the
-  # run is set up (`gptjax.parallel.hardware.resolve_attention`), before the model is applied.
+  # A backend of `gptjax.model.attention`; '' (the config files' default) is resolved to one where
+  # the run is set up (`gptjax.parallel.hardware.resolve_attention`), before the model is applied.
   attention_impl: str = 'xla'
-  # False: every position attends to the whole sequence (the MLM objective, `gptjax/data/masking.py`).
+  # False: every position attends to the whole sequence (the MLM objective,
+  # `gptjax/data/masking.py`).
   causal: bool = True
-  # The fine-tuning method and its sizes (`gptjax/model/peft.py`); the default 'full' adds nothing. Set
-  # from the run config's `finetune` section, not from `model`.
+  # The fine-tuning method and its sizes (`gptjax/model/peft.py`); the default 'full' adds nothing.
+  # Set from the run config's `finetune` section, not from `model`.
   peft: PeftConfig = PeftConfig()
 
   def __post_init__(self):
@@ -106,8 +107,9 @@ class GPTConfig:
   @classmethod
   def from_run_config(cls, config: ml_collections.ConfigDict) -> GPTConfig:
     """The model of a whole run config, checked against the sequences its data will feed it and
-    its objective; under MLM the vocabulary holds one more id, `[MASK]` (`gptjax/data/masking.py`). A
-    `finetune` section, where the config has one, sets the fine-tuning method (`gptjax/model/peft.py`)."""
+    its objective; under MLM the vocabulary holds one more id, `[MASK]` (`gptjax/data/masking.py`).
+    A `finetune` section, where the config has one, sets the fine-tuning method
+    (`gptjax/model/peft.py`)."""
     peft = PeftConfig.from_config(config.finetune) if 'finetune' in config else PeftConfig()
     offset = peft.position_offset  # prefix or prompt slots in front of every sequence
     if (config.data.seq_len + offset > config.model.max_seq_len

@@ -1,10 +1,10 @@
 """GPT decoder in flax.linen, with logical axis names on every parameter and main activation.
 
-The model names only logical axes ('vocab', 'embed', 'heads', ...); `gptjax/parallel/sharding.py` maps them to a
-device mesh through the rules in the config, so the same module runs unsharded on one CPU or split
-over a pod without changes here. `config.peft` adds a fine-tuning method's parameters (LoRA,
-adapters, a prefix or a prompt) through the hooks of `gptjax/model/peft_layers.py`; with its default
-the model is the plain one, parameter for parameter.
+The model names only logical axes ('vocab', 'embed', 'heads', ...); `gptjax/parallel/sharding.py`
+maps them to a device mesh through the rules in the config, so the same module runs unsharded on one
+CPU or split over a pod without changes here. `config.peft` adds a fine-tuning method's parameters
+(LoRA, adapters, a prefix or a prompt) through the hooks of `gptjax/model/peft_layers.py`; with its
+default the model is the plain one, parameter for parameter.
 
 Shape legend used in names and comments throughout the package:
   B batch, T query length, S key/value length (the KV cache in decoding), D d_model,
@@ -41,7 +41,8 @@ def _ones(names: tuple[str | None, ...]) -> Callable:
 
 
 def sinusoidal_positions(positions_BxT: Array, d_model: int) -> Array:
-  """PE(pos, 2i) = sin(pos / 10000^(2i/d)), PE(pos, 2i+1) = cos(...), interleaved as in the paper."""
+  """PE(pos, 2i) = sin(pos / 10000^(2i/d)), PE(pos, 2i+1) = cos(...), interleaved as in the
+  paper."""
   inv_freq = 1.0 / (10000.0 ** (jnp.arange(0, d_model, 2, dtype=jnp.float32) / d_model))  # [D/2]
   angles_BxTxD2 = positions_BxT[..., None].astype(jnp.float32) * inv_freq[None, None, :]
   pe_BxTxD2x2 = jnp.stack([jnp.sin(angles_BxTxD2), jnp.cos(angles_BxTxD2)], axis=-1)

@@ -6,9 +6,10 @@ A method adapts a pretrained GPT while the GPT's own weights stay frozen ('full'
              2019), its up-projection 0 at init
   'prefix'   learned keys and values that every query of every layer sees first (Li & Liang 2021)
   'prompt'   learned input embeddings in front of the tokens (Lester et al. 2021)
-`GPTConfig.peft` chooses one; the modules are in `gptjax/model/peft_layers.py`. Every parameter a method
-adds is named `<method>_<part>` (`lora_a`, `adapter_up`, `prefix_key`, `prompt_embed`), and that
-name alone decides what `split_trainable` trains. docs/finetuning.md states each method's formulas.
+`GPTConfig.peft` chooses one; the modules are in `gptjax/model/peft_layers.py`. Every parameter a
+method adds is named `<method>_<part>` (`lora_a`, `adapter_up`, `prefix_key`, `prompt_embed`), and
+that name alone decides what `split_trainable` trains. docs/finetuning.md states each method's
+formulas.
 
 Letters as in `gptjax/model/gpt.py`, plus r the LoRA rank, a the adapter width and P the prefix or
 prompt length.

@@ -5,8 +5,9 @@ model's parameters and computation stay exactly as they are. The hooks create th
 parameters in whichever module calls them (linen binds a submodule to the module whose compact
 method is running), so a LoRA of the query lives at `attn/query_lora` next to `attn/query`.
 
-Letters as in `gptjax/model/gpt.py` and `gptjax/model/peft.py`; I and O stand for a wrapped kernel's input
-and output dimensions (one or two of them: [D] -> [N, H] for the query, [N, H] -> [D] for 'out').
+Letters as in `gptjax/model/gpt.py` and `gptjax/model/peft.py`; I and O stand for a wrapped kernel's
+input and output dimensions (one or two of them: [D] -> [N, H] for the query, [N, H] -> [D] for
+'out').
 """
 
 from __future__ import annotations

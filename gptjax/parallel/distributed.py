@@ -51,7 +51,8 @@ def configure_cpu_devices(count: int) -> None:
   except RuntimeError as error:
     raise RuntimeError(
         f'mesh.cpu_devices={count} came too late: JAX had already started its backends. Call '
-        'gptjax.parallel.distributed.configure_cpu_devices before any JAX computation (gptjax.main does).'
+        'gptjax.parallel.distributed.configure_cpu_devices before any JAX computation '
+        '(gptjax.main does).'
     ) from error
 
 

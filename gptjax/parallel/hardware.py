@@ -1,7 +1,8 @@
 """Settings that depend on the hardware, resolved once where a run is set up and logged.
 
 Two config fields leave a choice to the machine the run lands on:
-  model.attention_impl  ''  -> the attention backend measured fastest there (`gptjax.model.attention`)
+  model.attention_impl  ''  -> the attention backend measured fastest there
+                               (`gptjax.model.attention`)
   train.tokens_per_pass 'auto' -> how many sequential passes (micro-batches) one step runs
 The step and the model only ever see the resolved values: a backend name and a pass count.
 """
@@ -16,8 +17,8 @@ from absl import logging
 from jax.sharding import Mesh
 
 from gptjax.model import attention
-from gptjax.parallel import sharding
 from gptjax.model.config import GPTConfig
+from gptjax.parallel import sharding
 
 # 'auto' on a CPU: tokens per host in one forward+backward pass, shared by the host's devices.
 # A pass this small keeps each layer's activations in the caches between its forward and backward
@@ -65,7 +66,8 @@ def passes_per_step(batch_size: int, seq_len: int, grad_accum_steps: int, *, bud
 
 
 def resolve_passes(config: ml_collections.ConfigDict, mesh: Mesh) -> int:
-  """The step's micro-batch count for `config` on `mesh`; logged when it differs from the config's."""
+  """The step's micro-batch count for `config` on `mesh`; logged when it differs from the
+  config's."""
   platform = mesh.devices.flat[0].platform
   budget = tokens_per_pass(config.train.tokens_per_pass, platform)
   passes = passes_per_step(config.data.batch_size, config.data.seq_len,

@@ -9,11 +9,13 @@
   python -m gptjax.preferences ppo --config=experiments/configs/preferences.py:ppo \
       --init_from=runs/tiny_sft --pairs=runs/pairs --reward_from=runs/rm --workdir=runs/ppo
 
-`pairs` samples the policy and labels its responses by the gold reward (`gptjax/preferences/pair_sampling.py`);
-`reward` fits a reward model to the pairs (`gptjax/preferences/reward_training.py`); `dpo` trains the policy
-on them directly (`gptjax/preferences/dpo_training.py`); `ppo` trains it against the reward model
-(`gptjax/preferences/ppo_training.py`). Each stage is a run directory: rerunning a command resumes it (or, for
-`pairs`, reuses its pairs), and every input error ends in one line before anything is written.
+`pairs` samples the policy and labels its responses by the gold reward
+(`gptjax/preferences/pair_sampling.py`); `reward` fits a reward model to the pairs
+(`gptjax/preferences/reward_training.py`); `dpo` trains the policy on them directly
+(`gptjax/preferences/dpo_training.py`); `ppo` trains it against the reward model
+(`gptjax/preferences/ppo_training.py`). Each stage is a run directory: rerunning a command resumes
+it (or, for `pairs`, reuses its pairs), and every input error ends in one line before anything is
+written.
 """
 
 from __future__ import annotations
@@ -24,9 +26,9 @@ from typing import Sequence
 from absl import app, flags
 from ml_collections import config_flags
 
-from gptjax.runs import cli
 from gptjax.parallel import distributed
 from gptjax.preferences import dpo_training, pair_sampling, ppo_training, reward_training
+from gptjax.runs import cli
 
 STAGES = {'pairs': pair_sampling.make_pairs, 'reward': reward_training.train_reward_model,
           'dpo': dpo_training.train_dpo, 'ppo': ppo_training.train_ppo}

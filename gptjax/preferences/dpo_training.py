@@ -31,15 +31,15 @@ import ml_collections
 import numpy as np
 from jax.sharding import Mesh
 
-from gptjax.preferences import gold_rewards, policy_sampling, pair_data, pairs as preference_pairs
-from gptjax.train import optim
-from gptjax.preferences import stage as preference_stage, rollouts
-from gptjax.parallel import sharding
-from gptjax.model.gpt import GPT
-from gptjax.model.config import GPTConfig
-from gptjax.preferences.losses import dpo_loss
-from gptjax.train.steps import TrainState
 from gptjax.data.tokenizer import load_tokenizer
+from gptjax.model.config import GPTConfig
+from gptjax.model.gpt import GPT
+from gptjax.parallel import sharding
+from gptjax.preferences import (gold_rewards, pair_data, pairs as preference_pairs, policy_sampling,
+                                rollouts, stage as preference_stage)
+from gptjax.preferences.losses import dpo_loss
+from gptjax.train import optim
+from gptjax.train.steps import TrainState
 
 Array = jax.Array
 EVAL_NAMES = ('accuracy', 'loss', 'margin', 'reward_chosen', 'reward_rejected')

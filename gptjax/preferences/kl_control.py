@@ -6,7 +6,8 @@ the frozen SFT model (Ziegler et al., "Fine-Tuning Language Models from Human Pr
 whose expectation under pi is the exact KL of that step; it enters the reward at every token, and
 the score only at the last one.
 
-Arrays are [B, T] over responses, mask_BxT True at generated tokens, as in `gptjax/preferences/ppo_math.py`.
+Arrays are [B, T] over responses, mask_BxT True at generated tokens, as in
+`gptjax/preferences/ppo_math.py`.
 """
 
 from __future__ import annotations

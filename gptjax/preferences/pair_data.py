@@ -11,8 +11,8 @@ warning. Right padding needs no care:
 the scorers mask pads out of attention, and a causal model never lets a real token see a later pad.
 
 Training rows are shuffled with the run's seed, repeated and batched by grain, so the position is
-checkpointed with the model (`gptjax/train/checkpointing.py`). Evaluation rows come in a fixed order;
-the last batch is filled with all-PAD rows, which every evaluation step weighs 0.
+checkpointed with the model (`gptjax/train/checkpointing.py`). Evaluation rows come in a fixed
+order; the last batch is filled with all-PAD rows, which every evaluation step weighs 0.
 """
 
 from __future__ import annotations
@@ -26,9 +26,9 @@ import numpy as np
 from absl import logging
 
 from gptjax import data as data_lib
+from gptjax.data.tokenizer import Tokenizer
 from gptjax.preferences import rollouts
 from gptjax.preferences.pairs import Pair
-from gptjax.data.tokenizer import Tokenizer
 
 PAD, PROMPT, RESPONSE = 0, 1, 2
 _READ_OPTIONS = grain.ReadOptions(num_threads=1, prefetch_buffer_size=8)

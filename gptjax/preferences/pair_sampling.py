@@ -21,12 +21,13 @@ import ml_collections
 import numpy as np
 from absl import logging
 
-from gptjax.preferences import (gold_rewards, policy_sampling, pairs as preference_pairs, stage as preference_stage, rollouts)
-from gptjax.parallel import sharding
+from gptjax.data.tokenizer import load_tokenizer
 from gptjax.finetune import tasks
 from gptjax.model.gpt import GPT
+from gptjax.parallel import sharding
+from gptjax.preferences import (gold_rewards, pairs as preference_pairs, policy_sampling, rollouts,
+                                stage as preference_stage)
 from gptjax.preferences.pairs import Pair
-from gptjax.data.tokenizer import load_tokenizer
 
 
 def check_config(config: ml_collections.ConfigDict) -> None:

@@ -17,11 +17,11 @@ import jax
 import numpy as np
 from jax.sharding import Mesh
 
-from gptjax.preferences import kl_control, rollouts
-from gptjax.parallel import sharding
 from gptjax import train
-from gptjax.model.config import GPTConfig
 from gptjax.data.tokenizer import Tokenizer
+from gptjax.model.config import GPTConfig
+from gptjax.parallel import sharding
+from gptjax.preferences import kl_control, rollouts
 
 Array = jax.Array
 # Evaluation draws from its own stream, the same at every evaluation of a run.

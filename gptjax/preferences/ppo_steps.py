@@ -31,9 +31,9 @@ import jax.numpy as jnp
 import ml_collections
 import optax
 
-from gptjax.preferences import kl_control, ppo_math, stage, rollouts
-from gptjax.train import masked_tokens
 from gptjax.model.config import GPTConfig
+from gptjax.preferences import kl_control, ppo_math, rollouts, stage
+from gptjax.train import masked_tokens
 from gptjax.train.steps import TrainState
 
 Array = jax.Array

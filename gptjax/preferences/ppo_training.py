@@ -8,18 +8,18 @@ model's (--reward_from: trunk and head, the usual choice when the two share a si
 model scores every rollout. One step of the run (train.num_steps of them) is one rollout batch:
 data.batch_size training prompts from the pairs file (shuffled and repeated by grain, so the
 position is checkpointed with the model), one response each at temperature 1, then ppo.epochs x
-ppo.minibatches optimizer steps (`gptjax/preferences/ppo_steps.py`). The learning-rate schedule counts
-optimizer steps. beta starts at ppo.kl_beta and, with ppo.kl_target > 0, follows the adaptive
+ppo.minibatches optimizer steps (`gptjax/preferences/ppo_steps.py`). The learning-rate schedule
+counts optimizer steps. beta starts at ppo.kl_beta and, with ppo.kl_target > 0, follows the adaptive
 controller between batches (`kl_control.KLController`); it lives in the checkpointed state, so a
 resumed run continues with the beta it had. All randomness comes from the run's seed and the step,
 so a run resumed from a checkpoint takes the very steps of one never stopped.
 
 Records per step: `reward` (the reward model's mean score), `gold_reward` (the gold reward of the
 same responses), `kl` (mean k1 KL to the reference per response), `kl_beta`, `entropy`,
-`clip_fraction`, `approx_kl`, `policy_loss` (as `train_loss`), `value_loss`,
-`value_clip_fraction`, `response_tokens`, the norms and the rate. Each evaluation samples
-preferences.eval_samples held-out prompts (`gptjax/preferences/policy_sampling.py`): `eval_gold_reward`,
-`eval_kl`, `eval_reward`, `eval_response_tokens`.
+`clip_fraction`, `approx_kl`, `policy_loss` (as `train_loss`), `value_loss`, `value_clip_fraction`,
+`response_tokens`, the norms and the rate. Each evaluation samples preferences.eval_samples held-out
+prompts (`gptjax/preferences/policy_sampling.py`): `eval_gold_reward`, `eval_kl`, `eval_reward`,
+`eval_response_tokens`.
 """
 
 from __future__ import annotations
@@ -34,21 +34,18 @@ import ml_collections
 import numpy as np
 from absl import logging
 
-from gptjax.train import checkpointing, optim
-from gptjax.preferences import dpo_training, gold_rewards, kl_control
-from gptjax.parallel import hardware
-from gptjax.preferences import policy_sampling
-from gptjax.preferences import (pair_data, pairs as preference_pairs, stage as preference_stage, reward_model)
-from gptjax.preferences import reward_training, rollouts
-from gptjax.runs import run_dir
-from gptjax.parallel import sharding
-from gptjax.train import stopping
 from gptjax import train
-from gptjax.model.gpt import GPT
-from gptjax.model.config import GPTConfig
-from gptjax.preferences.ppo_steps import PPOSettings, PPOState, ppo_update, rollout_step
-from gptjax.train.recorder import Recorder
 from gptjax.data.tokenizer import load_tokenizer
+from gptjax.model.config import GPTConfig
+from gptjax.model.gpt import GPT
+from gptjax.parallel import hardware, sharding
+from gptjax.preferences import (dpo_training, gold_rewards, kl_control, pair_data,
+                                pairs as preference_pairs, policy_sampling, reward_model,
+                                reward_training, rollouts, stage as preference_stage)
+from gptjax.preferences.ppo_steps import PPOSettings, PPOState, ppo_update, rollout_step
+from gptjax.runs import run_dir
+from gptjax.train import checkpointing, optim, stopping
+from gptjax.train.recorder import Recorder
 
 EVAL_KEY = 'eval_gold_reward'
 

@@ -7,10 +7,10 @@ only position that has seen all of it. A value model reads them all: the score a
 of the prefix up to t, the state in which token t + 1 is chosen, so values pair with tokens under
 the same one-position shift as logits (scores[:, :-1] with tokens[:, 1:]).
 
-Rows may be padded on either side: the mask goes to attention as its key mask and positions
-count from each row's first real token, so a padded row scores exactly what the same tokens
-unpadded would (the layout `gptjax/generate/decoding.py` generates from: a left-padded prompt, then the
-response, then right padding).
+Rows may be padded on either side: the mask goes to attention as its key mask and positions count
+from each row's first real token, so a padded row scores exactly what the same tokens unpadded would
+(the layout `gptjax/generate/decoding.py` generates from: a left-padded prompt, then the response,
+then right padding).
 
 The parameters are {'trunk': GPT params without the readout, 'scalar_head': {kernel, bias}};
 `attach_scalar_head` builds them from a trained GPT's, such as the SFT model's.
@@ -25,9 +25,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from gptjax.train.masked_tokens import at_last_true
-from gptjax.model.gpt import GPT
 from gptjax.model.config import GPTConfig
+from gptjax.model.gpt import GPT
+from gptjax.train.masked_tokens import at_last_true
 
 Array = jax.Array
 

@@ -26,15 +26,15 @@ import ml_collections
 import numpy as np
 from jax.sharding import Mesh
 
-from gptjax.train import checkpointing, optim
-from gptjax.preferences import pair_data, pairs as preference_pairs, stage as preference_stage
-from gptjax.preferences import reward_model
-from gptjax.runs import run_dir
-from gptjax.parallel import sharding
-from gptjax.model.config import GPTConfig
-from gptjax.preferences.losses import bradley_terry_loss
-from gptjax.train.steps import TrainState
 from gptjax.data.tokenizer import load_tokenizer
+from gptjax.model.config import GPTConfig
+from gptjax.parallel import sharding
+from gptjax.preferences import (pair_data, pairs as preference_pairs, reward_model,
+                                stage as preference_stage)
+from gptjax.preferences.losses import bradley_terry_loss
+from gptjax.runs import run_dir
+from gptjax.train import checkpointing, optim
+from gptjax.train.steps import TrainState
 
 Array = jax.Array
 EVAL_NAMES = ('accuracy', 'loss', 'margin')

@@ -23,13 +23,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from gptjax.generate import decoding
-from gptjax.train import masked_tokens
-from gptjax.preferences import reward_model
-from gptjax.model.gpt import GPT
-from gptjax.model.config import GPTConfig
-from gptjax.generate.sampling import SamplingConfig
 from gptjax.data.tokenizer import Tokenizer
+from gptjax.generate import decoding
+from gptjax.generate.sampling import SamplingConfig
+from gptjax.model.config import GPTConfig
+from gptjax.model.gpt import GPT
+from gptjax.preferences import reward_model
+from gptjax.train import masked_tokens
 
 Array = jax.Array
 

@@ -30,18 +30,16 @@ import ml_collections
 import optax
 from jax.sharding import Mesh
 
-from gptjax.train import checkpointing
-from gptjax.finetune import state as finetune_state
-from gptjax.parallel import hardware
-from gptjax.preferences import pair_data
-from gptjax.runs import run_dir
-from gptjax.parallel import sharding
 from gptjax import train
-from gptjax.runs import workdir_lock
+from gptjax.data.tokenizer import Tokenizer
+from gptjax.finetune import state as finetune_state
 from gptjax.model.config import GPTConfig
+from gptjax.parallel import hardware, sharding
+from gptjax.preferences import pair_data
+from gptjax.runs import run_dir, workdir_lock
+from gptjax.train import checkpointing
 from gptjax.train.recorder import Recorder
 from gptjax.train.steps import TrainState
-from gptjax.data.tokenizer import Tokenizer
 
 SOURCES_FILE = 'sources.json'
 PREFERENCE_SECTIONS = ('preferences', 'pairs', 'reward', 'dpo', 'ppo')

@@ -90,7 +90,8 @@ def _flags_parser(program: str) -> Callable[[list[str]], list[str]]:
 
 def run(main: Callable[[list[str]], Any], program: str,
         usage_errors: tuple[type[BaseException], ...] = (ValueError, OSError)) -> None:
-  """`absl.app.run(main)`, ending user mistakes and stopped runs in one line (see the module doc)."""
+  """`absl.app.run(main)`, ending user mistakes and stopped runs in one line (see the module
+  doc)."""
   def guarded(argv: list[str]) -> Any:
     try:
       return main(argv)
@@ -107,7 +108,8 @@ def run(main: Callable[[list[str]], Any], program: str,
 
 
 def format_duration(seconds: float) -> str:
-  """'4m07s', '1h05m', '12.5 days' or '3.2 years': exact for an ETA, readable for a cost estimate."""
+  """'4m07s', '1h05m', '12.5 days' or '3.2 years': exact for an ETA, readable for a cost
+  estimate."""
   seconds = max(float(seconds), 0.0)
   if seconds >= 365 * 86400:
     return f'{seconds / (365 * 86400):.3g} years'

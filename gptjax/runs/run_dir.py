@@ -7,7 +7,8 @@ A run directory (`--workdir`) holds
   tensorboard/         the same scalars as TensorBoard events
   tokenizer.json       the run's tokenizer (`gptjax.data.tokenizer`)
   data/<fingerprint>/  the tokenised corpus cache (`gptjax.data.tokens`)
-  checkpoints/<step>/  orbax checkpoints of the train state and data iterator (`gptjax.train.checkpointing`)
+  checkpoints/<step>/  orbax checkpoints of the train state and data iterator
+                       (`gptjax.train.checkpointing`)
   run.lock             held by the run training in it (`gptjax.runs.workdir_lock`)
 Sweeps, fits and plots read runs only through this module and `gptjax.scaling.records`.
 
@@ -35,7 +36,8 @@ DATA_DIR = 'data'
 CHECKPOINT_DIR = 'checkpoints'
 UNREADABLE_DIR = 'checkpoints.unreadable'
 LOCK_FILE = 'run.lock'
-EVAL_KEY = 'eval_loss'  # the metrics.jsonl field of an evaluation's loss, and what marks an eval record
+# The metrics.jsonl field of an evaluation's loss, and what marks a record as an evaluation's.
+EVAL_KEY = 'eval_loss'
 
 # Fields that change how a run reports or which hardware runs it, not what it trains. A difference
 # anywhere else means another experiment: a workdir made with one config does not resume another.

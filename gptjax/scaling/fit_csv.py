@@ -19,7 +19,7 @@ import numpy as np
 from absl import flags
 
 from gptjax.runs import cli
-from gptjax.scaling import laws, huber, table as scaling_table
+from gptjax.scaling import huber, laws, table as scaling_table
 
 GRID_SIZE = len(huber.GRID_Gx5)
 _ALLOCATION = ('params', 'tokens', 'tokens_per_param', 'loss')

@@ -1,7 +1,8 @@
 r"""Coordinate check: do activations keep their size as the model widens, under SP and under muP?
 
-  python -m gptjax.scaling mup_check --config=experiments/configs/tiny.py --widths=64,128,256,512,1024 \
-      [--steps=3 --out_dir=runs/mup_check --config.train.learning_rate=0.01 --base_width=64]
+  python -m gptjax.scaling mup_check --config=experiments/configs/tiny.py \
+      --widths=64,128,256,512,1024 [--steps=3 --out_dir=runs/mup_check \
+      --config.train.learning_rate=0.01 --base_width=64]
 
 For each parametrisation and width (d_model; the head count, depth and everything else come from
 the config) it trains from the same seed on one fixed batch of random tokens and records the mean
@@ -31,11 +32,11 @@ import numpy as np
 from absl import app, flags
 from ml_collections import config_flags
 
-from gptjax.train import optim
 from gptjax.model import parametrization
-from gptjax.scaling import plots
-from gptjax.model.gpt import GPT, MLP, Block, CausalSelfAttention
 from gptjax.model.config import GPTConfig
+from gptjax.model.gpt import GPT, MLP, Block, CausalSelfAttention
+from gptjax.scaling import plots
+from gptjax.train import optim
 from gptjax.train.steps import TrainState, train_step
 
 # {parametrization: {width: [{layer: mean |activation|} for step 0..steps]}}

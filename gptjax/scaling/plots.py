@@ -19,15 +19,13 @@ import os
 from typing import Any, Mapping, Sequence
 
 import matplotlib
-
 matplotlib.use('Agg')  # files only; no display needed on a cluster node
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from absl import app, flags, logging  # noqa: E402
 from matplotlib.colors import LogNorm  # noqa: E402
 
-from gptjax.scaling import records as records_lib  # noqa: E402
-from gptjax.scaling import laws, isoflop  # noqa: E402
+from gptjax.scaling import isoflop, laws, records as records_lib  # noqa: E402
 
 Rows = Sequence[Mapping[str, Any]]
 COLORMAP = 'viridis'

@@ -18,9 +18,8 @@ import numpy as np
 from absl import logging
 
 from gptjax.runs import run_dir
-from gptjax.scaling import envelope as scaling_envelope
-from gptjax.scaling import isoflop as scaling_isoflop
-from gptjax.scaling import laws, plots, records, replicas
+from gptjax.scaling import (envelope as scaling_envelope, isoflop as scaling_isoflop, laws, plots,
+                            records, replicas)
 
 FIT_DIR, PLOTS_DIR = 'fit', 'plots'
 FIT_FILE = 'fit.json'

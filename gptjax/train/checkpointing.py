@@ -61,7 +61,8 @@ _checksum_tree = jax.jit(lambda tree: jax.tree.map(_leaf_checksum, tree))
 
 
 def _flat_names(tree: Any) -> dict[str, Any]:
-  """Leaves by orbax's own dotted names ('params.block_0.attn.key.kernel', 'opt_state.1.0.mu...')."""
+  """Leaves by orbax's own dotted names ('params.block_0.attn.key.kernel',
+  'opt_state.1.0.mu...')."""
   flat = ocp.tree.to_flat_dict(ocp.tree.serialize_tree(tree, keep_empty_nodes=True), sep='.')
   return {name: leaf for name, leaf in flat.items() if hasattr(leaf, 'shape')}
 

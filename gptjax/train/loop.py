@@ -1,8 +1,8 @@
 """The training loop: sharded state creation, jitted steps, evaluation, records, checkpoints.
 
-The steps themselves are pure functions in `gptjax/train/steps.py`; this module places them on the mesh
-and drives them. The loop dispatches step t before reading step t-1's loss, so the host never waits
-on the device except at logging, evaluation and checkpoint points.
+The steps themselves are pure functions in `gptjax/train/steps.py`; this module places them on the
+mesh and drives them. The loop dispatches step t before reading step t-1's loss, so the host never
+waits on the device except at logging, evaluation and checkpoint points.
 """
 
 from __future__ import annotations
@@ -21,17 +21,14 @@ from absl import logging
 from jax.experimental import multihost_utils
 from jax.sharding import Mesh
 
-from gptjax.train import checkpointing, evaluate
 from gptjax import data as data_lib
 from gptjax.cost import flops
-from gptjax.parallel import hardware
-from gptjax.train import checks, optim, stopping
-from gptjax.runs import run_dir
-from gptjax.parallel import sharding
 from gptjax.data import tokenizer, tokens
-from gptjax.runs import workdir_lock
-from gptjax.model.gpt import GPT
 from gptjax.model.config import GPTConfig
+from gptjax.model.gpt import GPT
+from gptjax.parallel import hardware, sharding
+from gptjax.runs import run_dir, workdir_lock
+from gptjax.train import checkpointing, checks, evaluate, optim, stopping
 from gptjax.train.recorder import Recorder
 from gptjax.train.steps import TrainState, eval_step, train_step, train_steps
 

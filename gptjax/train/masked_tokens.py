@@ -1,10 +1,10 @@
 """Per-token quantities of a batch of token sequences, counted only where a mask is True.
 
 The preference objectives (`gptjax/preferences/ppo_math.py`, `gptjax/preferences/kl_control.py`,
-`gptjax/preferences/losses.py`) and the scalar-headed model (`gptjax/preferences/reward_model.py`) all score
-some tokens of a row (a response) and not others (its prompt, the padding). They take the
-tokens that count as a boolean mask_BxT and reduce through the helpers here, so "which tokens
-count" has one meaning everywhere: a masked entry contributes exactly 0 and never a NaN.
+`gptjax/preferences/losses.py`) and the scalar-headed model (`gptjax/preferences/reward_model.py`)
+all score some tokens of a row (a response) and not others (its prompt, the padding). They take the
+tokens that count as a boolean mask_BxT and reduce through the helpers here, so "which tokens count"
+has one meaning everywhere: a masked entry contributes exactly 0 and never a NaN.
 
 Shape letters follow `gptjax/model/gpt.py`: B batch, T length, V vocabulary.
 """

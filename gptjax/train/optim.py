@@ -1,8 +1,8 @@
 """AdamW with a warmup schedule, global-norm clipping and weight decay on matrices only.
 
-Under muP (`model.parametrization='mup'`, see `gptjax/model/parametrization.py`) each parameter's Adam
-update is scaled by its class's learning-rate multiplier before the weight decay is added, so the
-decay per step stays lr(t) * weight_decay at every width.
+Under muP (`model.parametrization='mup'`, see `gptjax/model/parametrization.py`) each parameter's
+Adam update is scaled by its class's learning-rate multiplier before the weight decay is added, so
+the decay per step stays lr(t) * weight_decay at every width.
 """
 
 from __future__ import annotations
@@ -17,8 +17,8 @@ import numpy as np
 import optax
 
 from gptjax.model import parametrization
-from gptjax.model.gpt import GPT
 from gptjax.model.config import GPTConfig
+from gptjax.model.gpt import GPT
 
 SCHEDULES = ('cosine', 'constant', 'inverse_sqrt')
 # Parameters that are decayed: weight matrices and embedding tables. Norm scales and biases are not:

@@ -1,8 +1,8 @@
 """The records of a run: each logged step's throughput, FLOPs, MFU and evaluation, written to
 `metrics.jsonl` (and TensorBoard) on process 0, with a progress line in the log.
 
-Shared by pre-training (`gptjax/train/loop.py`) and fine-tuning (`gptjax/finetune/run.py`), so both write
-records the sweep's fits and plots read the same way.
+Shared by pre-training (`gptjax/train/loop.py`) and fine-tuning (`gptjax/finetune/run.py`), so both
+write records the sweep's fits and plots read the same way.
 """
 
 from __future__ import annotations
@@ -15,12 +15,12 @@ import ml_collections
 from absl import logging
 
 from gptjax import data as data_lib
-from gptjax.train import evaluate, metrics as metrics_lib
 from gptjax.cost import flops
-from gptjax.runs import run_dir
 from gptjax.model.config import GPTConfig
-from gptjax.train.progress import Progress
+from gptjax.runs import run_dir
 from gptjax.runs.run_dir import EVAL_KEY
+from gptjax.train import evaluate, metrics as metrics_lib
+from gptjax.train.progress import Progress
 
 
 class Recorder:

@@ -1,10 +1,10 @@
 """Pure training and evaluation steps: functions of (state, batch), jitted by the caller with shardings.
 
-A batch is either next-token windows, int32 [B, T+1] (inputs are [:, :-1], targets [:, 1:]), or
-rows of inputs and labels, int32 [B, 2, T] (inputs [:, 0], labels [:, 1], `masking.IGNORE` where nothing
-is predicted): the MLM objective's masked windows (`gptjax/data/masking.py`) and fine-tuning's padded
-prompt/response examples (`gptjax/finetune/sft_data.py`). The batch's rank says which, so the steps need no
-flag.
+A batch is either next-token windows, int32 [B, T+1] (inputs are [:, :-1], targets [:, 1:]), or rows
+of inputs and labels, int32 [B, 2, T] (inputs [:, 0], labels [:, 1], `masking.IGNORE` where nothing
+is predicted): the MLM objective's masked windows (`gptjax/data/masking.py`) and fine-tuning's
+padded prompt/response examples (`gptjax/finetune/sft_data.py`). The batch's rank says which, so the
+steps need no flag.
 """
 
 from __future__ import annotations
@@ -62,7 +62,8 @@ def loss_fn(params: Any, model: GPT, batch: Array, dropout_key: Array | None,
             frozen_params: Any = None) -> Array:
   """Mean NLL of the predicted tokens (every next token; the selected ones of a masked batch);
   dropout is on iff a key is given. `frozen_params`, if given, completes `params` to the model's
-  tree (a fine-tune's base, `gptjax/model/peft.py`): the gradient is then taken for `params` alone."""
+  tree (a fine-tune's base, `gptjax/model/peft.py`): the gradient is then taken for `params`
+  alone."""
   if frozen_params is not None:
     params = peft.combine(params, frozen_params)
   inputs_BxT, labels_BxT = inputs_and_labels(batch)
@@ -87,7 +88,8 @@ def train_step(state: TrainState, batch_BxT1: Array, frozen_params: Any = None, 
   Micro-batches run in a `lax.scan` so memory holds one micro-batch of activations at a time, and
   the update equals the one a single large batch would give (up to float rounding). With dropout,
   each micro-batch draws its own mask from the step's key. The count is the config's
-  `train.grad_accum_steps`, or more where `gptjax.parallel.hardware.resolve_passes` splits a CPU step.
+  `train.grad_accum_steps`, or more where `gptjax.parallel.hardware.resolve_passes` splits a CPU
+  step.
   """
   dropout_key = None
   if dropout_seed is not None:

@@ -79,7 +79,8 @@ FINITE_KEYS = ('train_loss', 'grad_norm', 'param_norm')
 
 
 def check_finite(step_metrics: dict[str, Any], step: int, last_checkpoint: int | None) -> None:
-  """Stops before a non-finite state is saved: the parameters can go NaN while the loss is finite."""
+  """Stops before a non-finite state is saved: the parameters can go NaN while the loss is
+  finite."""
   values = jax.device_get({key: step_metrics[key] for key in FINITE_KEYS})
   if all(math.isfinite(float(v)) for v in values.values()):
     return

@@ -22,16 +22,16 @@ import pytest
 
 from experiments.configs import base
 from gptjax import convert, train
-from gptjax.generate import decoding
 from gptjax.convert import hf_gpt2
+from gptjax.convert.hf_gpt2 import ConversionError
+from gptjax.data.tokenizer import load_tokenizer, train_bpe
+from gptjax.generate import decoding
+from gptjax.generate.sampling import SamplingConfig
+from gptjax.model.attention import cpu_fused
+from gptjax.model.config import GPTConfig
+from gptjax.model.gpt import GPT
 from gptjax.runs import run_dir
 from gptjax.train import steps
-from gptjax.model.attention import cpu_fused
-from gptjax.convert.hf_gpt2 import ConversionError
-from gptjax.model.gpt import GPT
-from gptjax.model.config import GPTConfig
-from gptjax.generate.sampling import SamplingConfig
-from gptjax.data.tokenizer import load_tokenizer, train_bpe
 
 torch = pytest.importorskip('torch')
 transformers = pytest.importorskip('transformers')
@@ -167,8 +167,8 @@ def test_loss_and_gradients_of_a_batch_equal_pytorch(hf_dir, imported):
       {name: p.grad.numpy() for name, p in model.named_parameters()}, cfg)
   np.testing.assert_allclose(float(loss), torch_loss.item(), rtol=1e-4)
   # Each element within 1e-4 of PyTorch's, or within 1e-5 of the largest gradient: the key biases'
-  # gradient is zero in exact arithmetic (softmax ignores a shift shared by all keys) and float noise
-  # (~1e-8) in both.
+  # gradient is zero in exact arithmetic (softmax ignores a shift shared by all keys) and float
+  # noise (~1e-8) in both.
   largest = max(np.abs(want).max() for want in jax.tree.leaves(torch_grads))
   for got, want in zip(jax.tree.leaves(grads), jax.tree.leaves(torch_grads)):
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5 * largest)

@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 
 from gptjax.cost import flops
-from gptjax.model.gpt import GPT
 from gptjax.model.config import GPTConfig
+from gptjax.model.gpt import GPT
 
 BASE = GPTConfig(vocab_size=97, d_model=32, num_layers=2, num_heads=4, max_seq_len=16)
 VARIANTS = {

@@ -5,8 +5,7 @@ import numpy as np
 import pytest
 
 from experiments.configs import base
-from gptjax.data import corpus, tokens
-from gptjax.data import pipeline
+from gptjax.data import corpus, pipeline, tokens
 from gptjax.data.tokenizer import ByteTokenizer
 
 SEQ_LEN = 15  # windows of 16 tokens

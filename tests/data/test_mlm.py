@@ -11,15 +11,15 @@ import numpy as np
 import pytest
 
 from experiments.configs import base
-from gptjax.model import attention
 from gptjax import data as data_lib, train
 from gptjax.data import masking
-from gptjax.train import checks
-from gptjax.runs import run_dir
-from gptjax.model.gpt import GPT
-from gptjax.model.config import GPTConfig
-from gptjax.train.steps import loss_fn
 from gptjax.data.tokens import TokenStream
+from gptjax.model import attention
+from gptjax.model.config import GPTConfig
+from gptjax.model.gpt import GPT
+from gptjax.runs import run_dir
+from gptjax.train import checks
+from gptjax.train.steps import loss_fn
 
 EOS = 0
 VOCAB = 256

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 from experiments.configs import base
-from gptjax.runs import run_dir
 from gptjax.data import tokenizer as tok_lib
+from gptjax.runs import run_dir
 
 TEXTS = [
     '',

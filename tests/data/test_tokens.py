@@ -1,4 +1,5 @@
-"""Token streams: shard reads, the shard split, the tokenised cache, its key, and the vocab check."""
+"""Token streams: shard reads, the shard split, the tokenised cache, its key, and the vocab
+check."""
 
 import hashlib
 import json
@@ -7,6 +8,7 @@ import os
 import pickle
 from unittest import mock
 
+import faults
 import ml_collections
 import numpy as np
 import pytest
@@ -14,8 +16,6 @@ import pytest
 from experiments.configs import base
 from gptjax.data import corpus, tokens
 from gptjax.data.tokenizer import ByteTokenizer
-
-import faults
 
 
 def _config(tmp_path, source='text', **data_fields):

@@ -1,9 +1,9 @@
 """The training-step benchmark's arithmetic and its profile summary."""
 
-import pathlib
 import gzip
 import json
 import os
+import pathlib
 import subprocess
 import sys
 

@@ -1,9 +1,9 @@
 """Every config file loads and builds a valid model; command-line overrides reach the config."""
 
-import pathlib
 import dataclasses
 import glob
 import os
+import pathlib
 
 import flax.linen as nn
 import jax
@@ -13,12 +13,12 @@ from absl import flags
 from ml_collections import config_flags
 
 from gptjax.data import corpus
-from gptjax.train import optim
-from gptjax.runs import run_dir
-from gptjax.parallel import sharding
-from gptjax.model.gpt import GPT
-from gptjax.model.config import GPTConfig
 from gptjax.data.tokenizer import ByteTokenizer
+from gptjax.model.config import GPTConfig
+from gptjax.model.gpt import GPT
+from gptjax.parallel import sharding
+from gptjax.runs import run_dir
+from gptjax.train import optim
 
 ROOT = str(pathlib.Path(__file__).resolve().parents[2])
 CONFIG_FILES = sorted(glob.glob(os.path.join(ROOT, 'experiments', 'configs', '*.py')))

@@ -5,10 +5,10 @@ left bitwise alone, an exact resume, sampling and export of the fine-tuned run, 
 refused before anything is written.
 """
 
-import pathlib
 import dataclasses
 import json
 import os
+import pathlib
 import shutil
 import subprocess
 import sys
@@ -19,17 +19,17 @@ import pytest
 
 from experiments.configs import base, finetune as finetune_configs
 from gptjax import convert, finetune
-from gptjax.generate import decoding
-from gptjax.finetune import state as finetune_state, tasks
-from gptjax.cost import flops
 from gptjax.convert import hf_gpt2
+from gptjax.cost import flops
+from gptjax.data.tokenizer import load_tokenizer
+from gptjax.finetune import state as finetune_state, tasks
+from gptjax.generate import decoding
+from gptjax.generate.sampling import SamplingConfig
 from gptjax.model import peft
+from gptjax.model.config import GPTConfig
+from gptjax.model.gpt import GPT
 from gptjax.parallel import sharding
 from gptjax.train import loop
-from gptjax.model.gpt import GPT
-from gptjax.model.config import GPTConfig
-from gptjax.generate.sampling import SamplingConfig
-from gptjax.data.tokenizer import load_tokenizer
 
 PRETRAIN = {
     'model.d_model': 32, 'model.num_layers': 2, 'model.num_heads': 2, 'model.max_seq_len': 48,

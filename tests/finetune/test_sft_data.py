@@ -16,11 +16,11 @@ import numpy as np
 import pytest
 
 from gptjax.data import masking
-from gptjax.finetune import sft_data, tasks as sft_tasks
-from gptjax.train import steps
-from gptjax.model.gpt import GPT
-from gptjax.model.config import GPTConfig
 from gptjax.data.tokenizer import ByteTokenizer
+from gptjax.finetune import sft_data, tasks as sft_tasks
+from gptjax.model.config import GPTConfig
+from gptjax.model.gpt import GPT
+from gptjax.train import steps
 
 TOKENIZER = ByteTokenizer()
 

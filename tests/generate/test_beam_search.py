@@ -7,13 +7,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-
-from gptjax.generate.beam_search import (BeamSearchConfig, _beam_step, _BeamState, beam_search, length_penalty)
-from gptjax.generate.decoding import generate, left_pad
 from random_models import random_model
-from gptjax.model.gpt import GPT
-from gptjax.model.config import GPTConfig
+
+from gptjax.generate.beam_search import (BeamSearchConfig, _beam_step, _BeamState, beam_search,
+                                         length_penalty)
+from gptjax.generate.decoding import generate, left_pad
 from gptjax.generate.sampling import SamplingConfig
+from gptjax.model.config import GPTConfig
+from gptjax.model.gpt import GPT
 
 PROMPTS = ([1, 2, 3], [4])
 

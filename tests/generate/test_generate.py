@@ -6,12 +6,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from random_models import random_model
 
 from gptjax.generate.decoding import decode_apply, generate, left_pad, prefill, sample_windowed
-from random_models import random_model
-from gptjax.model.gpt import GPT
-from gptjax.model.config import GPTConfig
 from gptjax.generate.sampling import SamplingConfig
+from gptjax.model.config import GPTConfig
+from gptjax.model.gpt import GPT
 
 PROMPTS = ([1, 2, 3, 4, 5], [6, 7, 8])  # different lengths, so row 1 is left-padded
 # Between them: every position encoding, MHA / GQA / MQA, scanned and unrolled layers, tied and

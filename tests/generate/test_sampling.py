@@ -5,7 +5,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from gptjax.generate.sampling import (SamplingConfig, filter_logits, select_tokens, top_k_mask, top_p_mask)
+from gptjax.generate.sampling import (SamplingConfig, filter_logits, select_tokens, top_k_mask,
+                                      top_p_mask)
 
 PROBS_V = np.array([0.05, 0.4, 0.1, 0.25, 0.2])  # sorted: 1 (.4), 3 (.25), 4 (.2), 2 (.1), 0 (.05)
 LOGITS_1xV = jnp.log(jnp.asarray(PROBS_V, jnp.float32))[None]

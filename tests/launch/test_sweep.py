@@ -7,29 +7,26 @@ would, so the runner's bookkeeping is tested in seconds; the one real member pro
 runner builds actually trains with `gptjax.main`.
 """
 
-import pathlib
 import json
 import math
 import os
+import pathlib
 import re
 import signal
 import subprocess
 import sys
 import textwrap
 
+import faults
 import numpy as np
 import pytest
 
 import launch
 from gptjax.cost import flops
-from gptjax.scaling import records, isoflop as scaling_isoflop
-from gptjax.runs import run_dir
 from gptjax.model.config import GPTConfig
-from gptjax.scaling import report
-from launch import local, status
-from launch import sweep as runner
-
-import faults
+from gptjax.runs import run_dir
+from gptjax.scaling import isoflop as scaling_isoflop, records, report
+from launch import local, status, sweep as runner
 
 ROOT = str(pathlib.Path(__file__).resolve().parents[2])
 CPU_SWEEP = os.path.join(ROOT, 'experiments', 'sweeps', 'cpu_scaling.py')
@@ -121,8 +118,8 @@ def test_design_errors_name_the_member_and_the_fix():
     launch.check_members(base, [launch.Member('plots', {})])
 
 
-TRAINING_STACK = ('gptjax.train.loop', 'gptjax.train.steps', 'gptjax.train.checkpointing', 'gptjax.data',
-                  'gptjax.parallel')
+TRAINING_STACK = ('gptjax.train.loop', 'gptjax.train.steps', 'gptjax.train.checkpointing',
+                  'gptjax.data', 'gptjax.parallel')
 
 
 def test_planning_a_sweep_imports_no_training_stack():
@@ -135,7 +132,8 @@ def test_planning_a_sweep_imports_no_training_stack():
                           text=True, timeout=120)
   assert result.returncode == 0, result.stderr
   loaded = json.loads(result.stdout)
-  assert 'gptjax.cost.flops' in loaded and 'gptjax.scaling.plots' in loaded  # the check sees real imports
+  # The check sees real imports.
+  assert 'gptjax.cost.flops' in loaded and 'gptjax.scaling.plots' in loaded
   assert not set(TRAINING_STACK) & set(loaded), loaded
 
 

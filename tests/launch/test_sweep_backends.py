@@ -11,10 +11,10 @@ the records a finished (or preempted) run leaves.
 
 from __future__ import annotations
 
-import pathlib
 import contextlib
 import json
 import os
+import pathlib
 import shlex
 import subprocess
 import sys
@@ -24,10 +24,9 @@ import pytest
 from etils.epath import testing as epath_testing
 
 import launch
-from gptjax.scaling import records
 from gptjax.runs import run_dir
-from launch import slurm, status, tpu_vm
-from launch import sweep as runner
+from gptjax.scaling import records
+from launch import slurm, status, sweep as runner, tpu_vm
 
 ROOT = str(pathlib.Path(__file__).resolve().parents[2])
 CPU_SWEEP = 'experiments/sweeps/cpu_scaling.py'  # in the repository, as the slices need

@@ -11,8 +11,8 @@ import pytest
 
 from gptjax.model import attention
 from gptjax.model.attention import blocked, cpu_fused
-from gptjax.model.gpt import GPT
 from gptjax.model.config import GPTConfig
+from gptjax.model.gpt import GPT
 
 
 def _reference(q, k, v, mask_TxS):

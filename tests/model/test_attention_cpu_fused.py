@@ -7,8 +7,8 @@ written out below, for every head size it takes, grouped-query heads, sequence l
 run it on its own rows and heads.
 """
 
-import pathlib
 import os
+import pathlib
 import subprocess
 import sys
 
@@ -19,6 +19,9 @@ import pytest
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from gptjax.model.attention import cpu_fused
+
+
+ROOT = str(pathlib.Path(__file__).resolve().parents[2])
 
 
 def _reference(q, k, v, weights):
@@ -116,7 +119,7 @@ def test_without_a_compiler_the_reason_is_reported(tmp_path):
   env = {**os.environ, 'PATH': str(tmp_path), 'GPTJAX_CACHE_DIR': str(tmp_path / 'cache')}
   env.pop('CXX', None)
   result = subprocess.run([sys.executable, '-c', script], env=env, capture_output=True,
-                          text=True, check=True, cwd=str(pathlib.Path(__file__).resolve().parents[2]))
+                          text=True, check=True, cwd=ROOT)
   reason, choice = result.stdout.strip().splitlines()
   assert 'no C++ compiler' in reason and choice == 'blocked'
 
@@ -129,6 +132,6 @@ def test_a_bad_compiler_is_reported_with_its_output(tmp_path):
             'print(cpu_fused.unavailable_reason())\n')
   env = {**os.environ, 'CXX': str(failing), 'GPTJAX_CACHE_DIR': str(tmp_path / 'cache')}
   result = subprocess.run([sys.executable, '-c', script], env=env, capture_output=True,
-                          text=True, check=True, cwd=str(pathlib.Path(__file__).resolve().parents[2]))
+                          text=True, check=True, cwd=ROOT)
   assert 'could not build' in result.stdout and 'mock compiler: cannot build' in result.stdout
   assert not list((tmp_path / 'cache').glob('*.so'))  # no half-built library is left behind

@@ -1,4 +1,5 @@
-"""GPT model: shapes, causality, position encodings and attention against float64 NumPy references."""
+"""GPT model: shapes, causality, position encodings and attention against float64 NumPy
+references."""
 
 import functools
 
@@ -7,11 +8,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from random_models import random_model
 
 from gptjax.model import config
-from gptjax.model.gpt import GPT, CausalSelfAttention, apply_rope, sinusoidal_positions
 from gptjax.model.config import GPTConfig
-from random_models import random_model
+from gptjax.model.gpt import GPT, CausalSelfAttention, apply_rope, sinusoidal_positions
 
 SMALL = dict(vocab_size=37, d_model=32, num_layers=2, num_heads=4, max_seq_len=16)
 VARIANTS = {
@@ -187,7 +188,8 @@ def _loss(params, cfg: GPTConfig, tokens_BxT):
 @pytest.mark.slow
 def test_remat_leaves_the_gradients_unchanged(scan):
   """'full' and 'dots' recompute activations in the backward pass, and only there; the gradients
-  of the loss, with dropout on (so the recomputation must redraw the same masks), equal remat='none'.
+  of the loss, with dropout on (so the recomputation must redraw the same masks), equal
+  remat='none'.
 
   The recomputation runs the same float32 operations, fused and summed in a possibly different
   order: a few float32 roundings (2^-24 each) apart, far inside rtol=1e-5. Gradients that are zero

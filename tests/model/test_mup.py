@@ -9,15 +9,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from test_model import SMALL, VARIANTS
 
 from experiments.configs import base
-from gptjax.model import gpt as model_lib
-from gptjax.train import optim
-from gptjax.model import parametrization
-from gptjax.model.gpt import GPT
+from gptjax.model import gpt as model_lib, parametrization
 from gptjax.model.config import GPTConfig
+from gptjax.model.gpt import GPT
+from gptjax.train import optim
 from gptjax.train.steps import TrainState, train_step
-from test_model import SMALL, VARIANTS
 
 EXPECTED_CLASS = {  # the last path key of a parameter -> its class
     'embedding': 'input', 'pos_embed': 'input', 'kernel': 'hidden', 'out_kernel': 'hidden',

@@ -11,16 +11,16 @@ import ml_collections
 import numpy as np
 import optax
 import pytest
+from random_models import random_model
 
 from experiments.configs import base
-from gptjax.generate import decoding
 from gptjax.cost import flops
+from gptjax.generate import decoding
 from gptjax.model import peft
-from gptjax.parallel import sharding
-from gptjax.model.gpt import GPT
 from gptjax.model.config import GPTConfig
+from gptjax.model.gpt import GPT
 from gptjax.model.peft_config import LORA_TARGETS, METHODS, PeftConfig
-from random_models import random_model
+from gptjax.parallel import sharding
 
 SMALL = dict(vocab_size=64, d_model=32, num_layers=2, num_heads=4, max_seq_len=24)
 P = 4  # prefix and prompt length

@@ -1,8 +1,8 @@
 """Splitting a CPU host into several XLA devices (`mesh.cpu_devices`), which must precede JAX."""
 
-import pathlib
 import json
 import os
+import pathlib
 import subprocess
 import sys
 

@@ -7,8 +7,8 @@ import pytest
 from absl import logging
 
 from experiments.configs import base
-from gptjax.parallel import hardware, sharding
 from gptjax.model.attention import cpu_fused
+from gptjax.parallel import hardware, sharding
 
 
 def test_a_cpu_step_splits_the_batch_into_cache_sized_passes():

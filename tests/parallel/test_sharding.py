@@ -8,8 +8,9 @@ from jax.sharding import PartitionSpec as P
 
 from experiments.configs import base
 from gptjax.parallel import hardware, sharding
-from gptjax.train import optim
-from gptjax.train import loop
+from gptjax.train import loop, optim
+
+
 def _config(data=1, fsdp=1, tensor=1, **model):
   config = base.get_config()
   m = config.model

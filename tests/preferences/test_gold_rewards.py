@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 
 from gptjax.preferences import gold_rewards
-from gptjax.preferences.gold_rewards import (GOLD_REWARDS, char_count, label_pair, length_closeness, pep8_layout, python_compiles)
+from gptjax.preferences.gold_rewards import (GOLD_REWARDS, char_count, label_pair, length_closeness,
+                                             pep8_layout, python_compiles)
 
 
 @pytest.mark.parametrize('text,expected', [

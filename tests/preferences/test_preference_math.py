@@ -8,7 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from gptjax.preferences import kl_control, ppo_math, losses as preference_losses
+from gptjax.preferences import kl_control, losses as preference_losses, ppo_math
 from gptjax.train import masked_tokens, steps
 
 # Jitted once each: one compilation costs less than running the functions op by op.

@@ -6,14 +6,14 @@ import os
 
 import numpy as np
 import pytest
+from preference_runs import policy_run, stage_config
 
 from experiments.configs import preferences
-from gptjax.preferences import (gold_rewards, pair_sampling, ppo_training, pair_data, pairs as preference_pairs)
-from gptjax.preferences import stage as preference_stage, rollouts
-from gptjax.parallel import sharding
-from gptjax.preferences.pairs import Pair
 from gptjax.data.tokenizer import ByteTokenizer
-from preference_runs import policy_run, stage_config
+from gptjax.parallel import sharding
+from gptjax.preferences import (gold_rewards, pair_data, pair_sampling, pairs as preference_pairs,
+                                ppo_training, rollouts, stage as preference_stage)
+from gptjax.preferences.pairs import Pair
 
 COUNT_E = gold_rewards.get('count_e_20')
 

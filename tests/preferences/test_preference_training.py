@@ -9,10 +9,10 @@ runs bit for bit; bad input is one line and writes nothing. The tests of a stage
 compiled steps (`compiled_steps` caches them), so each stage compiles once.
 """
 
-import pathlib
 import json
 import math
 import os
+import pathlib
 import shutil
 import subprocess
 import sys
@@ -22,16 +22,15 @@ import jax
 import ml_collections
 import numpy as np
 import pytest
-
-from gptjax.preferences import dpo_training, gold_rewards, ppo_training, pair_data
-from gptjax.parallel import hardware
-from gptjax.preferences import (pairs as preference_pairs, stage as preference_stage, reward_training, rollouts)
-from gptjax.parallel import sharding
-from gptjax.train import loop
-from gptjax.model.config import GPTConfig
-from gptjax.preferences.pairs import Pair
-from gptjax.data.tokenizer import ByteTokenizer
 from preference_runs import policy_run, stage_config
+
+from gptjax.data.tokenizer import ByteTokenizer
+from gptjax.model.config import GPTConfig
+from gptjax.parallel import hardware, sharding
+from gptjax.preferences import (dpo_training, gold_rewards, pair_data, pairs as preference_pairs,
+                                ppo_training, reward_training, rollouts, stage as preference_stage)
+from gptjax.preferences.pairs import Pair
+from gptjax.train import loop
 
 ROOT = str(pathlib.Path(__file__).resolve().parents[2])
 COUNT_E = gold_rewards.get('count_e_20')

@@ -8,10 +8,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from random_models import random_model
 
 from gptjax.preferences import reward_model
 from gptjax.preferences.losses import bradley_terry_loss
-from random_models import random_model
 
 SMALL = (('vocab_size', 13), ('d_model', 16), ('num_layers', 1), ('num_heads', 4),
          ('max_seq_len', 16), ('init_std', 0.5))  # a large head std: rewards far apart

@@ -8,12 +8,12 @@ import socket
 import subprocess
 import sys
 
+import faults
 import pytest
 
 from experiments.configs import base
 from gptjax.runs import run_dir, workdir_lock
 from gptjax.train import loop
-import faults
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 @pytest.fixture

@@ -5,11 +5,9 @@ import dataclasses
 
 import numpy as np
 import pytest
-
-from gptjax.scaling import laws
-from gptjax.scaling import isoflop as scaling_isoflop
-from gptjax.scaling import report
 from test_laws import TRUE, isoflop_sweep
+
+from gptjax.scaling import isoflop as scaling_isoflop, laws, report
 
 
 def check(records, n_bootstrap=50):

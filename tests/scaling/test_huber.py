@@ -6,10 +6,8 @@ import pytest
 import scipy.optimize
 import scipy.special
 
-from gptjax.scaling import laws
-
 from gptjax.cost import chinchilla
-from gptjax.scaling import huber as scaling_huber
+from gptjax.scaling import huber as scaling_huber, laws
 
 TRUE = chinchilla.ChinchillaFit(E=1.69, A=406.4, B=410.7, alpha=0.34, beta=0.28)
 DELTA = 1e-3

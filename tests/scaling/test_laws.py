@@ -4,9 +4,9 @@ Ground truth is the Chinchilla paper's own fit (Hoffmann et al. 2022, eq. 10):
 E=1.69, A=406.4, B=410.7, alpha=0.34, beta=0.28, so N_opt ∝ C^0.4516.
 """
 
-import pathlib
 import json
 import os
+import pathlib
 import subprocess
 import sys
 
@@ -14,10 +14,10 @@ import numpy as np
 import pytest
 import scipy.optimize
 
-from gptjax.scaling import plots, isoflop
-from gptjax.runs import run_dir
-from gptjax.scaling import laws
 from gptjax.cost import chinchilla
+from gptjax.runs import run_dir
+from gptjax.scaling import isoflop, laws, plots
+
 ROOT = str(pathlib.Path(__file__).resolve().parents[2])
 TRUE = chinchilla.ChinchillaFit(E=1.69, A=406.4, B=410.7, alpha=0.34, beta=0.28)
 BUDGETS = (1e18, 3e18, 1e19, 3e19, 1e20)

@@ -1,8 +1,8 @@
 """The coordinate check: under muP every layer's activation size holds from d_model 64 to 1024
 after 1-3 Adam steps; under SP the logits grow with the width."""
 
-import pathlib
 import os
+import pathlib
 import subprocess
 import sys
 

@@ -7,8 +7,8 @@ import re
 import numpy as np
 import pytest
 
-from gptjax.scaling import records
 from gptjax.runs import run_dir
+from gptjax.scaling import records
 
 
 def write_run(root, name, lines, config=None):

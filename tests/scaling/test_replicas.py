@@ -7,10 +7,8 @@ beta=0.28, so N_opt ∝ C^0.4516) with Gaussian seed noise of known size.
 import numpy as np
 import pytest
 
-from gptjax.scaling import laws
-
 from gptjax.cost import chinchilla
-from gptjax.scaling import envelope as scaling_envelope, isoflop, replicas as scaling_replicas
+from gptjax.scaling import envelope as scaling_envelope, isoflop, laws, replicas as scaling_replicas
 
 TRUE = chinchilla.ChinchillaFit(E=1.69, A=406.4, B=410.7, alpha=0.34, beta=0.28)
 BUDGETS = np.geomspace(1e18, 1e20, 5)

@@ -4,9 +4,9 @@ that hold the truth; the command prints the fit, and every unusable table ends i
 Ground truth is Hoffmann et al. 2022, eq. 10: E=1.69, A=406.4, B=410.7, alpha=0.34, beta=0.28.
 """
 
-import pathlib
 import json
 import os
+import pathlib
 import re
 import subprocess
 import sys
@@ -14,10 +14,8 @@ import sys
 import numpy as np
 import pytest
 
-from gptjax.scaling import laws
-
 from gptjax.cost import chinchilla
-from gptjax.scaling import fit_csv, table as scaling_table
+from gptjax.scaling import fit_csv, laws, table as scaling_table
 
 ROOT = str(pathlib.Path(__file__).resolve().parents[2])
 TRUE = chinchilla.ChinchillaFit(E=1.69, A=406.4, B=410.7, alpha=0.34, beta=0.28)

@@ -1,4 +1,5 @@
-"""The training command line: a config that cannot run is refused in one line, with nothing written."""
+"""The training command line: a config that cannot run is refused in one line, with nothing
+written."""
 
 import os
 import pathlib

@@ -18,11 +18,10 @@ import numpy as np
 import pytest
 
 from experiments.configs import base
-from gptjax.parallel import hardware, sharding
-from gptjax.train import optim
-from gptjax.train import loop
-from gptjax.model.gpt import GPT
 from gptjax.model.config import GPTConfig
+from gptjax.model.gpt import GPT
+from gptjax.parallel import hardware, sharding
+from gptjax.train import loop, optim
 from gptjax.train.steps import TrainState, train_step
 
 

@@ -6,13 +6,13 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
-import pytest
 import optax
+import pytest
 
 from experiments.configs import base
-from gptjax.train import optim
-from gptjax.model.gpt import GPT
 from gptjax.model.config import GPTConfig
+from gptjax.model.gpt import GPT
+from gptjax.train import optim
 from gptjax.train.steps import TrainState, cross_entropy, eval_step, loss_fn, token_nll, train_step
 
 
@@ -51,7 +51,8 @@ def test_token_nll_and_its_gradient_match_float64_softmax():
   np.testing.assert_allclose(np.asarray(grad), expected_grad, rtol=1e-5, atol=1e-7)
 
   # bfloat16 logits (the GPU training dtype) are upcast before the softmax: the gradient matches
-  # the float64 one of the same rounded logits to bfloat16's own rounding, and comes back in bfloat16.
+  # the float64 one of the same rounded logits to bfloat16's own rounding, and comes back in
+  # bfloat16.
   logits_bf16 = jnp.asarray(logits, jnp.bfloat16)
   rounded = np.asarray(logits_bf16, np.float64)
   rounded_probs = np.exp(rounded - rounded.max(-1, keepdims=True))
@@ -88,7 +89,8 @@ def _recording_optimizer():
 
 @pytest.mark.slow
 def test_gradient_accumulation_matches_one_large_batch():
-  """Four micro-batches give the whole batch's loss, gradient and AdamW update (learning rate > 0)."""
+  """Four micro-batches give the whole batch's loss, gradient and AdamW update (learning rate >
+  0)."""
   state1, step1, batch, model = _setup(accum=1, warmup=0)
   state4, step4, _, _ = _setup(accum=4, warmup=0)
   ref_loss, ref_grads = jax.jit(jax.value_and_grad(lambda p: loss_fn(p, model, batch, None)))(

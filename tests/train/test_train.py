@@ -5,9 +5,9 @@ One 30-step run (module fixture) is shared; resume tests copy its workdir, remov
 checkpoint, and rerun: the resumed run must reach the very same parameters and loss curve.
 """
 
-import pathlib
 import json
 import os
+import pathlib
 import re
 import shutil
 import signal
@@ -15,21 +15,19 @@ import subprocess
 import sys
 import time
 
+import faults
 import jax
 import numpy as np
 import pytest
 
 from experiments.configs import base
-from gptjax.train import checkpointing, stopping
+from gptjax.data.tokenizer import load_tokenizer
 from gptjax.generate import decoding
+from gptjax.generate.sampling import SamplingConfig
+from gptjax.model.config import GPTConfig
 from gptjax.parallel import hardware
 from gptjax.runs import run_dir
-from gptjax.train import loop
-from gptjax.model.config import GPTConfig
-from gptjax.generate.sampling import SamplingConfig
-from gptjax.data.tokenizer import load_tokenizer
-
-import faults
+from gptjax.train import checkpointing, loop, stopping
 
 ROOT = str(pathlib.Path(__file__).resolve().parents[2])
 

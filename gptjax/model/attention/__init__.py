@@ -8,8 +8,8 @@ values; with grouped-query attention, query head n reads key/value head n // G.
   'cpu_fused'  a fused C++ kernel for the CPU, built at first use (`cpu_fused.py`).
 `resolve` turns `model.attention_impl=''` into the backend measured fastest for the platform, the
 compute dtype and the head size (BENCHMARKS.md), and refuses a named backend that cannot run there;
-`gptjax.parallel.hardware` calls it once per run and logs the choice, so the model only ever sees a name.
-Padded batches and decoding with a KV cache need an explicit mask, which only
+`gptjax.parallel.hardware` calls it once per run and logs the choice, so the model only ever sees a
+name. Padded batches and decoding with a KV cache need an explicit mask, which only
 `jax.nn.dot_product_attention` takes: they go through `masked_attention`. A non-causal model
 (`model.causal=False`, the MLM objective) runs `bidirectional_attention`, on 'xla' or 'cudnn'.
 """

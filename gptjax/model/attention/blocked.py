@@ -6,7 +6,8 @@ softmax through a reduction over the whole [B, N, T, T] tensor; on a CPU that is
 slower (BENCHMARKS.md). This is the CPU attention wherever the fused kernel does not apply. Here:
 
   * query block i (rows [iC, (i+1)C)) attends only to keys [0, (i+1)C): the blocks above the
-    diagonal, which the causal mask would zero anyway, are never computed (10 of 16 blocks at T = 4C);
+    diagonal, which the causal mask would zero anyway, are never computed (10 of 16 blocks at T =
+    4C);
   * the probabilities are kept once, unnormalised, and the 1/sum is applied to the [C, H] output
     rather than to the [C, S] probabilities;
   * the backward uses rowsum(dP ∘ P) = rowsum(dO ∘ O) (FlashAttention), a reduction over H instead

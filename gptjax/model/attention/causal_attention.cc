@@ -7,10 +7,10 @@
 // projections' [B, T, N, H] layout, keeps its operands in cache, computes only the visible (causal) keys of each query row and
 // never writes the [T, T] probabilities: the backward recomputes them from the saved log-sum-exp.
 //
-// Built at first use by gptjax/model/attention/cpu_fused.py with the host compiler (-O3 -march=native). The
-// products use GCC/Clang vector extensions, 16 floats wide, so one source compiles to AVX-512, AVX2
-// or NEON. Only float32; head sizes 16, 32, 64 and 128 (elsewhere gptjax.model.attention.resolve picks
-// another backend).
+// Built at first use by gptjax/model/attention/cpu_fused.py with the host compiler (-O3
+// -march=native). The products use GCC/Clang vector extensions, 16 floats wide, so one source
+// compiles to AVX-512, AVX2 or NEON. Only float32; head sizes 16, 32, 64 and 128 (elsewhere
+// gptjax.model.attention.resolve picks another backend).
 //
 // Shape letters follow gptjax/model/gpt.py: B batch, T sequence, N query heads, K key/value heads,
 // G = N / K, H head size. R is the number of query rows processed together.
