@@ -50,10 +50,10 @@ def _base_accuracy(base_dir: str) -> float:
   config, params = train.load_params(base_dir)
   task_config = finetune_config.get_config()
   validation = tasks.synthetic_validation('reverse', task_config.finetune.eval_examples,
-                                              task_config.seed)
+                                          task_config.seed)
   model_cfg = dataclasses.replace(GPTConfig.from_run_config(config), attention_impl='xla')
   return exact_match(params, model_cfg, load_tokenizer(base_dir), validation,
-                              task_config.data.batch_size)
+                     task_config.data.batch_size)
 
 
 def run_all(bases: str, workdir: str) -> None:

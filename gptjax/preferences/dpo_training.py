@@ -143,7 +143,7 @@ def train_dpo(config: ml_collections.ConfigDict, init_from: str, workdir: str, *
   batch_sharding = sharding.batch_sharding(mesh)
   block, blocks = sharding.process_batch_block(batch_sharding, config.data.batch_size, 2)
   pairs = pair_data.build_pair_data(config, tokenizer, train_pairs, eval_pairs,
-                                          process_index=block, process_count=blocks)
+                                    process_index=block, process_count=blocks)
   p = config.preferences
   eval_rows = rollouts.prompt_rows(
       tokenizer, pair_data.eval_prompt_cycle(pairs.eval_prompts, p.eval_samples),

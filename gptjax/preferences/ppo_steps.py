@@ -144,9 +144,9 @@ def ppo_update(state: PPOState, rollout: ScoredRollout, key: Array, *, policy_cf
     critic_grads, critic_metrics = jax.grad(_value_loss, has_aux=True)(
         state.critic.params, mb_rollout, mb_returns, critic_cfg=critic_cfg, settings=settings)
     policy, policy_update = stage.optimizer_update(state.policy, policy_grads,
-                                                              policy_optimizer, schedule)
+                                                   policy_optimizer, schedule)
     critic, critic_update = stage.optimizer_update(state.critic, critic_grads,
-                                                              critic_optimizer, schedule)
+                                                   critic_optimizer, schedule)
     metrics = {**policy_metrics, **critic_metrics, **policy_update,
                'critic_grad_norm': critic_update['grad_norm']}
     return state.replace(policy=policy, critic=critic), metrics

@@ -141,7 +141,7 @@ def train_reward_model(config: ml_collections.ConfigDict, init_from: str, workdi
   batch_sharding = sharding.batch_sharding(mesh)
   block, blocks = sharding.process_batch_block(batch_sharding, config.data.batch_size, 2)
   pairs = pair_data.build_pair_data(config, tokenizer, train_pairs, eval_pairs,
-                                          process_index=block, process_count=blocks)
+                                    process_index=block, process_count=blocks)
   policy = preference_stage.load_policy(init_from)
   model_cfg = preference_stage.policy_model(config, mesh)
   params = jax.device_get(reward_model.attach_scalar_head(policy, model_cfg, seed=config.seed))

@@ -72,8 +72,8 @@ def fit_table(csv_path: str, *, params_column: str = 'params', tokens_column: st
   points = selection.table
   d_column = {'compute': compute_column} if compute_column else {'tokens': tokens_column}
   fit = laws.fit_chinchilla(points.params, points.tokens, points.loss, delta=delta,
-                               n_starts=starts, n_bootstrap=n_bootstrap, level=level, seed=seed,
-                               method=optimizer)
+                            n_starts=starts, n_bootstrap=n_bootstrap, level=level, seed=seed,
+                            method=optimizer)
   return dict(
       csv=csv_path, points=len(points), dropped=[dict(line=line, reason=reason)
                                                  for line, reason in selection.dropped],

@@ -180,7 +180,7 @@ def _bootstrap(theta: np.ndarray, points: huber.Points, delta: float, n_bootstra
   best_2xS = np.argsort(objective_GxS, axis=0, kind='stable')[:2]
   starts_3Sx5 = np.concatenate([np.tile(theta, (n_bootstrap, 1)), grid_Gx5[best_2xS.ravel()]])
   values_3S, thetas_3Sx5 = huber.minimise(starts_3Sx5, np.tile(counts_SxP, (3, 1)),
-                                                  points, delta)
+                                          points, delta)
   best_S = np.argmin(values_3S.reshape(3, n_bootstrap), axis=0)  # the first of equals
   thetas_Sx5 = thetas_3Sx5.reshape(3, n_bootstrap, 5)[best_S, np.arange(n_bootstrap)]
   return np.stack([_as_params(theta_i) for theta_i in thetas_Sx5])

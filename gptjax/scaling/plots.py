@@ -61,7 +61,7 @@ def plot_loss_vs_compute(rows: Rows, path: str, *, compute_key: str = 'flops_kap
     c, l = (records_lib.column(run_rows, k) for k in (compute_key, loss_key))
     ax.plot(c, l, color=cmap(norm(run_rows[0][params_key])), alpha=0.6, lw=1)
   frontier = laws.compute_frontier(records_lib.column(rows, compute_key),
-                                      records_lib.column(rows, loss_key))
+                                   records_lib.column(rows, loss_key))
   ax.plot(frontier.compute, frontier.loss, 'k.', ms=5, label='frontier')
   try:
     fit = laws.fit_power_law_with_floor(frontier.compute, frontier.loss)
@@ -148,7 +148,7 @@ def make_plots(sweep_dir: str, out_dir: str, *, compute_key: str = 'flops_kaplan
   ]
   try:
     result = isoflop.isoflop_minima(final, compute_key=compute_key,
-                                            n_bootstrap=n_bootstrap, **keys)
+                                    n_bootstrap=n_bootstrap, **keys)
   except ValueError as e:
     logging.warning('No IsoFLOP figures: %s', e)
     return written

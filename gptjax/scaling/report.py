@@ -59,7 +59,7 @@ def _interval(fit: Any, name: str) -> str:
 def _fit_power_law(rows, final, keys, n_bootstrap) -> dict[str, Any]:
   del final, n_bootstrap
   frontier = laws.compute_frontier(records.column(rows, keys['compute_key']),
-                                      records.column(rows, records.EVAL_KEY))
+                                   records.column(rows, records.EVAL_KEY))
   law = laws.fit_power_law_with_floor(frontier.compute, frontier.loss)
   print(f'L(C) on the frontier ({len(frontier.loss)} of {len(rows)} eval points): '
         f'L = {law.E:.4f} + {law.A:.4g}·C^-{law.alpha:.4f}')
@@ -114,7 +114,7 @@ def _fit_isoflop(rows, final, keys, n_bootstrap) -> dict[str, Any]:
 def _fit_envelope(rows, final, keys, n_bootstrap) -> dict[str, Any]:
   del rows
   c, n, l = laws.positive_columns(final, keys['compute_key'], keys['params_key'],
-                                     records.EVAL_KEY)
+                                  records.EVAL_KEY)
   cells = replicas.replica_cells(c, n, l)
   result = scaling_envelope.envelope_optima(cells, replicas.seed_noise(cells, l),
                                             n_bootstrap=n_bootstrap)
@@ -130,8 +130,8 @@ def _fit_envelope(rows, final, keys, n_bootstrap) -> dict[str, Any]:
 def _fit_chinchilla(rows, final, keys, n_bootstrap) -> dict[str, Any]:
   del rows
   law = laws.fit_chinchilla(records.column(final, keys['params_key']),
-                               records.column(final, 'tokens_seen'),
-                               records.column(final, records.EVAL_KEY), n_bootstrap=n_bootstrap)
+                            records.column(final, 'tokens_seen'),
+                            records.column(final, records.EVAL_KEY), n_bootstrap=n_bootstrap)
   print(f'L(N, D) (approach 3, final evals): L = {law.E:.4f} + {law.A:.4g}/N^{law.alpha:.4f} + '
         f'{law.B:.4g}/D^{law.beta:.4f}')
   if law.intervals:

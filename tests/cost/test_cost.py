@@ -46,7 +46,7 @@ def test_gpt3_175b_training_time_matches_megatron_estimate():
   # Narayanan et al. 2021 (sec. 5.1): 175B on 300B tokens, 1024 A100s at 140 TFLOP/s each takes
   # ~34 days counting 8ND (with activation recomputation); 6ND at the same rate is 6/8 of that.
   est = estimator.training_estimate(gpt3_175b(), 2048, 300e9, 'a100', num_accelerators=1024,
-                               mfu=140e12 / 312e12, method='6nd')
+                                    mfu=140e12 / 312e12, method='6nd')
   assert est.seconds / 86400 == pytest.approx(34 * 6 / 8, rel=0.03)
 
 
@@ -60,7 +60,7 @@ def test_training_time_hours_and_dollars_by_hand():
   assert est.accelerator_hours == pytest.approx(4 * seconds / 3600)
   assert est.usd == pytest.approx(4 * seconds / 3600 * 3.6)
   cheaper = estimator.training_estimate(HAND, 8, 1e6, CHIP, num_accelerators=4, mfu=0.5,
-                                   price_per_hour=1.8)
+                                        price_per_hour=1.8)
   assert cheaper.usd == pytest.approx(est.usd / 2)
 
 

@@ -73,7 +73,7 @@ def test_process_slices_union_is_the_global_batch(tmp_path):
   one = pipeline.window_batches(stream, SEQ_LEN, 8, seed=3, repeat=True)
   for count in (2, 4):
     parts = [pipeline.window_batches(stream, SEQ_LEN, 8, seed=3, repeat=True, process_index=p,
-                                 process_count=count) for p in range(count)]
+                                     process_count=count) for p in range(count)]
     for i in (0, 1, 7, 20):  # 20 crosses into the second epoch
       local = [part[i] for part in parts]
       assert all(x.shape == (8 // count, 16) for x in local)

@@ -372,7 +372,7 @@ def test_a_member_another_process_trains_is_left_to_it(tmp_path, fake_trainer, c
 
 
 def test_a_member_with_unreadable_files_is_reported_and_the_others_run(tmp_path, fake_trainer,
-                                                                      capsys):
+                                                                       capsys):
   sweep = _write_sweep(tmp_path, [('binary', 16, 8), ('garbled', 16, 8), ('fine', 32, 8)])
   workdir = str(tmp_path / 'runs')
   configs = _configs(sweep)

@@ -32,7 +32,7 @@ def holdout():
 
 def test_passes_on_a_sweep_its_law_generated(holdout, capsys):
   result = report.holdout_check(holdout, scaling_isoflop.isoflop_minima(isoflop_sweep(),
-                                                                     n_bootstrap=0))
+                                                                        n_bootstrap=0))
   assert result['passed'] and result['n_opt_inside']
   assert result['budget'] == pytest.approx(1e20, rel=0.02)
   assert abs(result['loss_error']) < 0.005

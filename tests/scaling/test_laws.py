@@ -163,7 +163,7 @@ def test_holdout_fits_l_of_c_to_every_eval_of_the_other_runs_only():
   assert len(held) == 7 and min(r['flops_kaplan'] for r in rows if r['run'] in held) < 3e19
   rest = [r for r in rows if r['run'] not in held]
   frontier = laws.compute_frontier([r['flops_kaplan'] for r in rest],
-                                      [r['eval_loss'] for r in rest])
+                                   [r['eval_loss'] for r in rest])
   expected = laws.fit_power_law_with_floor(frontier.compute, frontier.loss)
   assert result.power_law_prediction == pytest.approx(float(expected.predict(result.budget)),
                                                       rel=1e-12)
@@ -193,7 +193,7 @@ def test_degenerate_inputs_name_what_to_add():
     laws.holdout_extrapolation(one_budget)
   with pytest.raises(ValueError, match="1 of 35 records name no 'run'"):
     laws.holdout_extrapolation([{k: v for k, v in r.items() if k != 'run'} if i == 3 else r
-                                   for i, r in enumerate(isoflop_sweep())])
+                                for i, r in enumerate(isoflop_sweep())])
   with pytest.raises(ValueError, match="no field 'flops_full'"):
     isoflop.isoflop_minima(one_budget, compute_key='flops_full')
 

@@ -45,7 +45,7 @@ def test_fit_recovers_the_law_within_its_bootstrap_intervals(tmp_path):
   than the data support (E within 0.2, exponents within 0.2, A and B within a factor of 10), and
   Chinchilla's compute-optimal N at its own budget inside the interval of the fitted N_opt."""
   report = fit_csv.fit_table(write_table(tmp_path / 'points.csv'), n_bootstrap=200,
-                                 compute=[CHINCHILLA_BUDGET])
+                             compute=[CHINCHILLA_BUDGET])
   assert report['points'] == 72 and report['dropped'] == []
   for name in chinchilla.CHINCHILLA_PARAMS + ('n_exponent', 'd_exponent'):
     lo, hi = report['intervals'][name]
@@ -69,7 +69,7 @@ def test_fit_recovers_the_law_within_its_bootstrap_intervals(tmp_path):
 def test_compute_column_gives_the_same_fit(tmp_path):
   by_tokens = fit_csv.fit_table(write_table(tmp_path / 'd.csv'), n_bootstrap=0)
   by_compute = fit_csv.fit_table(write_table(tmp_path / 'c.csv', compute=True),
-                                     compute_column='flops', n_bootstrap=0)
+                                 compute_column='flops', n_bootstrap=0)
   for name in chinchilla.CHINCHILLA_PARAMS:
     assert by_compute[name] == pytest.approx(by_tokens[name], rel=1e-3), name
   assert by_compute['columns'] == {'params': 'params', 'compute': 'flops', 'loss': 'loss'}

@@ -191,7 +191,7 @@ def test_several_steps_per_call_train_the_same_run(finished_run, tmp_path):
   float reassociation."""
   workdir = _copy_without_last_checkpoint(finished_run, str(tmp_path / 'chunked'))
   loop.train_and_evaluate(_config(**{'train.steps_per_call': 4}), workdir,
-                           allow_config_change=True)
+                          allow_config_change=True)
   chunked, original = _records(workdir), _records(finished_run)
   assert [r['step'] for r in chunked] == [r['step'] for r in original]
   for a, b in zip(chunked[-2:], original[-2:]):  # steps 25 and 30, trained in calls of 4 + 1
@@ -262,7 +262,7 @@ def test_a_changed_config_is_refused_before_anything_is_touched(finished_run, tm
   assert _tree(workdir) == before
   # Reporting and hardware fields are no change of experiment: the run resumes (and is done).
   loop.train_and_evaluate(_config(**{'train.log_every': 3, 'mesh.data': 1, 'mesh.fsdp': 8}),
-                           workdir)
+                          workdir)
   assert _records(workdir) == _records(finished_run)
 
 
