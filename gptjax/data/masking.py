@@ -20,25 +20,11 @@ from __future__ import annotations
 
 from typing import Sequence
 
-import ml_collections
 import numpy as np
 
-OBJECTIVES = ('clm', 'mlm')
 SELECT_RATE = 0.15
 MASK_SHARE, RANDOM_SHARE = 0.8, 0.1  # of the selected tokens; the remaining 10% are kept
 IGNORE = -1  # label of a position that is not predicted
-
-
-def check_config(config: ml_collections.ConfigDict) -> None:
-  """The objective and the model's attention must agree: a causal model cannot see the right-hand
-  context MLM needs, and a bidirectional one would see the very token CLM asks it to predict."""
-  objective, causal = config.train.objective, config.model.causal
-  if objective not in OBJECTIVES:
-    raise ValueError(f'train.objective={objective!r}; choose one of {OBJECTIVES}.')
-  if (objective == 'mlm') == bool(causal):
-    wanted = 'False' if objective == 'mlm' else 'True'
-    raise ValueError(f"train.objective={objective!r} needs model.causal={wanted}, not {causal}: "
-                     f'set model.causal={wanted}.')
 
 
 def mask_id(data_vocab_size: int) -> int:
