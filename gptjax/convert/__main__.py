@@ -4,5 +4,6 @@
 from gptjax.convert import commands
 from gptjax.runs import cli
 
+__doc__ = commands.__doc__  # what --help prints: the command's usage
 commands.define_flags()
 cli.run(commands.main, 'gptjax.convert')

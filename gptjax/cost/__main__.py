@@ -4,5 +4,6 @@ accelerator."""
 from gptjax.cost import estimator
 from gptjax.runs import cli
 
+__doc__ = estimator.__doc__  # what --help prints: the command's usage
 estimator.define_flags()
 cli.run(estimator.main, 'gptjax.cost')

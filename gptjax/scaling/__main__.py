@@ -22,6 +22,7 @@ if command not in COMMANDS:
            f'python -m {PROGRAM} fit --csv=FILE (got {command!r}).')
 sys.argv.remove(command)
 module = importlib.import_module(f'gptjax.scaling.{COMMANDS[command]}')
+__doc__ = module.__doc__  # what --help prints: the command's usage
 module.define_flags()
 if command == 'fit':
   cli.run(module.main, f'{PROGRAM} fit')
