@@ -13,6 +13,7 @@ import warnings
 from typing import Any
 
 import numpy as np
+import scipy.stats
 
 from gptjax.scaling import replicas as scaling_replicas
 from gptjax.scaling.laws import Records, central_interval, positive_columns
@@ -30,13 +31,40 @@ def _parabola_minimum(log_n: np.ndarray, loss: np.ndarray) -> tuple | None:
   return coef, float(x_min), float(np.polyval(coef, x_min))
 
 
+def _minimum_fit_interval(log_n: np.ndarray, loss: np.ndarray, level: float) -> tuple[float, float]:
+  """The `level` interval of a parabola's minimum in log N from the fit's own residuals: the delta
+  method on x* = -c1 / (2 c2), with Student's t at n - 3 degrees of freedom.
+
+  The residuals hold both the losses' noise and the curve's departure from a parabola, so exact
+  data from a law whose IsoFLOP curve is not a parabola still gets an honest width. (nan, nan) with
+  fewer than 4 sizes or no minimum.
+  """
+  dof = len(log_n) - 3
+  if dof < 1 or len(np.unique(log_n)) < 3:
+    return float('nan'), float('nan')
+  coef, residuals, *_ = np.polyfit(log_n, loss, 2, full=True)
+  c2, c1, _ = coef
+  if c2 <= 0:
+    return float('nan'), float('nan')
+  design_Kx3 = np.vander(log_n, 3)
+  rss = float(residuals[0]) if len(residuals) else 0.0
+  covariance_3x3 = rss / dof * np.linalg.inv(design_Kx3.T @ design_Kx3)
+  gradient_3 = np.array([c1 / (2 * c2**2), -1 / (2 * c2), 0.0])
+  half_width = scipy.stats.t.ppf(0.5 + level / 2, dof) * np.sqrt(gradient_3 @ covariance_3x3
+                                                                  @ gradient_3)
+  x_min = -c1 / (2 * c2)
+  return float(x_min - half_width), float(x_min + half_width)
+
+
 @dataclasses.dataclass(frozen=True)
 class IsoFLOPResult:
   """Per-budget parabola minima and the power laws N_opt = k_N·C^a, D_opt = k_D·C^b through them.
 
   `cells` are the (budget, size) points fitted (seed means); `groups[i]` indexes the cells of
   budget i, `parabolas[i]` is its (c2, c1, c0) in log N. `noise` is the measured seed noise (None
-  without replicas). `bootstrap` holds (log k_N, a) refits. D_opt = C/(6 N_opt) makes b = 1 - a
+  without replicas). `bootstrap` holds (log k_N, a) refits; `minima_bootstrap` [S, G] each
+  resample's log N_opt per budget (NaN where that resample's parabola has no minimum), and
+  `minima_fit_interval` [G, 2] each minimum's interval in log N from its own fit. D_opt = C/(6 N_opt) makes b = 1 - a
   exactly, so the interval of b is 1 minus that of a.
   """
 
@@ -52,6 +80,8 @@ class IsoFLOPResult:
   level: float
   cells: Cells
   noise: SeedNoise | None
+  minima_bootstrap: np.ndarray = dataclasses.field(default_factory=lambda: np.zeros((0, 0)))
+  minima_fit_interval: np.ndarray = dataclasses.field(default_factory=lambda: np.zeros((0, 2)))
 
   @property
   def d_exponent(self) -> float:
@@ -64,6 +94,21 @@ class IsoFLOPResult:
 
   def predict_n_opt(self, compute: Any) -> np.ndarray:
     return np.exp(self.log_n_coefficient + self.n_exponent * np.log(np.asarray(compute, float)))
+
+  def n_opt_interval(self, budget_index: int) -> tuple[float, float]:
+    """The measured uncertainty of one budget's N_opt: the union of the `level` intervals of its
+    resampled minima (seed noise or runs) and of its parabola's own fit, holding the minimum itself;
+    (nan, nan) where neither exists."""
+    log_n_S = self.minima_bootstrap[:, budget_index] if self.minima_bootstrap.size else np.zeros(0)
+    finite_Sx1 = log_n_S[np.isfinite(log_n_S), None]
+    ends = [np.log(self.n_opt[budget_index])] * 2
+    if len(finite_Sx1):
+      ends += list(central_interval(finite_Sx1, self.level)[0])
+    if len(self.minima_fit_interval) and np.isfinite(self.minima_fit_interval[budget_index]).all():
+      ends += list(self.minima_fit_interval[budget_index])
+    if len(ends) == 2:
+      return float('nan'), float('nan')
+    return float(np.exp(min(ends))), float(np.exp(max(ends)))
 
   def n_opt_band(self, compute: Any) -> tuple[np.ndarray, np.ndarray]:
     """Pointwise `level` band of the N_opt(C) line over the bootstrap refits."""
@@ -116,9 +161,10 @@ def isoflop_minima(records: Records, *, compute_key: str = 'flops_kaplan',
   else:
     resamples = [([rng.choice(index, len(index)) for index in groups], cells.loss)
                  for _ in range(n_bootstrap)]
-  samples = []
-  for groups_i, loss_K in resamples:
+  samples, minima_SxG = [], np.full((len(resamples), len(groups)), np.nan)
+  for i, (groups_i, loss_K) in enumerate(resamples):
     kept_i, minima_i = _minima(log_n, loss_K, groups_i)
+    minima_SxG[i, kept_i] = [m[1] for m in minima_i]
     if len(kept_i) >= 2:
       samples.append(np.polyfit(np.log(budgets[kept_i]), [m[1] for m in minima_i], 1)[::-1])
   n_opt = np.exp(log_n_opt)
@@ -126,4 +172,7 @@ def isoflop_minima(records: Records, *, compute_key: str = 'flops_kaplan',
       budgets=budgets, n_opt=n_opt, d_opt=budgets / (6 * n_opt),
       loss_min=np.array([m[2] for m in minima]), parabolas=np.array([m[0] for m in minima]),
       groups=groups, n_exponent=float(a), log_n_coefficient=float(log_k),
-      bootstrap=np.array(samples).reshape(-1, 2), level=level, cells=cells, noise=noise)
+      bootstrap=np.array(samples).reshape(-1, 2), level=level, cells=cells, noise=noise,
+      minima_bootstrap=minima_SxG,
+      minima_fit_interval=np.array([_minimum_fit_interval(log_n[index], cells.loss[index], level)
+                                    for index in groups]).reshape(-1, 2))

@@ -484,6 +484,7 @@ def test_fit_and_report_recovers_a_known_law(tmp_path, capsys):
   assert summary['chinchilla']['alpha'] == pytest.approx(LAW['alpha'], abs=0.01)
   assert summary['chinchilla']['beta'] == pytest.approx(LAW['beta'], abs=0.01)
   assert abs(summary['holdout']['max_run_relative_error']) < 0.01
+  assert summary['holdout']['check']['passed']  # data drawn from the law passes every check
   assert [row['compute'] for row in summary['allocation']] == pytest.approx([1e13, 1e14, 1e15])
   for row in summary['allocation']:  # both approaches agree on the compute-optimal size
     assert row['isoflop_n_opt'] == pytest.approx(row['chinchilla_n_opt'], rel=0.1)

@@ -33,7 +33,7 @@ def holdout():
 def test_passes_on_a_sweep_its_law_generated(holdout, capsys):
   result = report.holdout_check(holdout, scaling_isoflop.isoflop_minima(isoflop_sweep(),
                                                                         n_bootstrap=0))
-  assert result['passed'] and result['n_opt_inside']
+  assert result['passed'] and result['n_opt_overlap']
   assert result['budget'] == pytest.approx(1e20, rel=0.02)
   assert abs(result['loss_error']) < 0.005
   assert result['measured_by'] == 'IsoFLOP minimum'
@@ -43,14 +43,14 @@ def test_passes_on_a_sweep_its_law_generated(holdout, capsys):
   line = capsys.readouterr().out.strip()
   assert line.startswith('Holdout check (approach 3 fitted on all but the largest budget, '
                          f"C={result['budget']:.3g}): compute-optimal loss predicted")
-  assert '(target within 2%)' in line and ': inside. PASS' in line
+  assert '(target within 2%)' in line and ': intervals overlap. PASS' in line
 
 
 def test_fails_when_the_largest_budget_beats_the_predicted_loss():
   """5% lower losses at 1e20 leave its N_opt in place and the predicted loss 5% too high."""
   result = check(largest_budget_changed(lambda ratio: 0.95))
   assert result['loss_error'] == pytest.approx(1 / 0.95 - 1, abs=0.005)
-  assert result['n_opt_inside'] and not result['passed']
+  assert result['n_opt_overlap'] and not result['passed']
 
 
 def test_fails_when_the_largest_budget_optimum_moves_to_other_sizes(capsys):
@@ -61,13 +61,13 @@ def test_fails_when_the_largest_budget_optimum_moves_to_other_sizes(capsys):
   assert result['measured_n_opt'] < lo and abs(result['loss_error']) < 0.01
   assert not result['passed']
   report._print_holdout_check(result)  # pylint: disable=protected-access
-  assert ': OUTSIDE. FAIL' in capsys.readouterr().out
+  assert ': DISJOINT. FAIL' in capsys.readouterr().out
 
 
 def test_without_refits_the_loss_alone_decides(holdout, capsys):
   law = dataclasses.replace(holdout.law, bootstrap=np.zeros((0, 5)))
   result = report.holdout_check(dataclasses.replace(holdout, law=law))
-  assert result['n_opt_inside'] is None and result['passed']
+  assert result['n_opt_overlap'] is None and result['passed']
   assert np.isnan(result['n_opt_interval']).all()
   report._print_holdout_check(result)  # pylint: disable=protected-access
   assert 'not checked (no bootstrap refits). PASS' in capsys.readouterr().out

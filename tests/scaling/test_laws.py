@@ -145,6 +145,21 @@ def test_isoflop_minima_recover_compute_optimal_exponent():
   assert result.d_exponent == pytest.approx(1 - result.n_exponent)
 
 
+def test_a_parabola_minimum_interval_covers_the_truth_at_its_level():
+  """Noisy losses on a known parabola in log N: the 95% interval of the fitted minimum (delta
+  method, Student's t at n - 3 degrees of freedom) holds the true minimum in about 95% of draws."""
+  log_n = np.log(np.geomspace(1e6, 1e8, 6))
+  true_min = np.log(1e7)
+  rng = np.random.default_rng(0)
+  covered = []
+  for _ in range(2000):
+    loss = 0.05 * (log_n - true_min)**2 + 3.0 + rng.normal(0, 0.01, log_n.shape)
+    lo, hi = isoflop._minimum_fit_interval(log_n, loss, 0.95)  # pylint: disable=protected-access
+    covered.append(lo <= true_min <= hi)
+  assert 0.93 <= np.mean(covered) <= 0.97
+  assert np.isnan(isoflop._minimum_fit_interval(log_n[:3], loss[:3], 0.95)).all()  # no residuals
+
+
 def test_holdout_predicts_largest_budget():
   result = laws.holdout_extrapolation(isoflop_sweep())
   assert result.budget == pytest.approx(1e20, rel=0.02)
