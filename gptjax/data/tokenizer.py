@@ -31,6 +31,7 @@ from gptjax.runs import run_dir
 
 EOS_TOKEN = '<|endoftext|>'
 _BYTE_MARKER = 'gptjax_byte_tokenizer'
+MAX_BPE_VOCAB = 2**20  # four times the largest published vocabularies (256K)
 
 
 class Tokenizer(abc.ABC):
@@ -147,11 +148,25 @@ def load_tokenizer(directory: str) -> Tokenizer:
   if not os.path.exists(path):
     raise FileNotFoundError(f'No {run_dir.TOKENIZER_FILE} in {directory!r}; build_data() writes '
                             'one there.')
-  with open(path) as f:
-    text = f.read()
-  if _BYTE_MARKER in json.loads(text):
-    return ByteTokenizer()
-  return BPETokenizer(tokenizers.Tokenizer.from_str(text))
+  return _read_tokenizer_file(path, 'restore it, or train the run afresh in a new workdir')
+
+
+def _read_tokenizer_file(path: str, fix: str) -> Tokenizer:
+  """The tokenizer a tokenizer.json holds; a damaged or foreign file is a ValueError that names
+  it and `fix`, not the JSON or Rust parser's bare message."""
+  try:
+    with open(path, encoding='utf-8') as f:
+      text = f.read()
+    spec = json.loads(text)
+    if isinstance(spec, dict) and _BYTE_MARKER in spec:
+      return ByteTokenizer()
+    return BPETokenizer(tokenizers.Tokenizer.from_str(text))
+  except (UnicodeDecodeError, json.JSONDecodeError) as error:
+    raise ValueError(f'{path} is not a tokenizer file ({error}); {fix}.') from None
+  except Exception as error:  # pylint: disable=broad-except  (the tokenizers library's own errors)
+    reason = ' '.join(str(error).split())[:200]
+    raise ValueError(f'{path} is not a tokenizer the tokenizers library reads ({reason}); '
+                     f'{fix}.') from None
 
 
 def check_config(d: ml_collections.ConfigDict) -> None:
@@ -172,9 +187,15 @@ def check_config(d: ml_collections.ConfigDict) -> None:
 
 
 def _check_bpe_vocab_size(vocab_size: int) -> None:
-  if vocab_size < 257:
+  """Refuses a size below the byte symbols plus EOS, and one above MAX_BPE_VOCAB, which the BPE
+  trainer would try to allocate tables for (1e9 asks for tens of GB and aborts the process)."""
+  if not isinstance(vocab_size, int) or vocab_size < 257:
     raise ValueError(f'data.bpe_vocab_size={vocab_size} must exceed the 256 byte symbols plus '
                      f'{EOS_TOKEN!r}; use data.tokenizer="byte" for a 256-token vocabulary.')
+  if vocab_size > MAX_BPE_VOCAB:
+    raise ValueError(f'data.bpe_vocab_size={vocab_size:,} exceeds {MAX_BPE_VOCAB:,}, the largest '
+                     'vocabulary trained here (published tokenizers use 32K to 256K); pick a '
+                     'smaller size.')
 
 
 def load_or_train_tokenizer(config: ml_collections.ConfigDict, workdir: str) -> Tokenizer:
@@ -200,7 +221,11 @@ def load_or_train_tokenizer(config: ml_collections.ConfigDict, workdir: str) -> 
     tokenizer = ByteTokenizer()
   elif d.get('tokenizer_path', ''):
     source = os.path.expanduser(d.tokenizer_path)
-    tokenizer = BPETokenizer(tokenizers.Tokenizer.from_file(source))
+    tokenizer = _read_tokenizer_file(source, 'set data.tokenizer_path to a tokenizer.json written '
+                                     'by the tokenizers library')
+    if not isinstance(tokenizer, BPETokenizer):
+      raise ValueError(f"data.tokenizer_path={d.tokenizer_path!r} holds the byte tokenizer; set "
+                       "data.tokenizer='byte' instead.")
     logging.info('Using the BPE tokenizer %s (vocab %d).', source, tokenizer.vocab_size)
   else:
     train_split = corpus.text_splits(d)[0]

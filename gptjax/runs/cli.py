@@ -68,6 +68,17 @@ def _override_named(argv: Sequence[str], key: str) -> str:
   return ''
 
 
+def _config_file_error(message: str) -> str:
+  """A flag error, less the traceback ml_collections puts in it when a config file's `get_config`
+  raised: the flag and the exception's own line ("--config=...: ValueError: Unknown variant ...")."""
+  if 'Traceback (most recent call last)' not in message:
+    return message
+  flag = message.split(': Error whilst parsing config file', 1)[0]
+  last = next((line.strip() for line in reversed(message.splitlines())
+               if re.match(r'^\s*[A-Za-z_.]*(Error|Exception)\b', line)), message.splitlines()[-1])
+  return f'{flag}: {last}'
+
+
 def _flags_parser(program: str) -> Callable[[list[str]], list[str]]:
   def parse(argv: list[str]) -> list[str]:
     for name, path in _config_files(argv):
@@ -77,7 +88,8 @@ def _flags_parser(program: str) -> Callable[[list[str]], list[str]]:
     try:
       return flags.FLAGS(argv)
     except flags.Error as error:
-      fail(program, f'{str(error).rstrip(".")}. Pass --helpshort to see the flags.')
+      fail(program, f'{_config_file_error(str(error)).rstrip(".")}. Pass --helpshort to see the '
+                    'flags.')
     except (AttributeError, KeyError) as error:  # ml_collections: an override of an unknown field
       key = str(error).strip('"\'')
       arg = _override_named(argv, key) or key

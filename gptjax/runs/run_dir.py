@@ -89,9 +89,14 @@ def read_bytes(path: str) -> bytes:
 
 def read_json_lines(path: str, expected: str) -> list[tuple[int, Any]]:
   """(line number, value) of every non-blank line of a JSONL file the user gives (a task or pairs
-  file); a ValueError names the file, the line and `expected`, the object each line should be."""
+  file); a ValueError names the file, the line and `expected`, the object each line should be.
+
+  Lines end at '\n' (a '\r' before it is dropped) and nowhere else: `str.splitlines` would also
+  split at U+0085, U+2028 and other separators that JSON strings may hold unescaped, and that text
+  sampled from a model does hold.
+  """
   try:
-    lines = read_bytes(path).decode('utf-8').splitlines()
+    lines = [line.removesuffix('\r') for line in read_bytes(path).decode('utf-8').split('\n')]
   except UnicodeDecodeError as error:
     raise ValueError(f'{path} is not UTF-8 text ({error.reason} at byte {error.start}); give a '
                      f'JSONL file of {expected} lines.') from None
@@ -212,6 +217,26 @@ def plain_number(value: Any) -> Any:
   return value
 
 
+def _text_lines(path: str) -> list[tuple[int, str]]:
+  """(line number, text) of each line of a JSONL file this project wrote, split at '\n' only.
+
+  The last line may be cut short by a crash mid-write, so its undecodable bytes are replaced; any
+  other line that is not UTF-8 (or a NUL anywhere) means the file is damaged: a ValueError names it.
+  """
+  lines = read_bytes(path).split(b'\n')
+  numbered = []
+  for line_number, raw in enumerate(lines, start=1):
+    try:
+      line = raw.decode()
+    except UnicodeDecodeError:
+      if line_number < len(lines) - 1 or b'\0' in raw:  # a crash cuts only the last line short
+        raise ValueError(f'{path}:{line_number} is not text: the file is damaged. Restore it, '
+                         'or delete the run directory to train the run afresh.') from None
+      line = raw.decode(errors='replace')
+    numbered.append((line_number, line))
+  return numbered
+
+
 def read_metrics(workdir: str) -> list[dict[str, Any]]:
   """Every record of one run, in file order.
 
@@ -222,16 +247,8 @@ def read_metrics(workdir: str) -> list[dict[str, Any]]:
   path = os.path.join(workdir, METRICS_FILE)
   if not exists(path):
     raise FileNotFoundError(f'{path} does not exist; is {workdir!r} a run workdir?')
-  lines = read_bytes(path).split(b'\n')
   records = []
-  for line_number, raw in enumerate(lines, start=1):
-    try:
-      line = raw.decode()
-    except UnicodeDecodeError:
-      if line_number < len(lines) - 1 or b'\0' in raw:  # a crash cuts only the last line short
-        raise ValueError(f'{path}:{line_number} is not text: the file is damaged. Restore it, '
-                         'or delete the run directory to train the run afresh.') from None
-      line = raw.decode(errors='replace')
+  for line_number, line in _text_lines(path):
     if not line.strip():
       continue
     try:
@@ -254,16 +271,17 @@ def truncate_metrics_after(workdir: str, step: int) -> int:
   if not os.path.exists(path):
     return 0
   kept, dropped = [], 0
-  with open(path) as f:
-    for line in f:
-      try:
-        record = json.loads(line)
-      except json.JSONDecodeError:
-        dropped += 1  # a line cut short by a crash
-        continue
-      if record.get('step', 0) > step:
-        dropped += 1
-      else:
-        kept.append(line if line.endswith('\n') else line + '\n')
+  for _, line in _text_lines(path):
+    if not line.strip():
+      continue
+    try:
+      record = json.loads(line)
+    except json.JSONDecodeError:
+      dropped += 1  # a line cut short by a crash
+      continue
+    if not isinstance(record, dict) or record.get('step', 0) > step:
+      dropped += 1
+    else:
+      kept.append(line + '\n')
   write_atomic(path, ''.join(kept))
   return dropped

@@ -44,9 +44,14 @@ def _rows(path: str) -> tuple[list[str], list[tuple[int, list[str]]]]:
   start with '#' (a note on where the points come from, say) are skipped."""
   if not os.path.isfile(path):
     raise ValueError(f'{path}: no such file; name a CSV table with a header line.')
-  with open(path, newline='', encoding='utf-8') as f:
-    numbered = [(i, text) for i, text in enumerate(f.read().splitlines(), start=1)
-                if text.strip() and not text.lstrip().startswith('#')]
+  try:
+    with open(path, newline='', encoding='utf-8') as f:
+      text_lines = f.read().splitlines()
+  except UnicodeDecodeError as error:
+    raise ValueError(f'{path} is not UTF-8 text ({error.reason} at byte {error.start}); name a '
+                     'CSV table with a header line.') from None
+  numbered = [(i, text) for i, text in enumerate(text_lines, start=1)
+              if text.strip() and not text.lstrip().startswith('#')]
   if not numbered:
     raise ValueError(f'{path} has no header line; the first line names the columns, e.g. '
                      'params,tokens,loss.')
@@ -78,6 +83,10 @@ def read_csv(path: str, *, params_column: str = 'params', tokens_column: str = '
   """
   header, rows = _rows(path)
   wanted = [params_column, compute_column or tokens_column, loss_column]
+  twice = sorted({name for name in header if header.count(name) > 1 and name in wanted})
+  if twice:
+    raise ValueError(f'{path} names the column {twice[0]!r} {header.count(twice[0])} times; '
+                     'rename the copies so each column the fit reads has one name.')
   missing = [name for name in wanted if name not in header]
   if missing:
     hint = '' if compute_column else ' (or pass --compute_column to derive D = C / (6 N))'

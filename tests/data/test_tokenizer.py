@@ -113,6 +113,10 @@ def test_bad_tokenizer_settings(tmp_path):
     tok_lib.load_or_train_tokenizer(config, str(tmp_path / 'a'))
   with pytest.raises(ValueError, match='bpe_vocab_size=100'):
     tok_lib.train_bpe(iter(CORPUS), vocab_size=100)
+  config = base.get_config()
+  config.data.update(tokenizer='bpe', bpe_vocab_size=10**9)
+  with pytest.raises(ValueError, match='bpe_vocab_size=1,000,000,000 exceeds 1,048,576'):
+    tok_lib.check_config(config.data)  # refused by the config check, before any training
 
 
 def test_tokenizer_path_is_copied_into_the_workdir(bpe, tmp_path):
@@ -125,3 +129,16 @@ def test_tokenizer_path_is_copied_into_the_workdir(bpe, tmp_path):
   loaded = tok_lib.load_or_train_tokenizer(config, str(tmp_path / 'run'))
   np.testing.assert_array_equal(loaded.encode(TEXTS[3]), bpe.encode(TEXTS[3]))
   assert os.path.exists(tmp_path / 'run' / run_dir.TOKENIZER_FILE)
+
+
+@pytest.mark.parametrize('content', [b'{garbled', b'\xb0\xff binary', b'{"model": 3}', b'[1, 2]'])
+def test_a_damaged_tokenizer_file_is_refused_by_name(tmp_path, content):
+  """A run's own tokenizer.json and a data.tokenizer_path file alike: the error names the file."""
+  path = tmp_path / run_dir.TOKENIZER_FILE
+  path.write_bytes(content)
+  with pytest.raises(ValueError, match=rf'{path} is not a tokenizer.*restore it'):
+    tok_lib.load_tokenizer(str(tmp_path))
+  config = base.get_config()
+  config.data.update(tokenizer='bpe', tokenizer_path=str(path))
+  with pytest.raises(ValueError, match=rf'{path} is not a tokenizer.*set data.tokenizer_path'):
+    tok_lib.load_or_train_tokenizer(config, str(tmp_path / 'run'))

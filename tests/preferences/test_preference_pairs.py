@@ -3,6 +3,7 @@ reward model and DPO read, responses read back from a rollout, and the pairs sta
 
 import json
 import os
+import pathlib
 
 import numpy as np
 import pytest
@@ -29,6 +30,18 @@ def test_pairs_round_trip_with_optional_fields(tmp_path):
   preference_pairs.write_pairs(path, pairs)
   assert preference_pairs.read_pairs(path) == pairs
   assert preference_pairs.pairs_path(str(tmp_path)) == path  # a pairs workdir names its file
+
+
+def test_pairs_read_back_every_character_a_sample_can_hold(tmp_path):
+  """Line and paragraph separators, NEL, form feed and CRLF inside responses stay in them."""
+  odd = 'a\u2028b\u2029c\x85d\x0ce\x1cf\r\ng\u00e9'
+  pairs = [Pair(odd, odd + 'x', 'y' + odd), Pair('q', 'a', 'b')]
+  path = str(tmp_path / 'pairs.jsonl')
+  preference_pairs.write_pairs(path, pairs)
+  assert preference_pairs.read_pairs(path) == pairs
+  crlf = tmp_path / 'crlf.jsonl'  # a file saved on Windows reads the same
+  crlf.write_bytes(pathlib.Path(path).read_bytes().replace(b'\n', b'\r\n'))
+  assert preference_pairs.read_pairs(str(crlf)) == pairs
 
 
 @pytest.mark.parametrize('line,message', [

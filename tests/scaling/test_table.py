@@ -138,13 +138,15 @@ BAD_TABLES = {
     'too_few': ('params,tokens,loss\n1e8,1e9,3.0\n2e8,2e9,2.9\n', '2 points left of 2',
                 'needs at least 6'),
     'no_header': ('# only a comment\n', 'has no header line'),
+    'duplicate_column': ('params,tokens,loss,loss\n1e8,1e9,3.0,2.0\n',
+                         "names the column 'loss' 2 times"),
 }
 
 
 @pytest.mark.parametrize('name', sorted(BAD_TABLES))
 def test_an_unusable_table_is_a_value_error_naming_the_fix(tmp_path, name):
-  """`cli.run` ends any ValueError in one line with status 2 (tests/runs/test_cli.py); the command's own
-  paths to it are checked below."""
+  """`cli.run` ends any ValueError in one line with status 2 (tests/runs/test_cli.py); the
+  command's own paths to it are checked below."""
   text, *expected = BAD_TABLES[name]
   path = tmp_path / 'points.csv'
   path.write_text(text)
@@ -152,6 +154,13 @@ def test_an_unusable_table_is_a_value_error_naming_the_fix(tmp_path, name):
     fit_csv.fit_table(str(path), n_bootstrap=0)
   for part in expected:
     assert part in str(raised.value)
+
+
+def test_a_binary_file_is_refused_by_name(tmp_path):
+  path = tmp_path / 'points.csv'
+  path.write_bytes(b'params,tokens,loss\n\xb0\xff\x00\n')
+  with pytest.raises(ValueError, match=rf'{path} is not UTF-8 text'):
+    fit_csv.fit_table(str(path), n_bootstrap=0)
 
 
 @pytest.mark.parametrize('options, expected', [

@@ -78,6 +78,9 @@ MISTAKES = {  # the command line's mistakes: (arguments, what the one error line
                     ('data.batch_size=0 must be a whole number >= 1',)),
     'stray argument': (['--config=experiments/configs/tiny.py', 'extra'],
                        ("Unexpected arguments: ['extra']", '--config.x.y=value')),
+    'unknown variant': (['--config=experiments/configs/gpt3.py:nonexistent'],
+                        ("--config=experiments/configs/gpt3.py:nonexistent: ValueError: Unknown "
+                         "variant 'nonexistent'; choose one of ['13b'",)),
 }
 
 
@@ -92,6 +95,7 @@ def test_command_line_mistakes_are_one_line_with_the_fix(tmp_path, name):
   assert len(lines) == 1 and lines[0].startswith('gptjax.main: error: '), run.stderr[-3000:]
   for text in expected:
     assert text in lines[0], (text, lines[0])
+  assert 'Traceback' not in lines[0] and 'File "' not in lines[0], lines[0]
   assert not workdir.exists()
 
 
