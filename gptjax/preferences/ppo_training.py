@@ -219,6 +219,7 @@ def _train(config, workdir, mesh, policy_cfg: GPTConfig, params, reward_cfg: GPT
     record = _loop(config, state, start_step, data, to_global, steps, evaluate_now, manager,
                    recorder, preemption, ref_params, frozen_reward, gold)
   train.close_run(manager, recorder)
+  preemption.raise_if_stopped()
   return record
 
 
@@ -282,7 +283,6 @@ def _loop(config, state: PPOState, step: int, data, to_global, steps: Steps, eva
     if step % t.checkpoint_every == 0 or is_last or stop:
       checkpointing.save(manager, step, state, data.train_iter, force=True)
     if stop:
-      logging.warning('Stopped at step %d after saving a checkpoint; rerun the same command to '
-                      'resume.', step)
+      preemption.stop(step)
       break
   return record

@@ -256,7 +256,8 @@ def _train(config: ml_collections.ConfigDict, workdir: str, mesh: Mesh, *,
 def run_loop(config, state, step, data, jit_train, evaluate_with, to_global, manager, recorder,
              mesh, rules) -> dict[str, Any]:
   """Steps from `step` to the end, or to a stop signal (SIGTERM or Ctrl-C: a checkpoint is saved
-  first), then waits for the last checkpoint and closes the records; returns the last record.
+  first), then waits for the last checkpoint and closes the records; returns the last record, or
+  raises `stopping.Stopped` (exit status 1) when a signal stopped the run before its end.
 
   Pre-training, fine-tuning and the preference stages all end their runs through here.
   """
@@ -264,6 +265,7 @@ def run_loop(config, state, step, data, jit_train, evaluate_with, to_global, man
     record = _steps(config, state, step, data, jit_train, evaluate_with, to_global, manager,
                     recorder, preemption, mesh, rules)
   close_run(manager, recorder)
+  preemption.raise_if_stopped()
   return record
 
 
@@ -330,7 +332,6 @@ def _steps(config, state, step, data, jit_train, evaluate_with, to_global, manag
       if do_save:
         checkpointing.save(manager, step, state, data.train_iter, force=True)
       if stop:
-        logging.warning('Stopped at step %d after saving a checkpoint; rerun the same command to '
-                        'resume.', step)
+        preemption.stop(step)
         break
   return record

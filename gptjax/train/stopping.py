@@ -25,6 +25,11 @@ class NonFiniteLossError(cli.RunError):
   pass
 
 
+class Stopped(cli.RunError):
+  """A signal stopped the run after it saved a checkpoint: not finished, to be resumed. Its exit
+  status (1) tells a scheduler, a sweep runner or a requeue script this from a finished run (0)."""
+
+
 @dataclasses.dataclass
 class StopSignals:
   """SIGTERM, or Ctrl-C, stops the run at a step boundary after saving a checkpoint.
@@ -37,6 +42,7 @@ class StopSignals:
   """
 
   requested: bool = False
+  stopped_at: int | None = None  # the step whose checkpoint the run saved before stopping
   _previous: dict = dataclasses.field(default_factory=dict)
 
   def install(self) -> None:
@@ -65,6 +71,16 @@ class StopSignals:
       logging.warning('Preemption notice: every process saves a checkpoint at step %d.', step)
       self.requested = True
     return self.requested
+
+  def stop(self, step: int) -> None:
+    """Notes that the loop saved `step` and stops there; `raise_if_stopped` says so once the
+    run's checkpoints and records are closed."""
+    self.stopped_at = step
+
+  def raise_if_stopped(self) -> None:
+    if self.stopped_at is not None:
+      raise Stopped(f'Stopped at step {self.stopped_at} after saving a checkpoint; rerun the same '
+                    'command to resume.')
 
   def _handle(self, signum, frame) -> None:
     del frame

@@ -71,6 +71,7 @@ class _Launch:
   procs: list[subprocess.Popen]
   logs: list[pathlib.Path]
   sigterm_process: int | None  # gets a SIGTERM once process 0 has logged a step, as if preempted
+  status: int  # the exit status every process must end with: 1 where stopped by a signal
 
 
 def _start(workdir: pathlib.Path, logs: pathlib.Path, name: str, *, processes: int, devices: int,
@@ -89,7 +90,7 @@ def _start(workdir: pathlib.Path, logs: pathlib.Path, name: str, *, processes: i
              f'--config.distributed.coordinator_address=localhost:{_free_port()}',
              f'--config.distributed.num_processes={processes}']
   launch = _Launch(name, [], [logs / f'{name}.process{i}.log' for i in range(processes)],
-                   sigterm_process)
+                   sigterm_process, status=0 if sigterm_process is None else 1)
   for i, log_path in enumerate(launch.logs):
     extra = [f'--config.distributed.process_id={i}'] if processes > 1 else []
     with open(log_path, 'w') as log:
@@ -105,10 +106,12 @@ def _wait(*launches: _Launch) -> list[list[str]]:
   end of each failed launch's logs.
   """
   procs = [p for launch in launches for p in launch.procs]
+  expected = {id(p): launch.status for launch in launches for p in launch.procs}
   deadline = time.monotonic() + LAUNCH_TIMEOUT_S
   try:
     while any(p.poll() is None for p in procs):
-      if any(p.returncode not in (None, 0) for p in procs) or time.monotonic() > deadline:
+      if (any(p.returncode not in (None, expected[id(p)]) for p in procs)
+          or time.monotonic() > deadline):
         break
       for launch in launches:
         if (launch.sigterm_process is not None and
@@ -124,13 +127,13 @@ def _wait(*launches: _Launch) -> list[list[str]]:
   failures = []
   for launch in launches:
     codes = [p.returncode for p in launch.procs]
-    if any(codes):
+    if any(code != launch.status for code in codes):
       failures.append(f'{launch.name}: exit codes {codes}\n' + '\n'.join(
           f'--- {path.name} (exit {code}) ---\n{_tail(path)}'
           for path, code in zip(launch.logs, codes)))
   if failures:
-    pytest.fail(f'Negative exit codes: killed after {LAUNCH_TIMEOUT_S} s or by a signal (all are '
-                'killed once one fails).\n' + '\n'.join(failures), pytrace=False)
+    pytest.fail(f'Unexpected exit codes (negative: killed after {LAUNCH_TIMEOUT_S} s or by a '
+                'signal; all are killed once one fails).\n' + '\n'.join(failures), pytrace=False)
   return [[path.read_text(errors='replace') for path in launch.logs] for launch in launches]
 
 
@@ -177,7 +180,7 @@ def test_two_processes_train_like_one(tmp_path):
   single, multi = tmp_path / 'single', tmp_path / 'multi'
   # The one-process baseline runs beside the first multi-host launch: they share no files.
   baseline = _start(single, tmp_path, 'single', processes=1, devices=8, steps=STEPS)
-  # preempt process 1 only: both must agree on one step, save there and exit 0
+  # preempt process 1 only: both must agree on one step, save there and exit 1 (stopped, resume)
   _, first = _wait(baseline, _start(multi, tmp_path, 'multi_preempted', processes=2, devices=4,
                                     steps=STEPS, sigterm_process=1))
   stops = [re.findall(r'Stopped at step (\d+)', log) for log in first]

@@ -7,6 +7,7 @@ import signal
 
 import pytest
 
+from gptjax.runs import cli
 from gptjax.train import stopping
 
 FINITE = {'train_loss': 2.0, 'grad_norm': 1.0, 'param_norm': 30.0}
@@ -47,3 +48,12 @@ def test_a_signal_requests_a_stop_and_the_handlers_are_restored(signum):
   finally:
     signals.uninstall()
   assert {s: signal.getsignal(s) for s in before} == before
+
+
+def test_a_stopped_run_raises_a_run_error_naming_its_step_only_once_stopped():
+  signals = stopping.StopSignals()
+  signals.raise_if_stopped()  # not stopped: nothing to say
+  signals.stop(40)
+  with pytest.raises(stopping.Stopped, match='Stopped at step 40 after saving a checkpoint; rerun'):
+    signals.raise_if_stopped()
+  assert issubclass(stopping.Stopped, cli.RunError)  # so the command exits with status 1
