@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import tempfile
 from typing import Any, Iterator, Sequence
@@ -36,6 +37,9 @@ TOKEN_DTYPES = ('uint16', 'uint32')
 _CACHE_VERSION = 1  # bump when the cached token layout changes
 _SPLITS = ('train', 'validation')
 _META_FILE = 'meta.json'
+_TEXT_KEYS = ('dtype', 'train', 'validation', 'val_unigram_entropy')  # what a cache's meta holds
+_SHARD_KEYS = ('train', 'validation', 'max_id', 'max_id_file', 'max_id_offset',
+               'val_unigram_entropy')
 
 
 class TokenStream:
@@ -139,7 +143,10 @@ def token_streams(config: ml_collections.ConfigDict, tokenizer: Tokenizer, workd
         (s.paths, [os.path.getsize(p) for p in s.paths], s.start, s.stop) for s in (train, val)]))
     meta_path = os.path.join(cache, _META_FILE)
     meta = _read_meta(meta_path)
-    if meta is None:  # scan once for the largest id and the unigram entropy
+    problem = _meta_problem(meta, _SHARD_KEYS) if meta is not None else ''
+    if problem:
+      logging.warning('The token cache %s fails its check (%s): rebuilding it.', cache, problem)
+    if meta is None or problem:  # scan once for the largest id and the unigram entropy
       meta = {'source': 'tokens', 'train': {'files': len(train.paths)},
               'validation': {'files': len(val.paths)}, **_max_token(train, val),
               'val_unigram_entropy': unigram_entropy_nats(val)}
@@ -150,7 +157,7 @@ def token_streams(config: ml_collections.ConfigDict, tokenizer: Tokenizer, workd
     bins = [os.path.join(cache, f'{name}.bin') for name in _SPLITS]
     dtype = 'uint16' if tokenizer.vocab_size <= 1 << 16 else 'uint32'
     meta = _read_meta(meta_path) if all(map(os.path.exists, bins)) else None
-    damage = _cache_damage(meta, bins) if meta is not None else ''
+    damage = _cache_damage(meta, bins, dtype) if meta is not None else ''
     if damage:
       logging.warning('The token cache %s fails its check (%s): rebuilding it.', cache, damage)
     if meta is None or damage:
@@ -197,9 +204,28 @@ def _new_hash():
   return hashlib.blake2b(digest_size=16)
 
 
-def _cache_damage(meta: dict[str, Any], bins: Sequence[str]) -> str:
-  """Why the cached token files do not match their meta.json ('' if they do)."""
-  itemsize = np.dtype(meta.get('dtype', 'uint16')).itemsize
+def _meta_problem(meta: dict[str, Any], keys: Sequence[str]) -> str:
+  """What a meta.json that parses lacks or holds wrongly ('' if nothing): a hand-edited or foreign
+  file is a reason to rebuild, like a damaged one, not a traceback later."""
+  absent = [key for key in keys if key not in meta]
+  if absent:
+    return f'{_META_FILE} lacks {absent}'
+  entropy = meta['val_unigram_entropy']
+  if (isinstance(entropy, bool) or not isinstance(entropy, (int, float))
+      or not math.isfinite(entropy)):
+    return f'{_META_FILE} has val_unigram_entropy={entropy!r}, not a finite number'
+  return ''
+
+
+def _cache_damage(meta: dict[str, Any], bins: Sequence[str], dtype: str) -> str:
+  """Why the cached token files do not match their meta.json, written as `dtype` ('' if they
+  do)."""
+  problem = _meta_problem(meta, _TEXT_KEYS)
+  if problem:
+    return problem
+  if meta['dtype'] != dtype:
+    return f'{_META_FILE} names dtype {meta["dtype"]!r}; this tokenizer\'s cache is {dtype!r}'
+  itemsize = np.dtype(dtype).itemsize
   for name, path in zip(_SPLITS, bins):
     info = meta.get(name)
     if not isinstance(info, dict) or 'tokens' not in info or 'checksum' not in info:

@@ -157,6 +157,23 @@ def test_token_shards_vocab_check_and_rewritten_shards(tmp_path):
   assert len(os.listdir(os.path.join(workdir, 'data'))) == 2
 
 
+def test_an_altered_meta_of_token_shards_is_scanned_again(tmp_path):
+  shard = tmp_path / 'shards' / 'part0.bin'
+  shard.parent.mkdir()
+  (np.arange(2000, dtype=np.uint16) % 200).tofile(shard)
+  config = _config(tmp_path, 'tokens', paths=str(tmp_path / 'shards' / '*.bin'),
+                   val_fraction=0.25)
+  workdir = str(tmp_path / 'run')
+  meta = tokens.token_streams(config, ByteTokenizer(), workdir)[2]
+  cache, = os.listdir(os.path.join(workdir, 'data'))
+  _edit_meta(max_id=None)(os.path.join(workdir, 'data', cache, 'shard'))
+  with mock.patch.object(tokens.logging, 'warning') as warning:
+    again = tokens.token_streams(config, ByteTokenizer(), workdir)[2]
+  (message, *args), _ = warning.call_args
+  assert "lacks ['max_id']" in message % tuple(args)
+  assert again == meta
+
+
 def _damage_truncate(path):
   with open(path, 'r+b') as f:
     f.truncate(os.path.getsize(path) - 64)  # whole tokens gone: the size is still even
@@ -168,10 +185,30 @@ def _damage_meta(path):
     f.write(b'{"source": "text", "tra\xff\x00')
 
 
+def _edit_meta(**changes):
+  """A meta.json that still parses, with `changes` applied (None deletes the key)."""
+  def damage(path):
+    meta_path = os.path.join(os.path.dirname(path), 'meta.json')
+    with open(meta_path) as f:
+      meta = json.load(f)
+    for key, value in changes.items():
+      if value is None:
+        del meta[key]
+      else:
+        meta[key] = value
+    with open(meta_path, 'w') as f:
+      json.dump(meta, f)
+  return damage
+
+
 @pytest.mark.parametrize('damage, split, says', [
     (_damage_truncate, 'train', 'bytes'), (_damage_truncate, 'validation', 'bytes'),
-    (faults.flip_middle_byte, 'train', 'checksum'), (_damage_meta, 'train', 'meta.json')],
-    ids=['truncated-train', 'truncated-validation', 'flipped-byte', 'garbled-meta'])
+    (faults.flip_middle_byte, 'train', 'checksum'), (_damage_meta, 'train', 'meta.json'),
+    (_edit_meta(dtype='float7'), 'train', "names dtype 'float7'"),
+    (_edit_meta(val_unigram_entropy=None), 'train', "lacks ['val_unigram_entropy']"),
+    (_edit_meta(val_unigram_entropy='high'), 'train', "val_unigram_entropy='high', not a finite")],
+    ids=['truncated-train', 'truncated-validation', 'flipped-byte', 'garbled-meta',
+         'altered-dtype', 'deleted-entropy', 'altered-entropy'])
 def test_a_damaged_cache_is_rebuilt_never_read(tmp_path, damage, split, says):
   config = _config(tmp_path)
   workdir = str(tmp_path / 'run')
