@@ -4,8 +4,9 @@ Saving both in one step directory is what makes resume exact: the restored run s
 parameters, optimizer moments and the same next batch as the run that was never interrupted.
 Orbax writes each step to a temporary directory and renames it when complete, so a save cut short
 by preemption never looks like a checkpoint. Each step also stores a checksum of every array of the
-state (`state_checksums`), recomputed on restore: a checkpoint that is complete but unreadable, or
-readable with other values than were saved (disk corruption, a partial copy), is set aside with one
+state (`state_checksums`) and of every process's data-iterator position, recomputed on restore: a
+checkpoint that is complete but unreadable, readable with other values than were saved (disk
+corruption, a partial copy, an edited position), or without its checksums is set aside with one
 warning in favour of the newest one that restores intact. A checkpoint of another layout than the
 config makes (a changed model) is not corrupt and is never set aside: the restore refuses instead.
 """
@@ -14,6 +15,8 @@ from __future__ import annotations
 
 import contextlib
 import glob
+import hashlib
+import json
 import logging as python_logging
 import os
 import time
@@ -22,12 +25,15 @@ from typing import Any, Iterator
 import grain
 import jax
 import jax.numpy as jnp
+import numpy as np
 import orbax.checkpoint as ocp
 from absl import logging
+from jax.experimental import multihost_utils
 
 from gptjax.runs import cli, run_dir
 
 _CHECKSUMS = 'checksums'
+_DATA_POSITIONS = 'data_positions'  # the checksums item's entry for the data iterators
 
 
 class CheckpointError(cli.RunError):
@@ -72,6 +78,21 @@ def state_checksums(state: Any) -> dict[str, int]:
   return {name: int(value) for name, value in _flat_names(jax.device_get(_checksum_tree(state))).items()}
 
 
+def _position_checksum(data_iter: Any) -> int:
+  """A uint32 checksum of this process's data-iterator position, as the iterator reports it."""
+  state = json.dumps(data_iter.get_state(), sort_keys=True, default=str).encode()
+  return int.from_bytes(hashlib.blake2b(state, digest_size=4).digest(), 'little')
+
+
+def _data_positions(data_iter: Any) -> list[int]:
+  """Every process's position checksum, in process order: the checksums item is written once,
+  by process 0, so it gathers them all (every process saves at the same step)."""
+  mine_1 = np.array([_position_checksum(data_iter)], np.uint32)
+  if jax.process_count() == 1:
+    return [int(mine_1[0])]
+  return [int(x) for x in np.asarray(multihost_utils.process_allgather(mine_1)).reshape(-1)]
+
+
 def make_manager(workdir: str, *, save_every: int, keep: int, async_save: bool) -> ocp.CheckpointManager:
   options = ocp.CheckpointManagerOptions(
       save_interval_steps=max(save_every, 1), max_to_keep=keep, create=True,
@@ -85,10 +106,12 @@ def make_manager(workdir: str, *, save_every: int, keep: int, async_save: bool) 
 
 def save(manager: ocp.CheckpointManager, step: int, state: Any, data_iter: Any | None,
          *, force: bool = False) -> bool:
-  items = {'state': ocp.args.StandardSave(state),
-           _CHECKSUMS: ocp.args.JsonSave(state_checksums(state))}
+  checksums = state_checksums(state)
+  items = {'state': ocp.args.StandardSave(state)}
   if data_iter is not None:
     items['data'] = grain.checkpoint.CheckpointSave(data_iter)
+    checksums[_DATA_POSITIONS] = _data_positions(data_iter)
+  items[_CHECKSUMS] = ocp.args.JsonSave(checksums)
   return manager.save(step, args=ocp.args.Composite(**items), force=force)
 
 
@@ -156,17 +179,22 @@ def _restore_verified(manager: ocp.CheckpointManager, step: int, abstract_state:
   has_data = os.path.isdir(os.path.join(str(manager.directory), str(step), 'data'))
   if data_iter is not None and (step > 0 or has_data):
     items['data'] = grain.checkpoint.CheckpointRestore(data_iter)
-  has_checksums = os.path.isdir(os.path.join(str(manager.directory), str(step), _CHECKSUMS))
-  if has_checksums:
-    items[_CHECKSUMS] = ocp.args.JsonRestore()
+  if not os.path.isdir(os.path.join(str(manager.directory), str(step), _CHECKSUMS)):
+    raise ChecksumMismatch('it holds no checksums, so nothing it holds can be verified')
+  items[_CHECKSUMS] = ocp.args.JsonRestore()
   with _orbax_quiet():
     restored = manager.restore(step, args=ocp.args.Composite(**items))
-  if has_checksums:
-    saved = restored[_CHECKSUMS]
-    altered = sorted(name for name, value in state_checksums(restored['state']).items()
-                     if saved.get(name) != value)
-    if altered:
-      raise ChecksumMismatch(f'{len(altered)} array(s) differ from what was saved, e.g. {altered[:3]}')
+  saved = restored[_CHECKSUMS]
+  altered = sorted(name for name, value in state_checksums(restored['state']).items()
+                   if saved.get(name) != value)
+  if altered:
+    raise ChecksumMismatch(f'{len(altered)} array(s) differ from what was saved, e.g. '
+                           f'{altered[:3]}')
+  positions = saved.get(_DATA_POSITIONS)  # absent from checkpoints that saved no data position
+  if 'data' in items and positions is not None and (
+      len(positions) != jax.process_count()
+      or positions[jax.process_index()] != _position_checksum(data_iter)):
+    raise ChecksumMismatch('the data position differs from what was saved')
   return restored['state']
 
 

@@ -307,8 +307,27 @@ def _alter_one_saved_checksum(step_dir):
     json.dump(sums, f)
 
 
+def _alter_the_data_position(step_dir):
+  """The probe's edit: another next index in the data iterator's saved position."""
+  path = os.path.join(step_dir, 'data', 'process_0-of-1.json')
+  with open(path) as f:
+    position = json.load(f)
+  assert isinstance(position.get('next_index'), int), position  # the file the probe edited
+  position['next_index'] += 7
+  with open(path, 'w') as f:
+    json.dump(position, f)
+
+
+def _delete_the_checksums_and_flip_a_byte(step_dir):
+  """Without its checksums a checkpoint is unverifiable: damaged, whatever else it holds."""
+  shutil.rmtree(os.path.join(step_dir, 'checksums'))
+  _flip_a_byte_of_the_largest_array_file(step_dir)
+
+
 @pytest.mark.parametrize('damage', [_flip_a_byte_of_the_largest_array_file,
-                                    _alter_one_saved_checksum], ids=['flipped-byte', 'checksum'])
+                                    _alter_one_saved_checksum, _alter_the_data_position,
+                                    _delete_the_checksums_and_flip_a_byte],
+                         ids=['flipped-byte', 'checksum', 'data-position', 'no-checksums'])
 @pytest.mark.slow
 def test_a_checkpoint_that_fails_its_checksum_is_set_aside(finished_run, tmp_path, damage):
   workdir = shutil.copytree(finished_run, str(tmp_path / 'altered'))
