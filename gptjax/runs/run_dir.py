@@ -23,6 +23,7 @@ import json
 import math
 import os
 import tempfile
+import time
 import warnings
 from typing import Any, Callable
 
@@ -260,6 +261,18 @@ def read_metrics(workdir: str) -> list[dict[str, Any]]:
       continue
     records.append({key: _number(value) for key, value in record.items()})
   return records
+
+
+def set_aside_metrics(workdir: str) -> str | None:
+  """Before a run starts afresh in a workdir that holds records (its checkpoints were all damaged
+  and set aside): renames metrics.jsonl to metrics.set-aside-<unix time>.jsonl, so the fresh run's
+  records are never mixed with the earlier attempt's, and none is lost. Returns the new name."""
+  path = os.path.join(workdir, METRICS_FILE)
+  if not os.path.exists(path) or not os.path.getsize(path):
+    return None
+  target = os.path.join(workdir, f'metrics.set-aside-{int(time.time())}.jsonl')
+  os.replace(path, target)
+  return target
 
 
 def truncate_metrics_after(workdir: str, step: int) -> int:

@@ -144,13 +144,19 @@ def restore_or_start(manager, workdir: str, state: TrainState, state_shardings: 
              data: data_lib.Data) -> tuple[int, TrainState]:
   """(step, state) of the latest intact checkpoint, or (0, state) for a fresh run.
 
-  A resumed run drops the metrics records past its checkpoint: it writes them again.
+  A resumed run drops the metrics records past its checkpoint: it writes them again. A fresh run
+  in a workdir that holds records (of an attempt whose checkpoints were all set aside) first sets
+  them aside, so no step is recorded twice.
   """
   abstract = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
                           state, state_shardings)
   restored = checkpointing.restore_latest(manager, abstract, data.train_iter)
   if restored is None:
     if jax.process_index() == 0:
+      aside = run_dir.set_aside_metrics(workdir)
+      if aside:
+        logging.warning('No checkpoint to resume from: the earlier records are kept in %s, and '
+                        'this run starts a new %s.', aside, run_dir.METRICS_FILE)
       logging.info('Unigram baseline of the validation split: %.4f nats/token.',
                    data.unigram_entropy)
     return 0, state

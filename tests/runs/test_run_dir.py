@@ -40,3 +40,13 @@ def test_binary_bytes_before_the_last_line_name_the_file_and_the_fix(tmp_path, r
   with pytest.raises(ValueError, match=rf'{path}:2 is not text: the file is damaged\. Restore it'):
     read(workdir)
   assert path.read_bytes().startswith(b'{"step": 1}\n\xb0')  # nothing rewritten
+
+
+def test_a_fresh_start_sets_the_earlier_records_aside(tmp_path):
+  workdir = _metrics(tmp_path, _lines({'step': 10}, {'step': 20}))
+  aside = run_dir.set_aside_metrics(workdir)
+  assert aside.startswith(str(tmp_path / 'metrics.set-aside-')) and aside.endswith('.jsonl')
+  with open(aside, 'rb') as f:
+    assert f.read() == _lines({'step': 10}, {'step': 20})  # kept, byte for byte
+  assert not (tmp_path / run_dir.METRICS_FILE).exists()
+  assert run_dir.set_aside_metrics(workdir) is None  # nothing left to set aside

@@ -339,6 +339,23 @@ def test_a_checkpoint_that_fails_its_checksum_is_set_aside(finished_run, tmp_pat
 
 
 @pytest.mark.slow
+def test_a_fresh_start_after_every_checkpoint_failed_records_each_step_once(finished_run, tmp_path):
+  workdir = shutil.copytree(finished_run, str(tmp_path / 'all-damaged'))
+  for step in os.listdir(os.path.join(workdir, 'checkpoints')):
+    _alter_one_saved_checksum(os.path.join(workdir, 'checkpoints', step))
+  with pytest.raises(checkpointing.CheckpointError, match='Rerun to start afresh'):
+    loop.train_and_evaluate(_config(), workdir)
+  loop.train_and_evaluate(_config(), workdir)  # the rerun starts afresh
+  steps = [r['step'] for r in _records(workdir)]
+  assert steps == [r['step'] for r in _records(finished_run)]  # each step once
+  aside, = [name for name in os.listdir(workdir) if name.startswith('metrics.set-aside-')]
+  with open(os.path.join(workdir, aside)) as f, open(os.path.join(finished_run,
+                                                                  run_dir.METRICS_FILE)) as g:
+    assert f.read() == g.read()  # the earlier attempt's records, kept as they were
+  _assert_same_params(_params(workdir), _params(finished_run))
+
+
+@pytest.mark.slow
 def test_a_lost_final_record_is_measured_again_on_rerun(finished_run, tmp_path):
   workdir = shutil.copytree(finished_run, str(tmp_path / 'cut'))
   metrics = os.path.join(workdir, run_dir.METRICS_FILE)
