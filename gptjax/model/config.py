@@ -22,6 +22,7 @@ MLPS = ('gelu', 'swiglu')
 NORMS = ('layernorm', 'rmsnorm')
 REMATS = ('none', 'full', 'dots')
 DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16, 'float16': jnp.float16}
+MAX_VOCAB = 2**31 - 1  # token ids are int32 everywhere: batches, the embedding lookup, the loss
 
 
 @dataclasses.dataclass(frozen=True)
@@ -67,6 +68,9 @@ class GPTConfig:
 
     for name in ('vocab_size', 'd_model', 'num_layers', 'num_heads', 'max_seq_len'):
       check(getattr(self, name) > 0, f'{name}={getattr(self, name)} must be positive.')
+    check(self.vocab_size <= MAX_VOCAB,
+          f'vocab_size={self.vocab_size:,} exceeds {MAX_VOCAB:,}: token ids are int32 and the '
+          'embedding has a row per id; pick the size of the tokenizer (or of the shards\' ids).')
     check(self.d_model % self.num_heads == 0,
           f'd_model={self.d_model} is not divisible by num_heads={self.num_heads}; '
           'pick num_heads that divides d_model.')

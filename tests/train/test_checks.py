@@ -18,6 +18,7 @@ def mesh():
     ('data.source', 'web', "Unknown data.source='web'"),
     ('data.tokenizer', 'words', "data.tokenizer='words'; choose 'byte' or 'bpe'"),
     ('model.d_model', 30, 'd_model=30 is not divisible by num_heads'),
+    ('model.vocab_size', 10**12, 'vocab_size=1,000,000,000,000 exceeds 2,147,483,647'),
     ('train.num_steps', 0, 'train.num_steps=0 must be a whole number >= 1'),
     ('train.b2', 1.0, 'train.b2=1.0 must be in [0, 1)'),
     ('train.objective', 'mlm', 'needs model.causal=False'),
