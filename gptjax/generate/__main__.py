@@ -10,6 +10,7 @@ search keeps the whole output in one context.
 
 from __future__ import annotations
 
+import os
 from typing import Sequence
 
 import jax
@@ -23,7 +24,7 @@ from gptjax.generate.decoding import left_pad, sample_windowed
 from gptjax.generate.sampling import SamplingConfig
 from gptjax.model.config import GPTConfig
 from gptjax.parallel import hardware
-from gptjax.runs import cli
+from gptjax.runs import cli, run_dir
 
 _WORKDIR = flags.DEFINE_string('workdir', None,
                                 'Run directory holding config.json and checkpoints/.')
@@ -49,6 +50,12 @@ def main(argv: Sequence[str]) -> None:
     raise ValueError(f'--max_new_tokens={_MAX_NEW.value} must be at least 1.')
   if _BEAMS.value < 1:
     raise ValueError(f'--num_beams={_BEAMS.value} must be at least 1 (1 samples, more search).')
+  if run_dir.exists(os.path.join(_WORKDIR.value, run_dir.CONFIG_FILE)) and 'ppo' in (
+      run_dir.read_config(_WORKDIR.value)):
+    raise ValueError(f'{_WORKDIR.value} is a PPO run: its checkpoints hold the policy, its critic '
+                     'and beta together, which this command does not read. Load the policy with '
+                     'gptjax.preferences.ppo_training.load_state(WORKDIR).policy.params, or '
+                     'sample the SFT or DPO run it started from.')
   config, params = state.load_params(_WORKDIR.value)
   if not config.model.get('causal', True):
     raise ValueError(f'{_WORKDIR.value} holds a bidirectional model (model.causal=False, trained '
