@@ -1,4 +1,4 @@
-r"""Runs the fine-tuning study (experiments/sweeps/finetune_methods.py), then its table and figure.
+r"""Runs the fine-tuning study (experiments/finetune_methods.py), then its table and figure.
 
   python -m experiments.finetune_study --bases=runs/clm_vs_mlm --workdir=runs/finetune_methods
 
@@ -23,8 +23,8 @@ matplotlib.use('Agg')
 import matplotlib.pyplot as plt  # noqa: E402
 from absl import app, flags  # noqa: E402
 
+from experiments import finetune_methods as study  # noqa: E402
 from experiments.configs import finetune as finetune_config  # noqa: E402
-from experiments.sweeps import finetune_methods as study  # noqa: E402
 from gptjax import train
 from gptjax.cost import flops
 from gptjax.data import load_tokenizer  # noqa: E402
