@@ -159,6 +159,15 @@ def check_config(d: ml_collections.ConfigDict):
                      'is empty; or name the validation files in data.val_paths.')
 
 
+def check_inputs(d: ml_collections.ConfigDict) -> None:
+  """Raises, naming the field and the fix, when `data.paths` or `data.val_paths` match no file: a
+  fresh run checks this before it locks or writes anything in its workdir."""
+  if d.source in ('text', 'arrayrecord', 'tokens'):
+    glob_files(d.paths, 'paths')
+    if d.val_paths:
+      glob_files(d.val_paths, 'val_paths')
+
+
 def _stdlib_files() -> list[FilePart]:
   root = sysconfig.get_paths()['stdlib']
   files = []

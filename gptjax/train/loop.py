@@ -23,7 +23,7 @@ from jax.sharding import Mesh
 
 from gptjax import data as data_lib
 from gptjax.cost import flops
-from gptjax.data import tokenizer, tokens
+from gptjax.data import corpus, tokenizer, tokens
 from gptjax.model.config import GPTConfig
 from gptjax.model.gpt import GPT
 from gptjax.parallel import hardware, sharding
@@ -213,6 +213,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   """
   mesh = sharding.make_mesh(config.mesh)
   checks.check_run_config(config, mesh)
+  if not run_dir.exists(os.path.join(workdir, run_dir.DATA_DIR)):  # a resumed run reads its cache
+    corpus.check_inputs(config.data)
   workdir_lock.prepare(workdir)
   lock = take_workdir(workdir)
   try:

@@ -165,3 +165,19 @@ def test_arrayrecord_split_by_record(tmp_path):
   d.val_paths = str(tmp_path / 'b.array_record')
   train, val = corpus.text_splits(d)
   assert list(train.texts('strict')) == docs_a and list(val.texts('strict')) == docs_b
+
+
+def test_inputs_that_match_no_file_are_named_before_any_run_starts(tmp_path):
+  config = base.get_config()
+  config.data.update(source='text', paths=str(tmp_path / 'none' / '*.txt'))
+  with pytest.raises(ValueError, match=r"data.paths glob .*none/\*\.txt.* matched no files"):
+    corpus.check_inputs(config.data)
+  (tmp_path / 'a.txt').write_text('text')
+  config.data.update(paths=str(tmp_path / '*.txt'), val_paths=str(tmp_path / 'val' / '*.txt'))
+  with pytest.raises(ValueError, match='data.val_paths glob'):
+    corpus.check_inputs(config.data)
+  config.data.val_paths = ''
+  corpus.check_inputs(config.data)  # files that exist pass
+  config.data.source = 'stdlib'
+  config.data.paths = ''
+  corpus.check_inputs(config.data)  # the embedded corpus has no globs to check

@@ -99,6 +99,16 @@ def test_command_line_mistakes_are_one_line_with_the_fix(tmp_path, name):
   assert not workdir.exists()
 
 
+def test_inputs_that_match_no_file_are_refused_before_the_workdir_is_made(tmp_path):
+  workdir = tmp_path / 'run'
+  run = _main('--config=experiments/configs/tiny.py', f'--workdir={workdir}',
+              '--config.data.source=text', f'--config.data.paths={tmp_path}/none/*.txt')
+  assert run.returncode == 2 and 'Traceback' not in run.stderr, run.stderr[-3000:]
+  assert run.stderr.strip().splitlines()[-1].startswith(
+      f"gptjax.main: error: data.paths glob '{tmp_path}/none/*.txt'"), run.stderr[-3000:]
+  assert not workdir.exists()  # no lock, no tokenizer.json
+
+
 def test_a_workdir_that_is_a_file_is_one_line(tmp_path):
   a_file = tmp_path / 'run'
   a_file.write_text('kept\n')
