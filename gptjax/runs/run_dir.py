@@ -263,15 +263,20 @@ def read_metrics(workdir: str) -> list[dict[str, Any]]:
   return records
 
 
-def set_aside_metrics(workdir: str) -> str | None:
+def set_aside_records(workdir: str) -> str | None:
   """Before a run starts afresh in a workdir that holds records (its checkpoints were all damaged
-  and set aside): renames metrics.jsonl to metrics.set-aside-<unix time>.jsonl, so the fresh run's
-  records are never mixed with the earlier attempt's, and none is lost. Returns the new name."""
-  path = os.path.join(workdir, METRICS_FILE)
-  if not os.path.exists(path) or not os.path.getsize(path):
+  and set aside): moves metrics.jsonl, the TensorBoard events and config.json into
+  `set-aside-<unix time>/`, so the fresh run's records are never mixed with the earlier attempt's
+  and none is lost. Returns that folder, or None when there was nothing to move."""
+  metrics = os.path.join(workdir, METRICS_FILE)
+  if not os.path.exists(metrics) or not os.path.getsize(metrics):
     return None
-  target = os.path.join(workdir, f'metrics.set-aside-{int(time.time())}.jsonl')
-  os.replace(path, target)
+  names = [name for name in (METRICS_FILE, TENSORBOARD_DIR, CONFIG_FILE)
+           if os.path.exists(os.path.join(workdir, name))]
+  target = os.path.join(workdir, f'set-aside-{int(time.time())}')
+  os.makedirs(target)
+  for name in names:
+    os.replace(os.path.join(workdir, name), os.path.join(target, name))
   return target
 
 

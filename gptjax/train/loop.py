@@ -153,10 +153,10 @@ def restore_or_start(manager, workdir: str, state: TrainState, state_shardings: 
   restored = checkpointing.restore_latest(manager, abstract, data.train_iter)
   if restored is None:
     if jax.process_index() == 0:
-      aside = run_dir.set_aside_metrics(workdir)
+      aside = run_dir.set_aside_records(workdir)
       if aside:
-        logging.warning('No checkpoint to resume from: the earlier records are kept in %s, and '
-                        'this run starts a new %s.', aside, run_dir.METRICS_FILE)
+        logging.warning('No checkpoint to resume from: the earlier attempt\'s records, TensorBoard '
+                        'events and config are kept in %s; this run starts afresh.', aside)
       logging.info('Unigram baseline of the validation split: %.4f nats/token.',
                    data.unigram_entropy)
     return 0, state

@@ -1,6 +1,7 @@
 """The run directory's JSONL files read back as they were written, and a damaged one is named."""
 
 import json
+import pathlib
 import warnings
 
 import pytest
@@ -44,9 +45,14 @@ def test_binary_bytes_before_the_last_line_name_the_file_and_the_fix(tmp_path, r
 
 def test_a_fresh_start_sets_the_earlier_records_aside(tmp_path):
   workdir = _metrics(tmp_path, _lines({'step': 10}, {'step': 20}))
-  aside = run_dir.set_aside_metrics(workdir)
-  assert aside.startswith(str(tmp_path / 'metrics.set-aside-')) and aside.endswith('.jsonl')
-  with open(aside, 'rb') as f:
-    assert f.read() == _lines({'step': 10}, {'step': 20})  # kept, byte for byte
-  assert not (tmp_path / run_dir.METRICS_FILE).exists()
-  assert run_dir.set_aside_metrics(workdir) is None  # nothing left to set aside
+  (tmp_path / run_dir.TENSORBOARD_DIR).mkdir()
+  (tmp_path / run_dir.TENSORBOARD_DIR / 'events').write_bytes(b'tb')
+  (tmp_path / run_dir.CONFIG_FILE).write_text('{}')
+  (tmp_path / 'tokenizer.json').write_text('{}')  # what the fresh run reuses stays
+  aside = pathlib.Path(run_dir.set_aside_records(workdir))
+  assert aside.parent == tmp_path and aside.name.startswith('set-aside-')
+  assert (aside / run_dir.METRICS_FILE).read_bytes() == _lines({'step': 10}, {'step': 20})
+  assert (aside / run_dir.TENSORBOARD_DIR / 'events').read_bytes() == b'tb'
+  assert (aside / run_dir.CONFIG_FILE).read_text() == '{}'
+  assert sorted(p.name for p in tmp_path.iterdir()) == [aside.name, 'tokenizer.json']
+  assert run_dir.set_aside_records(workdir) is None  # nothing left to set aside

@@ -348,9 +348,9 @@ def test_a_fresh_start_after_every_checkpoint_failed_records_each_step_once(fini
   loop.train_and_evaluate(_config(), workdir)  # the rerun starts afresh
   steps = [r['step'] for r in _records(workdir)]
   assert steps == [r['step'] for r in _records(finished_run)]  # each step once
-  aside, = [name for name in os.listdir(workdir) if name.startswith('metrics.set-aside-')]
-  with open(os.path.join(workdir, aside)) as f, open(os.path.join(finished_run,
-                                                                  run_dir.METRICS_FILE)) as g:
+  aside, = [name for name in os.listdir(workdir) if name.startswith('set-aside-')]
+  with open(os.path.join(workdir, aside, run_dir.METRICS_FILE)) as f, open(
+      os.path.join(finished_run, run_dir.METRICS_FILE)) as g:
     assert f.read() == g.read()  # the earlier attempt's records, kept as they were
   _assert_same_params(_params(workdir), _params(finished_run))
 
