@@ -30,7 +30,7 @@ import numpy as np
 import scipy.optimize
 
 import launch
-from gptjax.runs import format_duration
+from gptjax.runs import RESUME_STATUS, format_duration
 from launch.status import member_status
 
 LOG_FILE = 'log.txt'
@@ -50,6 +50,8 @@ def member_command(sweep_path: str, member: launch.Member, member_dir: str) -> l
 
 # ---------------------------------------------------------------- running members
 
+MAX_RESUMES = 3  # a member stopped more often than this is reported, not started again
+
 
 @dataclasses.dataclass
 class Job:
@@ -65,6 +67,7 @@ class Job:
   started: float = 0.0
   first: tuple[float, int] | None = None  # (time, step) of its first progress line
   last: tuple[float, int] | None = None  # and of its latest
+  resumes: int = 0  # how often it was started again after a signal stopped it
 
   def flops(self, steps: float) -> float:
     return self.plan.flops * steps / self.plan.steps
@@ -206,6 +209,12 @@ def run_jobs(jobs: Sequence[Job], sweep_path: str, *, parallel: int, total: int,
         code = job.process.poll()
         if code is not None:
           running.remove(job)
+          if code == RESUME_STATUS and job.resumes < MAX_RESUMES:
+            job.resumes += 1  # stopped by a signal after saving (a preemption): resume it
+            print(f'{board.prefix()} {job.member.name} was stopped after saving a checkpoint '
+                  f'(status {code}); resuming it', flush=True)
+            waiting.insert(0, job)
+            continue
           why = _ended(job, board, code)
           if why:
             failures[job.member.name] = why

@@ -7,6 +7,6 @@ from gptjax import lazy_exports
 
 SUBMODULES = ('cli', 'run_dir', 'workdir_lock')
 # Public names -> the submodule that defines each.
-NAMES = {'RunError': 'cli', 'format_duration': 'cli'}
+NAMES = {'RESUME_STATUS': 'cli', 'RunError': 'cli', 'Stopped': 'cli', 'format_duration': 'cli'}
 __all__ = [*SUBMODULES, *NAMES]
 __getattr__, __dir__ = lazy_exports(__name__, SUBMODULES, NAMES)

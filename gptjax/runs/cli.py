@@ -6,6 +6,9 @@ Every `python -m gptjax.<tool>` runs its main through `run`, which turns
     read-only) into one line on stderr and exit status 2;
   - a `RunError` (a run that stopped and says why: non-finite training, a busy workdir, no
     readable checkpoint) into one line and exit status 1;
+  - `Stopped` (SIGTERM or Ctrl-C reached a training loop, which saved a checkpoint first) into one
+    line and exit status 75, sysexits' EX_TEMPFAIL: not finished, to be resumed by running the
+    same command again, which is what a scheduler or the sweep runner does with it;
   - Ctrl-C outside a training loop into one line and exit status 130.
 Programming errors still end in a traceback: they are for the maintainers, not the user.
 """
@@ -21,11 +24,16 @@ from absl import app, flags, logging
 
 USAGE_STATUS = 2
 RUN_STATUS = 1
+RESUME_STATUS = 75  # sysexits.h EX_TEMPFAIL: stopped after saving; the same command resumes it
 INTERRUPTED_STATUS = 130
 
 
 class RunError(RuntimeError):
   """A run stopped for a reason its message states, with the fix; nothing written is lost."""
+
+
+class Stopped(RunError):
+  """A signal stopped the run after it saved a checkpoint: not finished, to be resumed."""
 
 
 class _QuietLibraries(logging.logging.Filter):
@@ -107,6 +115,8 @@ def run(main: Callable[[list[str]], Any], program: str,
   def guarded(argv: list[str]) -> Any:
     try:
       return main(argv)
+    except Stopped as error:
+      fail(program, str(error), RESUME_STATUS)
     except RunError as error:
       fail(program, str(error), RUN_STATUS)
     except app.UsageError as error:

@@ -265,7 +265,7 @@ def run_loop(config, state, step, data, jit_train, evaluate_with, to_global, man
              mesh, rules) -> dict[str, Any]:
   """Steps from `step` to the end, or to a stop signal (SIGTERM or Ctrl-C: a checkpoint is saved
   first), then waits for the last checkpoint and closes the records; returns the last record, or
-  raises `stopping.Stopped` (exit status 1) when a signal stopped the run before its end.
+  raises `cli.Stopped` (exit status 75) when a signal stopped the run before its end.
 
   Pre-training, fine-tuning and the preference stages all end their runs through here.
   """

@@ -25,11 +25,6 @@ class NonFiniteLossError(cli.RunError):
   pass
 
 
-class Stopped(cli.RunError):
-  """A signal stopped the run after it saved a checkpoint: not finished, to be resumed. Its exit
-  status (1) tells a scheduler, a sweep runner or a requeue script this from a finished run (0)."""
-
-
 @dataclasses.dataclass
 class StopSignals:
   """SIGTERM, or Ctrl-C, stops the run at a step boundary after saving a checkpoint.
@@ -78,8 +73,9 @@ class StopSignals:
     self.stopped_at = step
 
   def raise_if_stopped(self) -> None:
+    """Raises `cli.Stopped` (exit status 75) if the loop stopped for a signal."""
     if self.stopped_at is not None:
-      raise Stopped(f'Stopped at step {self.stopped_at} after saving a checkpoint; rerun the same '
+      raise cli.Stopped(f'Stopped at step {self.stopped_at} after saving a checkpoint; rerun the same '
                     'command to resume.')
 
   def _handle(self, signum, frame) -> None:

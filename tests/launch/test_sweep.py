@@ -201,6 +201,12 @@ FAKE_TRAINER = textwrap.dedent('''
       open(os.path.join(workdir, 'ready'), 'w').close()
       time.sleep(60)
       sys.exit(3)
+    if mode == 'pause' and not os.path.exists(os.path.join(workdir, 'paused')):
+      os.makedirs(workdir, exist_ok=True)  # preempted once: saved, then exited "resume me"
+      open(os.path.join(workdir, 'paused'), 'w').close()
+      print('gptjax.main: error: Stopped at step 4 after saving a checkpoint; rerun the same '
+            'command to resume.', flush=True)
+      sys.exit(75)
     if mode == 'drift':  # a config that no longer matches the sweep file's, as after an edit
       os.makedirs(workdir, exist_ok=True)
       with open(os.path.join(workdir, run_dir.CONFIG_FILE), 'w') as f:
@@ -263,7 +269,8 @@ def fake_trainer(tmp_path, monkeypatch):
 
   def command(sweep_path, member, member_dir):
     del sweep_path
-    mode = next((m for m in ('fail', 'slow', 'drift') if member.name.startswith(m)), 'ok')
+    mode = next((m for m in ('fail', 'slow', 'drift', 'pause') if member.name.startswith(m)),
+                'ok')
     return [sys.executable, str(script), member_dir, str(member.overrides['train.num_steps']),
             str(member.overrides['model.d_model']), mode, str(calls)]
 
@@ -271,6 +278,17 @@ def fake_trainer(tmp_path, monkeypatch):
   monkeypatch.setattr(local, '_POLL_S', 0.05)
   monkeypatch.setattr(local, 'measure_peak', lambda env: None)  # a real one imports JAX: 5 s
   return calls
+
+
+def test_a_member_stopped_to_resume_is_started_again_and_finishes(tmp_path, fake_trainer, capsys):
+  """Exit status 75 (stopped by a signal after saving) is "resume me", not a failure."""
+  sweep = _write_sweep(tmp_path, [('paused', 16, 8)])
+  workdir = str(tmp_path / 'runs')
+  assert runner.run_sweep(sweep, workdir, n_bootstrap=2) == 0
+  out = capsys.readouterr().out
+  assert fake_trainer.read_text().split() == ['paused', 'paused']
+  assert 'paused was stopped after saving a checkpoint (status 75); resuming it' in out
+  assert 'finished paused: eval_loss' in out and 'FAILED' not in out
 
 
 def test_runner_skips_finished_resumes_unfinished_and_reports_failures(tmp_path, fake_trainer,

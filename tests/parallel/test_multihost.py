@@ -71,7 +71,7 @@ class _Launch:
   procs: list[subprocess.Popen]
   logs: list[pathlib.Path]
   sigterm_process: int | None  # gets a SIGTERM once process 0 has logged a step, as if preempted
-  status: int  # the exit status every process must end with: 1 where stopped by a signal
+  status: int  # the exit status every process must end with: 75 where stopped by a signal
 
 
 def _start(workdir: pathlib.Path, logs: pathlib.Path, name: str, *, processes: int, devices: int,
@@ -90,7 +90,7 @@ def _start(workdir: pathlib.Path, logs: pathlib.Path, name: str, *, processes: i
              f'--config.distributed.coordinator_address=localhost:{_free_port()}',
              f'--config.distributed.num_processes={processes}']
   launch = _Launch(name, [], [logs / f'{name}.process{i}.log' for i in range(processes)],
-                   sigterm_process, status=0 if sigterm_process is None else 1)
+                   sigterm_process, status=0 if sigterm_process is None else 75)
   for i, log_path in enumerate(launch.logs):
     extra = [f'--config.distributed.process_id={i}'] if processes > 1 else []
     with open(log_path, 'w') as log:
@@ -180,7 +180,7 @@ def test_two_processes_train_like_one(tmp_path):
   single, multi = tmp_path / 'single', tmp_path / 'multi'
   # The one-process baseline runs beside the first multi-host launch: they share no files.
   baseline = _start(single, tmp_path, 'single', processes=1, devices=8, steps=STEPS)
-  # preempt process 1 only: both must agree on one step, save there and exit 1 (stopped, resume)
+  # preempt process 1 only: both must agree on one step, save there and exit 75 (stopped, resume)
   _, first = _wait(baseline, _start(multi, tmp_path, 'multi_preempted', processes=2, devices=4,
                                     steps=STEPS, sigterm_process=1))
   stops = [re.findall(r'Stopped at step (\d+)', log) for log in first]

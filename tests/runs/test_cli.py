@@ -23,6 +23,8 @@ PROGRAM = textwrap.dedent('''
         raise FileNotFoundError('runs/x/config.json does not exist.')
       if kind == 'run':
         raise cli.RunError('Training became non-finite at step 3.')
+      if kind == 'stopped':
+        raise cli.Stopped('Stopped at step 40 after saving a checkpoint; rerun to resume.')
       if kind == 'interrupt':
         raise KeyboardInterrupt
       if kind == 'bug':
@@ -37,6 +39,7 @@ PROGRAM = textwrap.dedent('''
     ('value', 2, 'tool: error: model.d_model=-1 must be positive; pick one.'),
     ('os', 2, 'tool: error: runs/x/config.json does not exist.'),
     ('run', 1, 'tool: error: Training became non-finite at step 3.'),
+    ('stopped', 75, 'tool: error: Stopped at step 40 after saving a checkpoint; rerun to resume.'),
     ('interrupt', 130, 'tool: error: interrupted.'),
 ])
 def test_each_kind_of_stop_is_one_line_with_its_status(kind, status, line):
