@@ -1,6 +1,6 @@
 """The commands README.md and docs/ show a user: each names a module that exists, flags that its
 `--helpfull` lists, config files and variants that load and config fields they have; the cost
-examples run."""
+examples and the sweep dry runs run."""
 
 import functools
 import importlib.util
@@ -73,7 +73,7 @@ def _load_config(spec: str):
 def test_the_docs_show_commands_and_the_reader_finds_them():
   modules = {_command(argv)[0] for _, argv in COMMANDS}
   assert {'gptjax.main', 'gptjax.generate', 'gptjax.cost', 'launch.sweep'} <= modules, modules
-  assert len(COMMANDS) > 40 and COST_EXAMPLES
+  assert len(COMMANDS) > 40 and COST_EXAMPLES and DRY_RUNS
 
 
 @pytest.mark.parametrize('where, argv', COMMANDS, ids=[where for where, _ in COMMANDS])
@@ -129,3 +129,17 @@ def test_the_flag_reader_sees_a_commands_own_flags_and_only_those():
   known = _known_flags('gptjax.generate', None)
   assert {'workdir', 'num_beams', 'max_new_tokens'} <= known and 'sweep' not in known
   assert 'csv' in _known_flags('gptjax.scaling', 'fit')
+
+
+DRY_RUNS = [argv for _, argv in COMMANDS if argv[0] == 'launch.sweep' and '--dry_run' in argv
+            and not any(token.startswith('--workdir=gs://') for token in argv)]
+
+
+@pytest.mark.parametrize('argv', DRY_RUNS)
+def test_the_dry_run_examples_plan_and_write_nothing(tmp_path, argv):
+  workdir = tmp_path / 'runs'
+  argv = [f'--workdir={workdir}' if token.startswith('--workdir=') else token for token in argv]
+  run = subprocess.run([sys.executable, '-m', *argv], cwd=ROOT, capture_output=True, text=True,
+                       timeout=300, env={**os.environ, 'JAX_PLATFORMS': 'cpu'})
+  assert run.returncode == 0, run.stderr[-2000:]
+  assert 'new' in run.stdout and not any(workdir.rglob('*.jsonl'))
