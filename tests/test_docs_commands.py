@@ -143,3 +143,23 @@ def test_the_dry_run_examples_plan_and_write_nothing(tmp_path, argv):
                        timeout=300, env={**os.environ, 'JAX_PLATFORMS': 'cpu'})
   assert run.returncode == 0, run.stderr[-2000:]
   assert 'new' in run.stdout and not any(workdir.rglob('*.jsonl'))
+
+
+FIT_EXAMPLES = [argv for _, argv in COMMANDS if argv[:2] == ['gptjax.scaling', 'fit']
+                and '--csv=points.csv' in argv and len(argv) > 3]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize('argv', FIT_EXAMPLES)
+def test_the_fit_example_prints_what_the_docs_show(tmp_path, monkeypatch, argv):
+  """On the table docs/scaling.md describes (written by the table tests' own helper)."""
+  monkeypatch.syspath_prepend(str(ROOT / 'tests' / 'scaling'))
+  import test_table  # pylint: disable=import-outside-toplevel
+  test_table.write_table(tmp_path / 'points.csv')
+  run = subprocess.run([sys.executable, '-m', *argv], cwd=tmp_path, capture_output=True,
+                       text=True, timeout=600, env={**os.environ, 'PYTHONPATH': str(ROOT)})
+  assert run.returncode == 0, run.stderr[-2000:]
+  shown = (ROOT / 'docs' / 'scaling.md').read_text()
+  first = run.stdout.splitlines()[0]
+  assert first == 'points.csv: 72 points fitted (N: params, D: tokens, L: loss); 0 dropped.'
+  assert first in shown and (tmp_path / 'fit.json').exists()
