@@ -28,7 +28,7 @@ import time
 from typing import Sequence
 
 import launch
-from gptjax.runs import run_dir
+from gptjax.runs import RESUME_STATUS, run_dir
 from launch.status import Entry, member_status
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -46,7 +46,7 @@ class Options:
   version: str = ''  # TPU runtime for a recreated slice; tpu_vm.sh's default if empty
   queued: bool = False  # the slices are queued resources
   spot: bool = False
-  recreate: int = 2  # times one member may recreate its slice before it counts as failed
+  recreate: int = 2  # times one member may recreate its slice (or resume there) before it fails
   fetch_to: str = ''  # where the metrics come back; see fetch_dir
   setup_args: tuple[str, ...] = ()  # more tpu_vm.sh options for a recreated slice's setup
 
@@ -151,6 +151,11 @@ class _Runner:
         return None if status.state == 'finished' else (
             f'exited at step {status.step} of {entry.plan.steps} without an error')
       state = self._state(name)
+      if state == 'READY' and code == RESUME_STATUS and not self.stopping and (
+          recreated < self.options.recreate):  # a signal stopped it after saving: resume it
+        self.say(f'{entry.name} was stopped after saving a checkpoint (status {code}) on slice '
+                 f'{name}: resuming it')
+        continue
       if state == 'READY':
         return f'exited with status {code} on slice {name}, which is READY'
       if self.stopping or not self.options.accelerator_type or recreated == self.options.recreate:

@@ -372,7 +372,7 @@ GCLOUD = '''
           slices[name] = 'PREEMPTED'
           save('slices.json', slices)
           sys.exit(255)
-        sys.exit(1 if failure else 0)
+        sys.exit(75 if failure == 'stopped' else 1 if failure else 0)
     elif verb == 'scp':
       *sources, destination = [a for a in args[4:] if not a.startswith('--')]
       for source in sources:
@@ -479,6 +479,17 @@ def test_tpu_vm_recreates_a_preempted_slice_and_resumes_that_member(tmp_path, fa
   resumed = [i for i, call in enumerate(calls) if 'gptjax.main' in call[-1]][2]
   assert calls.index(create) < mount < resumed  # the bucket is mounted on the new slice
   assert 'slice s1 is PREEMPTED: recreating it, then resuming' in capsys.readouterr().out
+
+
+def test_tpu_vm_resumes_a_member_stopped_to_resume_on_its_slice(tmp_path, fake_gcloud, fits,
+                                                                capsys):
+  only = _members()
+  (fake_gcloud / 'failures.json').write_text(json.dumps({only[1]: ['stopped']}))
+  assert runner.run_sweep(os.path.join(ROOT, CPU_SWEEP), 'gs://b/sweep', backend='tpu_vm',
+                          options=_tpu(tmp_path), only=only) == 0
+  assert [m for _, m in _trainings(_calls(fake_gcloud))] == [only[0], only[1], only[1], only[2]]
+  assert (f'{only[1]} was stopped after saving a checkpoint (status 75) on slice s1: resuming it'
+          in capsys.readouterr().out)
 
 
 def test_tpu_vm_rerun_after_a_failure_runs_only_that_member(tmp_path, fake_gcloud, fits, capsys):
