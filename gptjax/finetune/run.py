@@ -158,7 +158,8 @@ def _finetune(config, workdir, mesh, sft: sft_data.SFTData, tokenizer: Tokenizer
   if start_step == config.train.num_steps:
     with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
       recorder.record_missing_final_eval(
-          start_step, lambda: evaluate_with(state.params, batches=data.eval_batches()), workdir)
+          start_step, lambda: evaluate_with(state.params, batches=data.eval_batches()), workdir,
+          checkpointing.saved_train_metrics(manager, start_step))
   return train.run_loop(config, state, start_step, data, jit_train, evaluate_with, to_global,
                         manager, recorder, mesh, rules)
 

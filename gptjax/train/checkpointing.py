@@ -34,6 +34,7 @@ from gptjax.runs import cli, run_dir
 
 _CHECKSUMS = 'checksums'
 _DATA_POSITIONS = 'data_positions'  # the checksums item's entry for the data iterators
+_TRAIN_METRICS = 'train_metrics'  # the saved step's train loss and norms, for a lost final record
 
 
 class CheckpointError(cli.RunError):
@@ -101,18 +102,34 @@ def make_manager(workdir: str, *, save_every: int, keep: int, async_save: bool) 
       os.path.abspath(os.path.join(workdir, run_dir.CHECKPOINT_DIR)), options=options,
       item_handlers={'state': ocp.StandardCheckpointHandler(),
                      'data': grain.checkpoint.CheckpointHandler(),
-                     _CHECKSUMS: ocp.JsonCheckpointHandler()})
+                     _CHECKSUMS: ocp.JsonCheckpointHandler(),
+                     _TRAIN_METRICS: ocp.JsonCheckpointHandler()})
 
 
 def save(manager: ocp.CheckpointManager, step: int, state: Any, data_iter: Any | None,
-         *, force: bool = False) -> bool:
+         *, force: bool = False, train_metrics: dict[str, Any] | None = None) -> bool:
+  """Saves `state` and the data position at `step`, with their checksums; `train_metrics`, the
+  step's own train loss and norms, go with them, so a final record lost after the last save can be
+  written again whole (`saved_train_metrics`)."""
   checksums = state_checksums(state)
   items = {'state': ocp.args.StandardSave(state)}
+  if train_metrics is not None:
+    items[_TRAIN_METRICS] = ocp.args.JsonSave({k: float(v) for k, v in train_metrics.items()})
   if data_iter is not None:
     items['data'] = grain.checkpoint.CheckpointSave(data_iter)
     checksums[_DATA_POSITIONS] = _data_positions(data_iter)
   items[_CHECKSUMS] = ocp.args.JsonSave(checksums)
   return manager.save(step, args=ocp.args.Composite(**items), force=force)
+
+
+def saved_train_metrics(manager: ocp.CheckpointManager, step: int) -> dict[str, float]:
+  """The train metrics saved with the checkpoint at `step` ({} for one saved without them)."""
+  if not os.path.isdir(os.path.join(str(manager.directory), str(step), _TRAIN_METRICS)):
+    return {}
+  with _orbax_quiet():
+    restored = manager.restore(step, args=ocp.args.Composite(
+        **{_TRAIN_METRICS: ocp.args.JsonRestore()}))
+  return dict(restored[_TRAIN_METRICS])
 
 
 def _set_aside(manager: ocp.CheckpointManager, step: int) -> str:

@@ -255,7 +255,8 @@ def _train(config: ml_collections.ConfigDict, workdir: str, mesh: Mesh, *,
   if start_step == t.num_steps:
     with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
       recorder.record_missing_final_eval(
-          start_step, lambda: evaluate_with(state.params, batches=data.eval_batches()), workdir)
+          start_step, lambda: evaluate_with(state.params, batches=data.eval_batches()), workdir,
+          checkpointing.saved_train_metrics(manager, start_step))
   return run_loop(config, state, start_step, data,
                   lambda state, *batches: jit_train(state, *batches, numbers), evaluate_with,
                   to_global, manager, recorder, mesh, rules)
@@ -338,7 +339,8 @@ def _steps(config, state, step, data, jit_train, evaluate_with, to_global, manag
                                          batches=data.eval_batches()) if do_eval else None
         record = recorder.record(step, host_metrics, evaluate_now)
       if do_save:
-        checkpointing.save(manager, step, state, data.train_iter, force=True)
+        checkpointing.save(manager, step, state, data.train_iter, force=True,
+                           train_metrics=host_metrics)
       if stop:
         preemption.stop(step)
         break

@@ -59,13 +59,14 @@ class Recorder:
     return record
 
   def record_missing_final_eval(self, step: int, evaluate_now: Callable[[], dict[str, float]],
-                                workdir: str) -> None:
+                                workdir: str, train_metrics: dict[str, float]) -> None:
     """A run resumed at its last step writes nothing more; if the final eval record was lost
-    (cut off by a crash), it is measured again from the restored state and written."""
+    (cut off by a crash), it is measured again from the restored state and written, with the
+    step's train metrics that its checkpoint saved (its timings cannot be measured again)."""
     result = evaluate_now()  # every process takes part in the evaluation
     if self.is_main and not any(row.get('step') == step and EVAL_KEY in row
                                 for row in run_dir.read_metrics(workdir)):
-      self.writer.write({'step': step, **result, **self._scaling(step)})
+      self.writer.write({'step': step, **train_metrics, **result, **self._scaling(step)})
       logging.info('Wrote the missing final eval record of step %d: eval %.4f.', step,
                    result[EVAL_KEY])
 

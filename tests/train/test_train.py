@@ -367,6 +367,8 @@ def test_a_lost_final_record_is_measured_again_on_rerun(finished_run, tmp_path):
   final, original = _records(workdir)[-1], _records(finished_run)[-1]
   assert final['step'] == 30 and final['eval_loss'] == original['eval_loss']
   assert final['flops_kaplan'] == original['flops_kaplan']
+  for key in ('train_loss', 'grad_norm', 'param_norm', 'learning_rate'):  # from the checkpoint
+    assert final[key] == original[key], key
   loop.train_and_evaluate(_config(), workdir)  # present now: nothing is added
   assert len(_records(workdir)) == len(_records(finished_run))
 
