@@ -18,6 +18,7 @@ from typing import Any, Sequence
 import numpy as np
 from absl import flags
 
+from gptjax.cost.chinchilla import CHINCHILLA_PARAMS, ChinchillaFit
 from gptjax.runs import cli
 from gptjax.scaling import huber, laws, table as scaling_table
 
@@ -25,7 +26,7 @@ GRID_SIZE = len(huber.GRID_Gx5)
 _ALLOCATION = ('params', 'tokens', 'tokens_per_param', 'loss')
 
 
-def _allocation(fit: laws.ChinchillaFit, budgets: Sequence[float],
+def _allocation(fit: ChinchillaFit, budgets: Sequence[float],
                 level: float) -> list[dict[str, Any]]:
   """Per budget C: N_opt, D_opt, D/N and the predicted loss there, with `level` intervals over the
   bootstrap refits (each refit's own optimum; one whose exponents leave no optimum is skipped)."""
@@ -80,7 +81,7 @@ def fit_table(csv_path: str, *, params_column: str = 'params', tokens_column: st
       columns=dict(params=params_column, **d_column, loss=loss_column),
       delta=delta, starts=starts or GRID_SIZE, optimizer=optimizer, bootstrap=n_bootstrap,
       level=level, seed=seed, objective=fit.objective,
-      **{name: float(getattr(fit, name)) for name in laws.CHINCHILLA_PARAMS},
+      **{name: float(getattr(fit, name)) for name in CHINCHILLA_PARAMS},
       n_exponent=fit.n_exponent, d_exponent=fit.d_exponent,
       intervals={name: list(bounds) for name, bounds in fit.intervals.items()},
       compute_optimal=_allocation(fit, compute, level))
@@ -107,7 +108,7 @@ def report_lines(report: dict[str, Any]) -> list[str]:
                  'refits' if report['bootstrap'] else '')
   lines.append(f"L(N, D) = E + A/N^alpha + B/D^beta: Huber (delta {report['delta']:g}) on log L, "
                f"{report['optimizer']} from {where}{uncertainty}.")
-  labels = dict(zip(laws.CHINCHILLA_PARAMS, laws.CHINCHILLA_PARAMS),
+  labels = dict(zip(CHINCHILLA_PARAMS, CHINCHILLA_PARAMS),
                 n_exponent='a = beta/(alpha+beta)', d_exponent='b = alpha/(alpha+beta)')
   meaning = dict(n_exponent='  N_opt ∝ C^a', d_exponent='  D_opt ∝ C^b')
   for name, label in labels.items():

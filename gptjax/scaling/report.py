@@ -17,6 +17,7 @@ from typing import Any, Sequence
 import numpy as np
 from absl import logging
 
+from gptjax.cost.chinchilla import CHINCHILLA_PARAMS
 from gptjax.runs import run_dir
 from gptjax.scaling import (envelope as scaling_envelope, isoflop as scaling_isoflop, laws, plots,
                             records, replicas)
@@ -137,10 +138,10 @@ def _fit_chinchilla(rows, final, keys, n_bootstrap) -> dict[str, Any]:
         f'{law.B:.4g}/D^{law.beta:.4f}')
   if law.intervals:
     print('  95% bootstrap: ' + ', '.join(f'{name} {_interval(law, name)}'
-                                         for name in laws.CHINCHILLA_PARAMS))
+                                         for name in CHINCHILLA_PARAMS))
   print(f'  N_opt ∝ C^{law.n_exponent:.3f} {_interval(law, "n_exponent")}, D_opt ∝ C^'
         f'{law.d_exponent:.3f} {_interval(law, "d_exponent")}')
-  return {'law': law, **{name: getattr(law, name) for name in laws.CHINCHILLA_PARAMS},
+  return {'law': law, **{name: getattr(law, name) for name in CHINCHILLA_PARAMS},
           'n_exponent': law.n_exponent, 'intervals': dict(law.intervals)}
 
 
