@@ -3,7 +3,7 @@ scaling laws.
 
   python -m launch.sweep --sweep=experiments/sweeps/cpu_scaling.py --workdir=runs/cpu_scaling \
       [--backend=local|slurm|tpu_vm] [--parallel=N] [--dry_run] [--status] [--commands] \
-      [--only=name1,name2] [--fit_only]
+      [--only=name1,name2] [--fit_only] [--nofit]
 
 One plan for every backend: `launch.status` reads where each member stands in `workdir/<member>`
 (new, partial, finished, stale, running, broken), and only new and partial members are started.
@@ -64,7 +64,10 @@ def define_flags() -> None:
                     'one per line, for a launcher that runs them itself; run nothing.')
   flags.DEFINE_list('only', [], 'Run only these members (comma-separated names).')
   flags.DEFINE_bool('fit_only', False, 'Run nothing; fit and plot the finished members.')
-  flags.DEFINE_string('compute_key', 'flops_kaplan', "'flops_kaplan' | 'flops_full'.")
+  flags.DEFINE_bool('fit', True, 'Fit and plot the scaling laws after training; --nofit for '
+                    'sweeps that are not IsoFLOP designs (a tuning grid, say).')
+  flags.DEFINE_string('compute_key', 'flops_full', "The sweep's accounting: 'flops_full' (FLOPs "
+                      "spent, total N) or 'flops_kaplan' (Kaplan's C, non-embedding N).")
   flags.DEFINE_integer('n_bootstrap', 100, 'Bootstrap refits for the confidence intervals.')
   flags.DEFINE_integer('parallel', 1, 'local: members trained at once (each is its own process).')
   flags.DEFINE_integer('max_concurrent', 0, "slurm: array tasks running at once (the array's %N); "
@@ -113,8 +116,8 @@ def _report(failures: dict[str, str]) -> None:
 def run_sweep(sweep_path: str, workdir: str, *, backend: str = 'local',
               options: slurm.Options | tpu_vm.Options | None = None, parallel: int = 1,
               dry_run: bool = False, status: bool = False, commands: bool = False,
-              only: Sequence[str] = (), fit_only: bool = False, compute_key: str = 'flops_kaplan',
-              n_bootstrap: int = 100) -> int:
+              only: Sequence[str] = (), fit_only: bool = False, fit: bool = True,
+              compute_key: str = 'flops_full', n_bootstrap: int = 100) -> int:
   """The whole command; returns the exit status (1 if a member failed, after fitting the rest).
 
   One plan for every backend: the members' statuses in `workdir` decide what runs. The local and
@@ -190,6 +193,10 @@ def run_sweep(sweep_path: str, workdir: str, *, backend: str = 'local',
         failures.update(tpu_vm.run(selected, sweep_path, workdir, options))
     except KeyboardInterrupt:
       return 130
+  if not fit and not fit_only:
+    if failures:
+      _report(failures)
+    return 1 if failures else 0
   records_dir = tpu_vm.fetch_dir(workdir, options) if backend == 'tpu_vm' else workdir
   states = {e.name: member_status(os.path.join(records_dir, e.name), e.config).state
             for e in entries}
@@ -212,7 +219,8 @@ def main(argv: Sequence[str]) -> int:
     return run_sweep(FLAGS.sweep, os.path.expanduser(FLAGS.workdir), backend=FLAGS.backend,
                      options=_options(FLAGS.backend), parallel=FLAGS.parallel,
                      dry_run=FLAGS.dry_run, status=FLAGS.status, commands=FLAGS.commands,
-                     only=FLAGS.only, fit_only=FLAGS.fit_only, compute_key=FLAGS.compute_key,
+                     only=FLAGS.only, fit_only=FLAGS.fit_only, fit=FLAGS.fit,
+                     compute_key=FLAGS.compute_key,
                      n_bootstrap=FLAGS.n_bootstrap)
   except (ValueError, OSError) as e:  # a bad sweep file or flag, an unreachable tool or bucket
     print(f'Error: {" ".join(str(e).split())}', file=sys.stderr)

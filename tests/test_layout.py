@@ -41,7 +41,7 @@ TRAINING_STACK = {'gptjax.train.loop', 'gptjax.train.steps', 'gptjax.train.check
                   'gptjax.data', 'gptjax.parallel'}
 # The scaling fits read records and nothing of the model or training; the muP check is the one
 # scaling module that trains.
-SCALING_FITS = ('records', 'laws', 'huber', 'isoflop', 'envelope', 'replicas', 'table', 'fit_csv',
+SCALING_FITS = ('records', 'accounting', 'laws', 'holdout', 'exponents', 'huber', 'isoflop', 'envelope', 'replicas', 'table', 'fit_csv',
                 'plots', 'report')
 
 

@@ -45,9 +45,10 @@ losses with each other only):
 import ml_collections
 
 import launch
+from experiments import tuning
 from experiments.configs import base as base_config
 
-BUDGETS = {  # compute (FLOPs) -> the d_model of its sizes
+BUDGETS = {  # compute (FLOPs spent) -> the d_model of its sizes
     6e9: (6, 8, 12, 16, 24),
     2e10: (8, 12, 16, 24, 32),
     6e10: (12, 16, 24, 32, 48),
@@ -57,13 +58,12 @@ BUDGETS = {  # compute (FLOPs) -> the d_model of its sizes
 SEEDED = (1, 2)  # the sizes (by position) trained with 2 seeds: each budget's minimum lies there
 
 
-def learning_rate(d_model: int) -> float:
-  return 8e-3 * min(1.0, 32 / d_model)
+def d_models() -> list[int]:
+  return sorted({d for sizes in BUDGETS.values() for d in sizes})
 
 
-def size(d_model: int, seeds: int = 1) -> launch.Size:
-  return launch.Size(d_model=d_model, num_layers=2, num_heads=2 if d_model < 48 else 4,
-                     learning_rate=learning_rate(d_model), seeds=seeds)
+def num_heads(d_model: int) -> int:
+  return 2 if d_model < 48 else 4
 
 
 def get_base() -> ml_collections.ConfigDict:
@@ -77,7 +77,13 @@ def get_base() -> ml_collections.ConfigDict:
 
 def get_sweep():
   base = get_base()
-  budgets = {c: [size(d, seeds=2 if i in SEEDED else 1) for i, d in enumerate(d_models)]
-             for c, d_models in BUDGETS.items()}
-  return base, launch.isoflop_members(base, budgets, warmup_fraction=0.05, num_evals=4,
+  tuned = tuning.read_tuning()
+  base.train.b2 = tuned['b2']
+  rates = tuned['learning_rate']
+  budgets = {c: [launch.Size(d_model=d, num_layers=2, num_heads=num_heads(d),
+                             learning_rate=rates[str(d)], seeds=2 if i in SEEDED else 1)
+                 for i, d in enumerate(sizes)]
+             for c, sizes in BUDGETS.items()}
+  return base, launch.isoflop_members(base, budgets, method='full',
+                                      warmup_fraction=tuned['warmup_fraction'], num_evals=4,
                                       checkpoints=2, log_lines=8)

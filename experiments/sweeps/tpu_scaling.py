@@ -3,13 +3,14 @@
   python -m launch.sweep --sweep=experiments/sweeps/tpu_scaling.py --workdir=runs/tpu --dry_run
 
 Chinchilla's IsoFLOP profiles (Hoffmann et al. 2022, figure 3) span 6e18-3e21 FLOPs; this grid
-covers the low end: 7e20 FLOPs in Kaplan's count, 9e20 in full (`gptjax/cost/flops.py`), about 12
-hours of a v5e-256 slice at 40% MFU, 8 of them for the five 1e20 members. The same code as the CPU
-sweep; what changes:
+covers the low end: 7.2e20 FLOPs spent (5.7e20 in Kaplan's count, `gptjax/cost/flops.py`), about
+10 hours of a v5e-256 slice at 40% MFU, 7 of them for the five 1e20 members. The same code and the
+same accounting as the CPU sweep (budgets in FLOPs spent, total N); what changes:
 
 - data: GPT-2 BPE token shards (`data.source='tokens'`, `data.paths` -> your shards), not bytes;
-- model: GPT-2 blocks (learned positions, GELU, tied embeddings), 10M to 1.8B non-embedding
-  parameters, bfloat16 compute, layers under `nn.scan` so compile time does not grow with depth;
+- model: GPT-2 blocks (learned positions, GELU, tied embeddings), 31M to 1.9B parameters (10M to
+  1.8B non-embedding), bfloat16 compute, layers under `nn.scan` so compile time does not grow with
+  depth; d_model 1024 has 14 layers, so the smallest budget still trains it for 1000+ steps;
 - batch: 256 x 2048 = 0.5M tokens per step (GPT-3's batch for its small models), so the
   smallest budget still gives its largest size over a thousand steps;
 - mesh: FSDP over every chip (`mesh.fsdp=-1`), so the 1.8B model's Adam state fits, and
@@ -33,9 +34,9 @@ from experiments.configs.gpt2 import set_gpt_architecture
 SEQ_LEN = 2048
 BATCH = 256
 BUDGETS = (1e18, 3e18, 1e19, 3e19, 1e20)
-# (num_layers, d_model, num_heads), 10M to 1.8B non-embedding; head_dim 64 (128 from d1536 up)
+# (num_layers, d_model, num_heads), 31M to 1.9B parameters; head_dim 64 (128 from d1536 up)
 SHAPES = (
-    (6, 384, 6), (8, 512, 8), (10, 640, 10), (12, 768, 12), (16, 1024, 16), (20, 1280, 20),
+    (6, 384, 6), (8, 512, 8), (10, 640, 10), (12, 768, 12), (14, 1024, 16), (20, 1280, 20),
     (24, 1536, 12), (24, 2048, 16), (28, 2304, 18),
 )
 SIZES_PER_BUDGET = 5

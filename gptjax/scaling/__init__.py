@@ -6,7 +6,7 @@ coordinate check (`python -m gptjax.scaling mup_check`) is the one command here 
 
 from gptjax import lazy_exports
 
-SUBMODULES = ('envelope', 'huber', 'isoflop', 'laws', 'plots', 'records', 'replicas', 'report',
+SUBMODULES = ('accounting', 'envelope', 'exponents', 'holdout', 'huber', 'isoflop', 'laws', 'plots', 'records', 'replicas', 'report',
               'table')
 # Public names -> the submodule that defines each.
 NAMES = {'fit_and_report': 'report'}

@@ -16,7 +16,9 @@ import numpy as np
 import scipy.stats
 
 from gptjax.scaling import replicas as scaling_replicas
+from gptjax.scaling.accounting import ComputeRelation
 from gptjax.scaling.laws import Records, central_interval, positive_columns
+from gptjax.scaling.records import design_budgets
 from gptjax.scaling.replicas import Cells, SeedNoise
 
 
@@ -64,8 +66,8 @@ class IsoFLOPResult:
   budget i, `parabolas[i]` is its (c2, c1, c0) in log N. `noise` is the measured seed noise (None
   without replicas). `bootstrap` holds (log k_N, a) refits; `minima_bootstrap` [S, G] each
   resample's log N_opt per budget (NaN where that resample's parabola has no minimum), and
-  `minima_fit_interval` [G, 2] each minimum's interval in log N from its own fit. D_opt = C/(6 N_opt) makes b = 1 - a
-  exactly, so the interval of b is 1 minus that of a.
+  `minima_fit_interval` [G, 2] each minimum's interval in log N from its own fit. D_opt solves
+  the records' own C(N, D) (`relation`) at N_opt; under C = 6ND, b = 1 - a exactly.
   """
 
   budgets: np.ndarray
@@ -80,12 +82,17 @@ class IsoFLOPResult:
   level: float
   cells: Cells
   noise: SeedNoise | None
+  relation: ComputeRelation
   minima_bootstrap: np.ndarray = dataclasses.field(default_factory=lambda: np.zeros((0, 0)))
   minima_fit_interval: np.ndarray = dataclasses.field(default_factory=lambda: np.zeros((0, 2)))
 
   @property
   def d_exponent(self) -> float:
-    return 1.0 - self.n_exponent
+    """b in D_opt ∝ C^b, the slope through the minima's D_opt."""
+    return float(np.polyfit(np.log(self.budgets), np.log(self.d_opt), 1)[0])
+
+  def predict_d_opt(self, compute: Any) -> np.ndarray:
+    return self.relation.tokens(compute, self.predict_n_opt(compute))
 
   @property
   def n_exponent_ci(self) -> tuple[float, float]:
@@ -128,16 +135,18 @@ def _minima(log_n, loss, groups) -> tuple[list[int], list[tuple]]:
   return kept, minima
 
 
-def isoflop_minima(records: Records, *, compute_key: str = 'flops_kaplan',
-                   params_key: str = 'params_non_embedding', loss_key: str = 'eval_loss',
-                   budget_rtol: float = 0.1, n_bootstrap: int = 200, level: float = 0.95,
-                   seed: int = 0) -> IsoFLOPResult:
+def isoflop_minima(records: Records, *, compute_key: str = 'flops_full',
+                   params_key: str = 'params_total', loss_key: str = 'eval_loss',
+                   tokens_key: str = 'tokens_seen', budget_rtol: float = 0.1,
+                   n_bootstrap: int = 200, level: float = 0.95, seed: int = 0) -> IsoFLOPResult:
   """Approach 2 on final records of an IsoFLOP sweep (several model sizes per compute budget).
 
-  A budget whose parabola opens downwards or has fewer than 3 sizes is skipped with a warning.
+  Runs are grouped by their design budget where the records carry one, else by compute. A budget
+  whose parabola opens downwards or has fewer than 3 sizes is skipped with a warning.
   """
-  c, n, l = positive_columns(records, compute_key, params_key, loss_key)
-  cells = scaling_replicas.replica_cells(c, n, l, budget_rtol)
+  c, n, l, d = positive_columns(records, compute_key, params_key, loss_key, tokens_key)
+  relation = ComputeRelation.from_columns(c, n, d, f'{compute_key} / {tokens_key} per size')
+  cells = scaling_replicas.replica_cells(c, n, l, budget_rtol, design_budgets(records))
   noise = scaling_replicas.seed_noise(cells, l)
   log_n, groups = np.log(cells.params), scaling_replicas.budget_groups(cells)
   kept, minima = _minima(log_n, cells.loss, groups)
@@ -169,10 +178,11 @@ def isoflop_minima(records: Records, *, compute_key: str = 'flops_kaplan',
       samples.append(np.polyfit(np.log(budgets[kept_i]), [m[1] for m in minima_i], 1)[::-1])
   n_opt = np.exp(log_n_opt)
   return IsoFLOPResult(
-      budgets=budgets, n_opt=n_opt, d_opt=budgets / (6 * n_opt),
+      budgets=budgets, n_opt=n_opt, d_opt=relation.tokens(budgets, n_opt),
       loss_min=np.array([m[2] for m in minima]), parabolas=np.array([m[0] for m in minima]),
       groups=groups, n_exponent=float(a), log_n_coefficient=float(log_k),
       bootstrap=np.array(samples).reshape(-1, 2), level=level, cells=cells, noise=noise,
+      relation=relation,
       minima_bootstrap=minima_SxG,
       minima_fit_interval=np.array([_minimum_fit_interval(log_n[index], cells.loss[index], level)
                                     for index in groups]).reshape(-1, 2))

@@ -4,10 +4,9 @@
   L(C) = E + A·C^-alpha (Kaplan et al. 2020, with an irreducible floor E).
 - `fit_chinchilla`: Chinchilla approach 3 (Hoffmann et al. 2022), L(N, D) = E + A/N^alpha +
   B/D^beta by Huber loss on log L.
-- `holdout_extrapolation`: both laws fitted without the largest compute budget, then asked to
-  predict it: the honest test of a law.
-IsoFLOP minima (approach 2) are in `gptjax.scaling.isoflop`; approach 3's objective and the
-batched BFGS behind its bootstrap in `gptjax.scaling.huber`.
+IsoFLOP minima (approach 2) are in `gptjax.scaling.isoflop`, the holdout test of both laws in
+`gptjax.scaling.holdout`; approach 3's objective and the batched BFGS behind its bootstrap in
+`gptjax.scaling.huber`.
 
 Compute, parameters, tokens and losses come from the records' columns, so the same fit runs on
 Kaplan's N and C (non-embedding parameters, `flops_kaplan`) or on total parameters and full FLOPs.
@@ -24,7 +23,7 @@ import scipy.optimize
 
 from gptjax.cost.chinchilla import CHINCHILLA_PARAMS, ChinchillaFit
 from gptjax.scaling import huber
-from gptjax.scaling.records import column, final_records
+from gptjax.scaling.records import column
 
 Records = Sequence[Mapping[str, Any]] | np.ndarray
 
@@ -227,82 +226,3 @@ def fit_chinchilla(params: Any, tokens: Any, loss: Any, *, delta: float = 1e-3,
   names = CHINCHILLA_PARAMS + ('n_exponent', 'd_exponent')
   intervals = {name: (float(lo), float(hi)) for name, (lo, hi) in zip(names, bounds)}
   return dataclasses.replace(fit, intervals=intervals, bootstrap=samples_Sx5)
-
-
-# ---------------------------------------------------------------- compute budgets and holdout
-
-
-def group_budgets(compute: np.ndarray, rtol: float = 0.1) -> list[np.ndarray]:
-  """Indices of runs per compute budget: computes within `rtol` of a group's smallest share it.
-
-  Runs of one IsoFLOP budget land near, not exactly on, the budget (whole steps, and each size's
-  attention term); distinct budgets are usually factors of 2 or more apart.
-  """
-  order = np.argsort(compute)
-  groups, start = [[order[0]]], compute[order[0]]
-  for i in order[1:]:
-    if compute[i] > start * (1 + rtol):
-      groups.append([])
-      start = compute[i]
-    groups[-1].append(i)
-  return [np.array(g) for g in groups]
-
-
-@dataclasses.dataclass(frozen=True)
-class HoldoutResult:
-  """Laws fitted without the largest budget, against what that budget measured."""
-
-  budget: float
-  measured_best_loss: float
-  power_law_prediction: float  # L(C) fitted on the smaller budgets' frontier
-  run_params: np.ndarray
-  run_loss: np.ndarray
-  run_prediction: np.ndarray  # L(N, D) fitted on the smaller budgets' runs
-  law: ChinchillaFit  # that L(N, D), with its bootstrap refits if asked for
-
-  @property
-  def power_law_relative_error(self) -> float:
-    return (self.power_law_prediction - self.measured_best_loss) / self.measured_best_loss
-
-  @property
-  def max_run_relative_error(self) -> float:
-    return float(np.max(np.abs(self.run_prediction - self.run_loss) / self.run_loss))
-
-
-def holdout_extrapolation(rows: Sequence[Mapping[str, Any]], *, compute_key: str = 'flops_kaplan',
-                          params_key: str = 'params_non_embedding',
-                          tokens_key: str = 'tokens_seen', loss_key: str = 'eval_loss',
-                          budget_rtol: float = 0.1, n_bootstrap: int = 0) -> HoldoutResult:
-  """Holds out every run of the largest compute budget, fits both laws on the others, predicts it.
-
-  `rows` are every eval record of a sweep, each naming its 'run' (as `records.load_sweep` gives
-  them); a run's last record is its final one, and the runs are grouped into budgets by their final
-  compute. L(C) is fitted to the frontier of every eval of the other runs, as the main L(C) fit is:
-  with 3-4 budgets their final evals alone leave too few frontier points for a 3-parameter law.
-  L(N, D) is fitted to the other runs' final evals (with `n_bootstrap` refits) and predicts each
-  held-out run's final loss.
-  """
-  unnamed = sum('run' not in row for row in rows)
-  if unnamed:
-    raise ValueError(f"{unnamed} of {len(rows)} records name no 'run'; pass every eval record of "
-                     'the sweep as records.load_sweep returns them.')
-  final = final_records(rows)
-  (compute,) = positive_columns(final, compute_key)
-  groups = group_budgets(compute, budget_rtol)
-  if len(groups) < 3:
-    raise ValueError(f'Holding out one budget needs at least 3 budgets, found {len(groups)}; '
-                     'add compute budgets to the sweep.')
-  held = [final[i] for i in groups[-1]]
-  held_runs = {row['run'] for row in held}
-  rest_rows = [row for row in rows if row['run'] not in held_runs]
-  rest_final = [row for row in final if row['run'] not in held_runs]
-  frontier = compute_frontier(column(rest_rows, compute_key), column(rest_rows, loss_key))
-  power_law = fit_power_law_with_floor(frontier.compute, frontier.loss)
-  law = fit_chinchilla(*(column(rest_final, key) for key in (params_key, tokens_key, loss_key)),
-                       n_bootstrap=n_bootstrap)
-  n, d, loss = (column(held, key) for key in (params_key, tokens_key, loss_key))
-  budget = float(np.exp(np.mean(np.log(compute[groups[-1]]))))
-  return HoldoutResult(
-      budget=budget, measured_best_loss=float(loss.min()),
-      power_law_prediction=float(power_law.predict(budget)), run_params=n, run_loss=loss,
-      run_prediction=law.predict(n, d), law=law)

@@ -25,7 +25,7 @@ import numpy as np  # noqa: E402
 from absl import app, flags, logging  # noqa: E402
 from matplotlib.colors import LogNorm  # noqa: E402
 
-from gptjax.scaling import isoflop, laws, records as records_lib  # noqa: E402
+from gptjax.scaling import holdout, isoflop, laws, records as records_lib  # noqa: E402
 
 Rows = Sequence[Mapping[str, Any]]
 COLORMAP = 'viridis'
@@ -51,18 +51,19 @@ def _save(fig: plt.Figure, path: str) -> str:
   return path
 
 
-def plot_loss_vs_compute(rows: Rows, path: str, *, compute_key: str = 'flops_kaplan',
-                         params_key: str = 'params_non_embedding',
-                         loss_key: str = 'eval_loss') -> str:
-  """Each run's curve coloured by size, the lower envelope, and L(C) fitted to the envelope."""
+def plot_loss_vs_compute(rows: Rows, path: str, *, compute_key: str = 'flops_full',
+                         params_key: str = 'params_total', loss_key: str = 'eval_loss') -> str:
+  """Each run's curve coloured by size, the frontier of the finished runs (their final evals; a
+  mid-schedule eval is not what a run of that length reaches), and L(C) fitted to it."""
   norm, cmap = _size_colors(rows, params_key)
   fig, ax = plt.subplots(figsize=(7, 5))
   for run_rows in _by_run(rows).values():
     c, l = (records_lib.column(run_rows, k) for k in (compute_key, loss_key))
     ax.plot(c, l, color=cmap(norm(run_rows[0][params_key])), alpha=0.6, lw=1)
-  frontier = laws.compute_frontier(records_lib.column(rows, compute_key),
-                                   records_lib.column(rows, loss_key))
-  ax.plot(frontier.compute, frontier.loss, 'k.', ms=5, label='frontier')
+  final = records_lib.final_records(rows)
+  frontier = laws.compute_frontier(records_lib.column(final, compute_key),
+                                   records_lib.column(final, loss_key))
+  ax.plot(frontier.compute, frontier.loss, 'k.', ms=5, label='frontier of finished runs')
   try:
     fit = laws.fit_power_law_with_floor(frontier.compute, frontier.loss)
     grid = np.geomspace(frontier.compute.min(), frontier.compute.max() * 10, 200)
@@ -78,7 +79,7 @@ def plot_loss_vs_compute(rows: Rows, path: str, *, compute_key: str = 'flops_kap
 
 
 def plot_isoflops(final: Rows, result: isoflop.IsoFLOPResult, path: str, *,
-                  params_key: str = 'params_non_embedding', loss_key: str = 'eval_loss') -> str:
+                  params_key: str = 'params_total', loss_key: str = 'eval_loss') -> str:
   """Final loss against N for each budget (every run, and the mean of a size's seeds), with the
   fitted parabola and its minimum."""
   run_n, run_l = records_lib.column(final, params_key), records_lib.column(final, loss_key)
@@ -134,8 +135,8 @@ def plot_training_curves(rows: Rows, path: str, *, tokens_key: str = 'tokens_see
   return _save(fig, path)
 
 
-def make_plots(sweep_dir: str, out_dir: str, *, compute_key: str = 'flops_kaplan',
-               params_key: str = 'params_non_embedding', n_bootstrap: int = 200) -> list[str]:
+def make_plots(sweep_dir: str, out_dir: str, *, compute_key: str = 'flops_full',
+               params_key: str = 'params_total', n_bootstrap: int = 200) -> list[str]:
   """Every figure the sweep supports; returns the paths written."""
   os.makedirs(out_dir, exist_ok=True)
   rows = records_lib.load_sweep(sweep_dir)
@@ -158,11 +159,11 @@ def make_plots(sweep_dir: str, out_dir: str, *, compute_key: str = 'flops_kaplan
   written += [plot_isoflops(final, result, os.path.join(out_dir, 'isoflops.png'), **keys),
               plot_n_opt(result, os.path.join(out_dir, 'n_opt.png'))]
   try:
-    holdout = laws.holdout_extrapolation(rows, compute_key=compute_key, **keys)
+    result = holdout.holdout_extrapolation(rows, compute_key=compute_key, **keys)
     logging.info('Holdout at C=%.3g: best loss %.4f, L(C) predicted %.4f (%+.2f%%); L(N, D) '
-                 'worst run error %.2f%%', holdout.budget, holdout.measured_best_loss,
-                 holdout.power_law_prediction, 100 * holdout.power_law_relative_error,
-                 100 * holdout.max_run_relative_error)
+                 'worst run error %.2f%%', result.budget, result.measured_best_loss,
+                 result.power_law_prediction, 100 * result.power_law_relative_error,
+                 100 * result.max_run_relative_error)
   except ValueError as e:
     logging.warning('No holdout check: %s', e)
   return written
@@ -231,9 +232,9 @@ def define_flags() -> None:
   flags.DEFINE_string('sweep_dir', None, 'Directory with one sub-directory (workdir) per run.',
                       required=True)
   flags.DEFINE_string('out_dir', None, 'Where the PNGs go; default <sweep_dir>/plots.')
-  flags.DEFINE_string('compute_key', 'flops_kaplan', "'flops_kaplan' | 'flops_full'.")
-  flags.DEFINE_string('params_key', 'params_non_embedding',
-                      "'params_non_embedding' (Kaplan's N) | 'params_total' (Chinchilla's).")
+  flags.DEFINE_string('compute_key', 'flops_full', "'flops_full' (FLOPs spent) | 'flops_kaplan'.")
+  flags.DEFINE_string('params_key', 'params_total',
+                      "'params_total' (Chinchilla's N) | 'params_non_embedding' (Kaplan's).")
   flags.DEFINE_integer('n_bootstrap', 200, 'Bootstrap refits for the N_opt(C) band.')
 
 

@@ -12,7 +12,31 @@ import dataclasses
 
 import numpy as np
 
-from gptjax.scaling.laws import group_budgets
+from gptjax.scaling.laws import ChinchillaFit, Records, fit_chinchilla, positive_columns
+from gptjax.scaling.records import design_budgets
+
+
+def group_budgets(compute: np.ndarray, rtol: float = 0.1,
+                  design: np.ndarray | None = None) -> list[np.ndarray]:
+  """Indices of runs per compute budget, in ascending budget.
+
+  With `design` (each run's design budget, `records.design_budgets`) runs are grouped by it: a
+  budget is what the sweep designed, and an accounting other than the design's spreads one
+  budget's members over a range of C. Without it, computes within `rtol` of a group's smallest
+  share it: runs of one budget land near, not exactly on, it (whole steps), and distinct budgets
+  are usually factors of 2 or more apart.
+  """
+  if design is not None:
+    labels = np.asarray(design, np.float64)
+    return [np.flatnonzero(labels == label) for label in np.unique(labels)]
+  order = np.argsort(compute)
+  groups, start = [[order[0]]], compute[order[0]]
+  for i in order[1:]:
+    if compute[i] > start * (1 + rtol):
+      groups.append([])
+      start = compute[i]
+    groups[-1].append(i)
+  return [np.array(g) for g in groups]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -39,12 +63,13 @@ class Cells:
 
 
 def replica_cells(compute: np.ndarray, params: np.ndarray, loss: np.ndarray,
-                  budget_rtol: float = 0.1) -> Cells:
-  """Groups runs by budget (`group_budgets`) and, within a budget, by equal parameter count."""
+                  budget_rtol: float = 0.1, design: np.ndarray | None = None) -> Cells:
+  """Groups runs by budget (`group_budgets`, by `design` budget where given) and, within a
+  budget, by equal parameter count."""
   compute, params, loss = (np.asarray(x, np.float64) for x in (compute, params, loss))
   columns: dict[str, list] = {key: [] for key in ('compute', 'params', 'loss', 'count', 'budget',
                                                   'runs')}
-  for b, in_budget in enumerate(group_budgets(compute, budget_rtol)):
+  for b, in_budget in enumerate(group_budgets(compute, budget_rtol, design)):
     for n in np.unique(params[in_budget]):
       runs = in_budget[params[in_budget] == n]
       for key, value in (('compute', compute[runs].mean()), ('params', n),
@@ -53,6 +78,33 @@ def replica_cells(compute: np.ndarray, params: np.ndarray, loss: np.ndarray,
         columns[key].append(value)
   runs = columns.pop('runs')
   return Cells(**{key: np.array(value) for key, value in columns.items()}, runs=runs)
+
+
+def seed_means(records: Records, compute_key: str, params_key: str, tokens_key: str,
+               loss_key: str, budget_rtol: float = 0.1) -> tuple[Cells, np.ndarray]:
+  """The records' cells (`replica_cells`, by design budget where the records name one) and [K]
+  each cell's mean tokens: the (N, D, L) points a fit uses so that no size counts once per seed."""
+  c, n, d, l = positive_columns(records, compute_key, params_key, tokens_key, loss_key)
+  cells = replica_cells(c, n, l, budget_rtol, design_budgets(records))
+  return cells, np.array([d[runs].mean() for runs in cells.runs])
+
+
+def best_per_budget(records: Records, compute_key: str, loss_key: str = 'eval_loss',
+                    budget_rtol: float = 0.1) -> tuple[np.ndarray, np.ndarray]:
+  """([G] compute, [G] loss) of each budget's best finished run, in ascending budget: the frontier
+  of finished runs, one point per budget (by design budget where the records name one)."""
+  c, l = positive_columns(records, compute_key, loss_key)
+  best = [index[np.argmin(l[index])]
+          for index in group_budgets(c, budget_rtol, design_budgets(records))]
+  return c[best], l[best]
+
+
+def fit_seed_means(records: Records, *, compute_key: str, params_key: str,
+                   tokens_key: str = 'tokens_seen', loss_key: str = 'eval_loss',
+                   budget_rtol: float = 0.1, n_bootstrap: int = 0) -> tuple[ChinchillaFit, Cells]:
+  """Approach 3 (`fit_chinchilla`) on the seed means, and the cells it fitted."""
+  cells, tokens = seed_means(records, compute_key, params_key, tokens_key, loss_key, budget_rtol)
+  return fit_chinchilla(cells.params, tokens, cells.loss, n_bootstrap=n_bootstrap), cells
 
 
 def budget_groups(cells: Cells) -> list[np.ndarray]:

@@ -19,19 +19,13 @@ from absl import logging
 
 from gptjax.cost.chinchilla import CHINCHILLA_PARAMS
 from gptjax.runs import run_dir
-from gptjax.scaling import (envelope as scaling_envelope, isoflop as scaling_isoflop, laws, plots,
-                            records, replicas)
+from gptjax.scaling import (accounting, envelope as scaling_envelope, exponents, holdout,
+                            isoflop as scaling_isoflop, laws, plots, records, replicas)
 
 FIT_DIR, PLOTS_DIR = 'fit', 'plots'
 FIT_FILE = 'fit.json'
 _SCALE_UPS = (1, 10, 100)
-HOLDOUT_TARGET = 0.02  # the largest error the held-out budget's predicted optimal loss may have
-EXPONENT_TARGET = 0.15  # the largest half-width of an interval on a that a sweep should reach
-# How far outside an interval an exponent may lie and still count as inside it. Exact data gives
-# zero-width bootstrap intervals whose last bits differ between CPUs (AVX2 against AVX-512), so a
-# bare float comparison would make agreement a matter of rounding.
-EXPONENT_TOLERANCE = 1e-6
-INTERVAL_RTOL = 1e-6  # the same for the ends of two N_opt intervals, relative to their size
+E_SPAN = 10.0  # E counts as identified when its interval's ends are less than this factor apart
 
 
 def _snapshot(workdir: str, finished: Sequence[str]) -> str:
@@ -59,13 +53,12 @@ def _interval(fit: Any, name: str) -> str:
 
 
 def _fit_power_law(rows, final, keys, n_bootstrap) -> dict[str, Any]:
-  del final, n_bootstrap
-  frontier = laws.compute_frontier(records.column(rows, keys['compute_key']),
-                                   records.column(rows, records.EVAL_KEY))
-  law = laws.fit_power_law_with_floor(frontier.compute, frontier.loss)
-  print(f'L(C) on the frontier ({len(frontier.loss)} of {len(rows)} eval points): '
-        f'L = {law.E:.4f} + {law.A:.4g}·C^-{law.alpha:.4f}')
-  if law.E < 1e-6 * frontier.loss.min():
+  del rows, n_bootstrap
+  compute, loss = replicas.best_per_budget(final, keys['compute_key'])
+  law = laws.fit_power_law_with_floor(compute, loss)
+  print(f'L(C) on the frontier of finished runs (the best final eval of each of {len(loss)} '
+        f'budgets): L = {law.E:.4f} + {law.A:.4g}·C^-{law.alpha:.4f}')
+  if law.E < 1e-6 * loss.min():
     print('  The floor E sits at its bound 0: over this range the loss falls at least as fast as '
           'a pure power law, so E is not measured; larger budgets would pin it.')
   return {'law': law, 'E': law.E, 'A': law.A, 'alpha': law.alpha}
@@ -87,6 +80,8 @@ def _fit_isoflop(rows, final, keys, n_bootstrap) -> dict[str, Any]:
   del rows
   result = scaling_isoflop.isoflop_minima(final, n_bootstrap=n_bootstrap, **keys)
   _print_seed_noise(result.noise)
+  print(f'D_opt solves C = (FLOPs per token of N) x D, read from the records ({keys["compute_key"]}'
+        ' / tokens_seen of each size).')
   print('IsoFLOP minima (Chinchilla approach 2; parabola in log N per budget):')
   sizes = result.cells.params
   outside = []
@@ -117,7 +112,7 @@ def _fit_envelope(rows, final, keys, n_bootstrap) -> dict[str, Any]:
   del rows
   c, n, l = laws.positive_columns(final, keys['compute_key'], keys['params_key'],
                                   records.EVAL_KEY)
-  cells = replicas.replica_cells(c, n, l)
+  cells = replicas.replica_cells(c, n, l, design=records.design_budgets(final))
   result = scaling_envelope.envelope_optima(cells, replicas.seed_noise(cells, l),
                                             n_bootstrap=n_bootstrap)
   lo, hi = result.n_exponent_ci
@@ -129,25 +124,44 @@ def _fit_envelope(rows, final, keys, n_bootstrap) -> dict[str, Any]:
   return {'result': result, 'n_exponent': result.n_exponent, 'n_exponent_ci': [lo, hi]}
 
 
+def e_identified(law: laws.ChinchillaFit) -> bool | None:
+  """Whether the floor E is pinned: its interval spans less than E_SPAN (a ratio of its ends);
+  None without bootstrap intervals."""
+  if 'E' not in law.intervals:
+    return None
+  lo, hi = law.intervals['E']
+  return bool(lo > 0 and hi / lo < E_SPAN)
+
+
 def _fit_chinchilla(rows, final, keys, n_bootstrap) -> dict[str, Any]:
   del rows
-  law = laws.fit_chinchilla(records.column(final, keys['params_key']),
-                            records.column(final, 'tokens_seen'),
-                            records.column(final, records.EVAL_KEY), n_bootstrap=n_bootstrap)
-  print(f'L(N, D) (approach 3, final evals): L = {law.E:.4f} + {law.A:.4g}/N^{law.alpha:.4f} + '
-        f'{law.B:.4g}/D^{law.beta:.4f}')
+  law, cells = replicas.fit_seed_means(final, n_bootstrap=n_bootstrap, **keys)
+  print(f'L(N, D) (approach 3, on {len(cells)} seed means of {len(final)} finished runs): '
+        f'L = {law.E:.4f} + {law.A:.4g}/N^{law.alpha:.4f} + {law.B:.4g}/D^{law.beta:.4f}')
   if law.intervals:
     print('  95% bootstrap: ' + ', '.join(f'{name} {_interval(law, name)}'
                                          for name in CHINCHILLA_PARAMS))
-  print(f'  N_opt ∝ C^{law.n_exponent:.3f} {_interval(law, "n_exponent")}, D_opt ∝ C^'
-        f'{law.d_exponent:.3f} {_interval(law, "d_exponent")}')
+  identified = e_identified(law)
+  if identified is False:
+    lo, hi = law.intervals['E']
+    span = np.log10(hi / lo) if lo > 0 else float('inf')
+    print(f'  E is not identified: its interval spans {span:.1f} orders of magnitude, and A, alpha '
+          'and B, beta trade off against it. The exponents below are less certain than a fit '
+          'with a pinned E; more distinct (N, D) points would pin it.')
+  relation = accounting.relation_of(final, keys['compute_key'], keys['params_key'])
+  a, lo, hi = accounting.exponent_interval(law, cells.compute.min(), cells.compute.max(),
+                                           relation)
+  print(f'  N_opt ∝ C^{a:.3f} [{lo:.3f}, {hi:.3f}] over the budgets trained, solving the records\' '
+        f'C(N, D) (β/(α+β) = {law.n_exponent:.3f} {_interval(law, "n_exponent")} would hold '
+        'under C = 6ND)')
   return {'law': law, **{name: getattr(law, name) for name in CHINCHILLA_PARAMS},
-          'n_exponent': law.n_exponent, 'intervals': dict(law.intervals)}
+          'n_exponent': a, 'n_exponent_ci': [lo, hi], 'n_exponent_6nd': law.n_exponent,
+          'intervals': dict(law.intervals), 'e_identified': identified, 'cells': len(cells)}
 
 
 def _fit_holdout(rows, final, keys, n_bootstrap) -> dict[str, Any]:
   del final
-  h = laws.holdout_extrapolation(rows, n_bootstrap=n_bootstrap, **keys)
+  h = holdout.holdout_extrapolation(rows, n_bootstrap=n_bootstrap, **keys)
   print(f'Holdout (fitted without the {len(h.run_loss)} members at C={h.budget:.3g}, then '
         f'predicted): best loss there {h.measured_best_loss:.4f}, L(C) predicted '
         f'{h.power_law_prediction:.4f} ({100 * h.power_law_relative_error:+.2f}%); L(N, D) '
@@ -156,61 +170,6 @@ def _fit_holdout(rows, final, keys, n_bootstrap) -> dict[str, Any]:
           'power_law_prediction': h.power_law_prediction,
           'power_law_relative_error': h.power_law_relative_error,
           'max_run_relative_error': h.max_run_relative_error}
-
-
-def _measured_optimum(holdout: laws.HoldoutResult, isoflop: scaling_isoflop.IsoFLOPResult | None
-                      ) -> tuple[float, float, str, tuple[float, float]]:
-  """(N_opt, loss there, how it was measured, N_opt's interval) of the held-out budget: approach 2's
-  parabola minimum where it found one for that budget (from that budget's runs alone) with its
-  measured interval (`IsoFLOPResult.n_opt_interval`), else the best run, exactly."""
-  if isoflop is not None:
-    same = np.flatnonzero(np.isclose(isoflop.budgets, holdout.budget, rtol=0.01))
-    if len(same):
-      n_opt = float(isoflop.n_opt[same[0]])
-      interval = isoflop.n_opt_interval(same[0])
-      interval = interval if np.isfinite(interval).all() else (n_opt, n_opt)
-      return n_opt, float(isoflop.loss_min[same[0]]), 'IsoFLOP minimum', interval
-  best = int(np.argmin(holdout.run_loss))
-  n_best = float(holdout.run_params[best])
-  return n_best, float(holdout.run_loss[best]), 'best run', (n_best, n_best)
-
-
-def _overlap(a: Sequence[float], b: Sequence[float]) -> bool:
-  """Whether two intervals share a point, either widened by INTERVAL_RTOL of its ends."""
-  (lo_a, hi_a), (lo_b, hi_b) = a, b
-  return bool(lo_a * (1 - INTERVAL_RTOL) <= hi_b * (1 + INTERVAL_RTOL)
-              and lo_b * (1 - INTERVAL_RTOL) <= hi_a * (1 + INTERVAL_RTOL))
-
-
-def holdout_check(holdout: laws.HoldoutResult,
-                  isoflop: scaling_isoflop.IsoFLOPResult | None = None, level: float = 0.95,
-                  target: float = HOLDOUT_TARGET) -> dict[str, Any]:
-  """Approach 3 fitted without the largest budget, asked for that budget's optimum: it passes when
-  its compute-optimal loss is within `target` of the measured one and the `level` interval of its
-  N_opt over the bootstrap refits overlaps the measured N_opt's own interval (without refits, the
-  loss alone decides).
-
-  The measured optimum carries its own error (a parabola's minimum, from noisy losses, on a curve
-  that is not a parabola), so a point compared with an interval would fail data drawn from the law
-  itself; two intervals are compared instead.
-  """
-  law = holdout.law
-  n_opt, d_opt = (float(x) for x in law.compute_optimal(holdout.budget))
-  loss = float(law.predict(n_opt, d_opt))
-  measured_n, measured_loss, measured_by, measured_interval = _measured_optimum(holdout, isoflop)
-  error = (loss - measured_loss) / measured_loss
-  lo = hi = float('nan')
-  if len(law.bootstrap):
-    with np.errstate(all='ignore'):  # a refit whose exponents leave no optimum is left out
-      n_opt_S = law.refits().compute_optimal(holdout.budget)[0]
-    finite_Sx1 = n_opt_S[np.isfinite(n_opt_S), None]
-    lo, hi = (float(x) for x in laws.central_interval(finite_Sx1, level)[0])
-  overlap = _overlap((lo, hi), measured_interval) if len(law.bootstrap) else None
-  return dict(budget=holdout.budget, predicted_loss=loss, measured_loss=measured_loss,
-              loss_error=error, target=target, predicted_n_opt=n_opt, n_opt_interval=[lo, hi],
-              level=level, measured_n_opt=measured_n, measured_by=measured_by,
-              measured_n_opt_interval=list(measured_interval), n_opt_overlap=overlap,
-              passed=abs(error) <= target and overlap is not False)
 
 
 def _print_holdout_check(check: dict[str, Any]) -> None:
@@ -230,22 +189,28 @@ def _print_holdout_check(check: dict[str, Any]) -> None:
         f"{where}. {'PASS' if check['passed'] else 'FAIL'}")
 
 
-def _allocation(fits: dict[str, Any], largest: float) -> list[dict[str, float]]:
-  """N_opt and D_opt at the largest budget trained and 10x, 100x it, from each law available."""
+def _allocation(fits: dict[str, Any], final, keys) -> list[dict[str, float]]:
+  """N_opt and D_opt at the largest budget trained and 10x, 100x it, from each law available, all
+  solving the records' C(N, D)."""
+  columns = laws.positive_columns(final, keys['compute_key'], keys['params_key'], 'tokens_seen')
+  relation = accounting.ComputeRelation.from_columns(*columns, 'records')
+  largest = float(columns[0].max())
   table = []
-  print('Compute-optimal allocation (D = C / (6 N)):')
+  print('Compute-optimal allocation (D = C / FLOPs per token of N, from the records):')
   for scale in _SCALE_UPS:
     c = largest * scale
     row, parts = {'compute': c}, []
     if 'isoflop' in fits:
       n = float(fits['isoflop']['result'].predict_n_opt(c))
-      row.update(isoflop_n_opt=n, isoflop_d_opt=c / (6 * n))
-      parts.append(f'approach 2: N={_count(n)} D={_count(c / (6 * n))}')
+      d = float(relation.tokens(c, n))
+      row.update(isoflop_n_opt=n, isoflop_d_opt=d)
+      parts.append(f'approach 2: N={_count(n)} D={_count(d)} D/N={d / n:.3g}')
     if 'chinchilla' in fits:
       law = fits['chinchilla']['law']
-      n, d = (float(x) for x in law.compute_optimal(c))
+      n, d = (float(x) for x in accounting.compute_optimal(law, c, relation))
       row.update(chinchilla_n_opt=n, chinchilla_d_opt=d, chinchilla_loss=float(law.predict(n, d)))
-      parts.append(f'approach 3: N={_count(n)} D={_count(d)} L={row["chinchilla_loss"]:.4f}')
+      parts.append(f'approach 3: N={_count(n)} D={_count(d)} D/N={d / n:.3g} '
+                   f'L={row["chinchilla_loss"]:.4f}')
     if 'power_law' in fits:
       row['power_law_loss'] = float(fits['power_law']['law'].predict(c))
       parts.append(f'L(C)={row["power_law_loss"]:.4f}')
@@ -260,39 +225,22 @@ _STAGES = (('power_law', _fit_power_law), ('isoflop', _fit_isoflop),
            ('holdout', _fit_holdout))
 
 
-def exponent_check(fits: dict[str, Any], target: float = EXPONENT_TARGET) -> dict[str, Any] | None:
-  """Approaches 2 and 3 agree when each one's a lies in the other's interval, widened by
-  EXPONENT_TOLERANCE; an interval is precise enough when its half-width is under `target`. None
-  without both fits."""
-  if 'isoflop' not in fits or 'chinchilla' not in fits:
-    return None
-  a2, (lo2, hi2) = fits['isoflop']['n_exponent'], fits['isoflop']['n_exponent_ci']
-  a3 = fits['chinchilla']['n_exponent']
-  lo3, hi3 = fits['chinchilla']['intervals'].get('n_exponent', (float('nan'),) * 2)
-  tol = EXPONENT_TOLERANCE
-  agree = bool(lo2 - tol <= a3 <= hi2 + tol and lo3 - tol <= a2 <= hi3 + tol)
-  half_widths = [(hi2 - lo2) / 2, (hi3 - lo3) / 2]
-  return dict(agree=agree, half_widths=half_widths, target=target,
-              precise=bool(all(w < target for w in half_widths)))
+def _accountings(final, keys, found, n_bootstrap) -> dict[str, dict[str, Any]]:
+  """Both named accountings' exponents (this report's own and the other one's refit), printed;
+  empty when the report's keys mix accountings."""
+  name = accounting.accounting_of(keys['compute_key'], keys['params_key'])
+  if name is None or not found:
+    return {}
+  views = {other: found if other == name else exponents.accounting_view(final, other, n_bootstrap)
+           for other in accounting.ACCOUNTINGS}
+  exponents.print_accountings(views)
+  return {other: {'description': accounting.ACCOUNTINGS[other].description,
+                  **{approach: list(estimate) for approach, estimate in view.items()}}
+          for other, view in views.items()}
 
 
-def _print_exponents(fits: dict[str, Any], check: dict[str, Any]) -> None:
-  parts = []
-  for number, name in ((1, 'envelope'), (2, 'isoflop'), (3, 'chinchilla')):
-    if name in fits:
-      a = fits[name]['n_exponent']
-      lo, hi = (fits[name]['n_exponent_ci'] if name != 'chinchilla' else
-                fits[name]['intervals'].get('n_exponent', (float('nan'),) * 2))
-      parts.append(f'approach {number} {a:.3f} [{lo:.3f}, {hi:.3f}]')
-  w2, w3 = check['half_widths']
-  agreement = "agree (each inside the other's interval)" if check['agree'] else 'DISAGREE'
-  verdict = 'PASS' if check['agree'] and check['precise'] else 'FAIL'
-  print(f"Exponent a of N_opt ∝ C^a: {'; '.join(parts)}. Approaches 2 and 3 {agreement}; "
-        f"interval half-widths {w2:.3f} and {w3:.3f} (target under {check['target']:g}): {verdict}")
-
-
-def fit_and_report(workdir: str, finished: Sequence[str], *, compute_key: str = 'flops_kaplan',
-                   params_key: str = 'params_non_embedding', n_bootstrap: int = 100
+def fit_and_report(workdir: str, finished: Sequence[str], *, compute_key: str = 'flops_full',
+                   params_key: str = 'params_total', n_bootstrap: int = 100
                    ) -> dict[str, Any]:
   """Every fit the finished members support, printed; a fit they cannot support is skipped with
   the scaling module's reason. Writes `fit/fit.json` and the figures; returns the numbers."""
@@ -303,8 +251,10 @@ def fit_and_report(workdir: str, finished: Sequence[str], *, compute_key: str = 
   snapshot = _snapshot(workdir, finished)
   rows = records.load_sweep(snapshot)
   final = records.final_records(rows)
-  print(f'\nFits on {len(finished)} finished members (C: {compute_key}, N: {params_key}, '
-        f'D: tokens_seen, L: {records.EVAL_KEY}):')
+  named = accounting.accounting_of(compute_key, params_key)
+  description = f' = {accounting.ACCOUNTINGS[named].description}' if named else ''
+  print(f'\nFits on {len(finished)} finished members (C: {compute_key}, N: {params_key}'
+        f'{description}; D: tokens_seen, L: {records.EVAL_KEY}):')
   fits: dict[str, Any] = {}
   with warnings.catch_warnings(record=True) as caught:
     warnings.simplefilter('always')
@@ -314,13 +264,15 @@ def fit_and_report(workdir: str, finished: Sequence[str], *, compute_key: str = 
       except ValueError as e:
         print(f'No {name} fit: {e}')
     if 'holdout' in fits:
-      fits['holdout']['check'] = holdout_check(fits['holdout']['result'],
-                                               fits.get('isoflop', {}).get('result'))
+      fits['holdout']['check'] = holdout.holdout_check(fits['holdout']['result'],
+                                                       fits.get('isoflop', {}).get('result'))
       _print_holdout_check(fits['holdout']['check'])
-    exponents = exponent_check(fits)
-    if exponents is not None:
-      _print_exponents(fits, exponents)
-    allocation = _allocation(fits, float(records.column(final, compute_key).max()))
+    found = exponents.estimates(fits)
+    check = exponents.exponent_check(found)
+    if check is not None:
+      exponents.print_check(found, check)
+    views = _accountings(final, keys, found, n_bootstrap)
+    allocation = _allocation(fits, final, keys) if 'isoflop' in fits or 'chinchilla' in fits else []
     verbosity = logging.get_verbosity()
     logging.set_verbosity(logging.ERROR)  # make_plots logs its own summary of the fits above
     try:
@@ -335,7 +287,8 @@ def fit_and_report(workdir: str, finished: Sequence[str], *, compute_key: str = 
     print(f'  note: {message}')
   summary = {name: {k: v for k, v in fit.items() if k not in ('law', 'result')}
              for name, fit in fits.items()}
-  summary.update(members=list(finished), allocation=allocation, exponent_check=exponents, **keys)
+  summary.update(members=list(finished), allocation=allocation, exponent_check=check,
+                 accountings=views, **keys)
   path = run_dir.write_atomic(os.path.join(workdir, FIT_DIR, FIT_FILE),
                               json.dumps(summary, indent=1, default=float))
   print(f'Numbers in {path}.')

@@ -79,7 +79,8 @@ def test_isoflop_bootstrap_carries_seed_noise():
   contains the true exponent, and it widens when the noise grows."""
   widths = []
   for sd in (0.002, 0.02):
-    result = isoflop.isoflop_minima(seeded_sweep(sd), n_bootstrap=200)
+    result = isoflop.isoflop_minima(seeded_sweep(sd), compute_key='flops_kaplan',
+                                    params_key='params_non_embedding', n_bootstrap=200)
     assert result.noise is not None and result.noise.sd == pytest.approx(sd, rel=0.35)
     assert len(result.cells) == len(result.cells.count) == 35
     lo, hi = result.n_exponent_ci
