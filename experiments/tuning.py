@@ -85,20 +85,20 @@ def _finished_runs(sweep_path: str, workdir: str) -> list[dict[str, Any]]:
 
 
 def choose_optimizer(runs: Sequence[dict[str, Any]]) -> dict[str, Any]:
-  """The (b2, warmup fraction) with the least mean excess loss over each size's best run."""
-  best = {}
+  """The (b2, warmup fraction) with the least mean excess loss over each size's best run, among
+  the settings that finished at every size."""
+  losses: dict[tuple[float, float], dict[int, float]] = {}
   for run in runs:
-    best[run['d_model']] = min(best.get(run['d_model'], math.inf), run['loss'])
-  excess: dict[tuple[float, float], list[float]] = {}
-  for run in runs:
-    key = (run['b2'], run['warmup_fraction'])
-    excess.setdefault(key, []).append(run['loss'] - best[run['d_model']])
-  sizes = len(best)
-  complete = {key: float(np.mean(v)) for key, v in excess.items() if len(v) == sizes}
+    losses.setdefault((run['b2'], run['warmup_fraction']), {})[run['d_model']] = run['loss']
+  sizes = {run['d_model'] for run in runs}
+  complete = {key: by_size for key, by_size in losses.items() if set(by_size) == sizes}
   if not complete:
     raise ValueError('No (b2, warmup) setting finished at every size; rerun the sweep.')
-  (b2, warmup), _ = min(complete.items(), key=lambda item: item[1])
-  return dict(b2=b2, warmup_fraction=warmup, mean_excess=complete)
+  best = {d: min(by_size[d] for by_size in complete.values()) for d in sizes}
+  excess = {key: float(np.mean([by_size[d] - best[d] for d in sizes]))
+            for key, by_size in complete.items()}
+  (b2, warmup), _ = min(excess.items(), key=lambda item: item[1])
+  return dict(b2=b2, warmup_fraction=warmup, mean_excess=excess)
 
 
 def refined_rate(rates: Sequence[float], losses: Sequence[float]) -> tuple[float, bool]:

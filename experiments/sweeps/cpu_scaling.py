@@ -42,6 +42,8 @@ losses with each other only):
   of these tiny steps paid once per 16 (docs/performance.md).
 """
 
+from typing import Mapping
+
 import ml_collections
 
 import launch
@@ -49,11 +51,11 @@ from experiments import tuning
 from experiments.configs import base as base_config
 
 BUDGETS = {  # compute (FLOPs spent) -> the d_model of its sizes
-    6e9: (6, 8, 12, 16, 24),
-    2e10: (8, 12, 16, 24, 32),
-    6e10: (12, 16, 24, 32, 48),
-    2e11: (16, 24, 32, 48, 64),
-    6e11: (24, 32, 48, 64, 96),
+    6e9: (4, 6, 8, 12, 16),
+    2e10: (6, 8, 12, 16, 24),
+    6e10: (8, 12, 16, 24, 32),
+    2e11: (12, 16, 24, 32, 48),
+    6e11: (16, 24, 32, 48, 64),
 }
 SEEDED = (1, 2)  # the sizes (by position) trained with 2 seeds: each budget's minimum lies there
 
@@ -75,15 +77,25 @@ def get_base() -> ml_collections.ConfigDict:
   return config
 
 
-def get_sweep():
+def make_sweep(method: str = 'full', b2: float | None = None,
+               warmup_fraction: float | None = None,
+               rates: Mapping[int, float] | None = None):
+  """The sweep designed in `method`'s compute, with these hyperparameters; each one left None comes
+  from the tuning file. The reconciliation study (experiments/kaplan_vs_chinchilla.py) varies them.
+  """
   base = get_base()
   tuned = tuning.read_tuning()
-  base.train.b2 = tuned['b2']
-  rates = tuned['learning_rate']
+  base.train.b2 = tuned['b2'] if b2 is None else b2
+  if rates is None:
+    rates = {int(d): rate for d, rate in tuned['learning_rate'].items()}
   budgets = {c: [launch.Size(d_model=d, num_layers=2, num_heads=num_heads(d),
-                             learning_rate=rates[str(d)], seeds=2 if i in SEEDED else 1)
+                             learning_rate=rates[d], seeds=2 if i in SEEDED else 1)
                  for i, d in enumerate(sizes)]
              for c, sizes in BUDGETS.items()}
-  return base, launch.isoflop_members(base, budgets, method='full',
-                                      warmup_fraction=tuned['warmup_fraction'], num_evals=4,
-                                      checkpoints=2, log_lines=8)
+  warmup = tuned['warmup_fraction'] if warmup_fraction is None else warmup_fraction
+  return base, launch.isoflop_members(base, budgets, method=method, warmup_fraction=warmup,
+                                      num_evals=4, checkpoints=2, log_lines=8)
+
+
+def get_sweep():
+  return make_sweep()

@@ -85,14 +85,19 @@ def print_check(found: Mapping[str, Estimate], check: Mapping[str, Any]) -> None
 
 
 def accounting_view(final, name: str, n_bootstrap: int) -> dict[str, Estimate]:
-  """The three approaches' (a, lo, hi) on the same finished runs under accounting `name`; an
-  approach the runs cannot support there is left out. Warnings are the main report's to give."""
+  """The three approaches' (a, lo, hi) on the same finished runs under accounting `name`."""
   keys = accounting.ACCOUNTINGS[name]
+  return view(final, keys.compute_key, keys.params_key, n_bootstrap)
+
+
+def view(final, compute_key: str, params_key: str, n_bootstrap: int) -> dict[str, Estimate]:
+  """The three approaches' (a, lo, hi) on finished runs with these C and N columns; an approach
+  the runs cannot support is left out. Warnings are the main report's to give."""
   found: dict[str, Estimate] = {}
   with warnings.catch_warnings():
     warnings.simplefilter('ignore')
     try:
-      c, n, l = positive_columns(final, keys.compute_key, keys.params_key, EVAL_KEY)
+      c, n, l = positive_columns(final, compute_key, params_key, EVAL_KEY)
       cells = replicas.replica_cells(c, n, l, design=design_budgets(final))
       result = scaling_envelope.envelope_optima(cells, replicas.seed_noise(cells, l),
                                                 n_bootstrap=n_bootstrap)
@@ -100,16 +105,15 @@ def accounting_view(final, name: str, n_bootstrap: int) -> dict[str, Estimate]:
     except ValueError:
       pass
     try:
-      result = scaling_isoflop.isoflop_minima(final, compute_key=keys.compute_key,
-                                              params_key=keys.params_key,
-                                              n_bootstrap=n_bootstrap)
+      result = scaling_isoflop.isoflop_minima(final, compute_key=compute_key,
+                                              params_key=params_key, n_bootstrap=n_bootstrap)
       found['isoflop'] = (result.n_exponent, *result.n_exponent_ci)
     except ValueError:
       pass
     try:
-      law, cells = replicas.fit_seed_means(final, compute_key=keys.compute_key,
-                                           params_key=keys.params_key, n_bootstrap=n_bootstrap)
-      relation = accounting.relation_of(final, keys.compute_key, keys.params_key)
+      law, cells = replicas.fit_seed_means(final, compute_key=compute_key,
+                                           params_key=params_key, n_bootstrap=n_bootstrap)
+      relation = accounting.relation_of(final, compute_key, params_key)
       found['chinchilla'] = accounting.exponent_interval(law, cells.compute.min(),
                                                          cells.compute.max(), relation)
     except ValueError:
