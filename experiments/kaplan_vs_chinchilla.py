@@ -85,7 +85,7 @@ def print_table(rows: Sequence[dict]) -> None:
       cells.append(f'{a:.3f} [{lo:.2f}, {hi:.2f}]')
     keys = f"{row['compute_key']}, {row['params_key']}"
     print(f"{row['step']:<44} {keys:<34} " + ' '.join(f'{c:>20}' for c in cells)
-          + f"  {'yes' if row['agree'] else 'no'}")
+          + f"  {'n/a' if row['agree'] is None else 'yes' if row['agree'] else 'no'}")
 
 
 def plot(rows: Sequence[dict], path: str) -> str:

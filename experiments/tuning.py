@@ -1,6 +1,6 @@
 r"""Per-size hyperparameters for the CPU scaling sweep, measured at its own budgets.
 
-Two tuning sweeps run in order, each followed by this command, which reads its finished runs and
+Tuning sweeps run in order, each followed by this command, which reads its finished runs and
 writes what it chose into `experiments/sweeps/cpu_tuning.json`, the file `cpu_scaling.py` reads:
 
   python -m launch.sweep --sweep=experiments/sweeps/cpu_tuning_optimizer.py \
@@ -9,6 +9,9 @@ writes what it chose into `experiments/sweeps/cpu_tuning.json`, the file `cpu_sc
   python -m launch.sweep --sweep=experiments/sweeps/cpu_tuning_lr.py \
       --workdir=runs/cpu_tuning_lr --parallel=2 --nofit
   python -m experiments.tuning lr --workdir=runs/cpu_tuning_lr
+  python -m launch.sweep --sweep=experiments/sweeps/cpu_tuning_mup.py \
+      --workdir=runs/cpu_tuning_mup --parallel=2 --nofit
+  python -m experiments.tuning mup --workdir=runs/cpu_tuning_mup
 
 `optimizer`: AdamW's beta2 and the warmup fraction (Porian et al. 2024 find beta2 = 0.95 harmful
 at small batches, and warmup length a cause of the Kaplan/Chinchilla gap), chosen on a grid at
@@ -16,13 +19,14 @@ three sizes, each trained at a budget where it sits mid-curve: the pair with the
 loss over each size's best. `lr`: the peak learning rate of every size of the grid, trained at a
 budget near the middle of its budgets, on a grid of factors of 2; the rate is the minimum of a
 parabola in log rate through the best grid point and its two neighbours (an edge of the grid is
-kept as it is and flagged: the grid should be widened there).
+kept as it is and flagged: the grid should be widened there). `mup`: whether muP's one rate
+serves every width at least as well as those per-size SP rates (recorded; the sweep would switch
+only if it did).
 """
 
 from __future__ import annotations
 
 import json
-import math
 import os
 import sys
 from typing import Any, Sequence
@@ -36,16 +40,27 @@ from gptjax.scaling import records
 
 TUNING_FILE = os.path.join(os.path.dirname(__file__), 'sweeps', 'cpu_tuning.json')
 STAGES = {'optimizer': 'experiments/sweeps/cpu_tuning_optimizer.py',
-          'lr': 'experiments/sweeps/cpu_tuning_lr.py'}
+          'lr': 'experiments/sweeps/cpu_tuning_lr.py',
+          'mup': 'experiments/sweeps/cpu_tuning_mup.py'}
 
 
-def read_tuning(path: str = TUNING_FILE) -> dict[str, Any]:
-  """The tuning file's choices; a clear error naming the command that writes what is missing."""
+STAGE_KEYS = {'optimizer': ('b2', 'warmup_fraction'), 'lr': ('learning_rate', 'lr_runs'),
+              'mup': ('mup',)}
+
+
+def read_tuning(path: str = TUNING_FILE, stages: Sequence[str] = ()) -> dict[str, Any]:
+  """The tuning file's choices; a clear error naming the stage whose choices are missing, of
+  `stages` (those the caller needs)."""
   if not os.path.isfile(path):
     raise FileNotFoundError(f'{path} does not exist; run the tuning sweeps (python -m '
                             'experiments.tuning --help says how).')
   with open(path) as f:
-    return json.load(f)
+    tuning = json.load(f)
+  for stage in stages:
+    if not all(key in tuning for key in STAGE_KEYS[stage]):
+      raise ValueError(f'{path} has no {stage} choices yet; run the {STAGES[stage]} sweep and '
+                       f'then python -m experiments.tuning {stage} --workdir=<its workdir>.')
+  return tuning
 
 
 def tuning_member(base, d_model: int, num_heads: int, budget: float, *, learning_rate: float,
@@ -98,7 +113,9 @@ def choose_optimizer(runs: Sequence[dict[str, Any]]) -> dict[str, Any]:
   excess = {key: float(np.mean([by_size[d] - best[d] for d in sizes]))
             for key, by_size in complete.items()}
   (b2, warmup), _ = min(excess.items(), key=lambda item: item[1])
-  return dict(b2=b2, warmup_fraction=warmup, mean_excess=excess)
+  warmups = sorted({w for _, w in complete})
+  edge = len(warmups) > 2 and warmup in (warmups[0], warmups[-1])
+  return dict(b2=b2, warmup_fraction=warmup, mean_excess=excess, warmup_at_grid_edge=edge)
 
 
 def refined_rate(rates: Sequence[float], losses: Sequence[float]) -> tuple[float, bool]:
@@ -126,6 +143,26 @@ def choose_rates(runs: Sequence[dict[str, Any]]) -> dict[str, Any]:
   return dict(learning_rate=rates, rate_at_grid_edge=edges)
 
 
+def compare_mup(mup_runs: Sequence[dict[str, Any]], sp_runs: Sequence[dict[str, Any]]
+                ) -> dict[str, Any]:
+  """Per width, muP's best rate and loss against the best SP loss of the rate tuning at the same
+  size and budget. muP earns its place on the grid only if one rate is best at every width and
+  it is at least as good as SP's tuned rates everywhere."""
+  widths = {}
+  for d in sorted({run['d_model'] for run in mup_runs}):
+    mine = [run for run in mup_runs if run['d_model'] == d]
+    best = min(mine, key=lambda run: run['loss'])
+    sp = [run['loss'] for run in sp_runs
+          if run['d_model'] == d and run['budget'] == best['budget']]
+    if not sp:
+      raise ValueError(f'The SP rate tuning has no run of d_model={d} at C={best["budget"]:g}; '
+                       'rerun the lr stage first.')
+    widths[str(d)] = dict(best_rate=best['learning_rate'], loss=best['loss'], sp_loss=min(sp))
+  one_rate = len({w['best_rate'] for w in widths.values()}) == 1
+  as_good = all(w['loss'] <= w['sp_loss'] for w in widths.values())
+  return dict(widths=widths, one_rate=one_rate, as_good=as_good, adopted=one_rate and as_good)
+
+
 def _print_table(runs: Sequence[dict[str, Any]], columns: Sequence[str]) -> None:
   print('  '.join(f'{c:>15}' for c in columns + ('loss',)))
   for run in sorted(runs, key=lambda r: tuple(r[c] for c in columns)):
@@ -139,8 +176,20 @@ def update_tuning(stage: str, workdir: str, path: str = TUNING_FILE) -> dict[str
     chosen = choose_optimizer(runs)
     _print_table(runs, ('d_model', 'b2', 'warmup_fraction'))
     print(f"Chosen: b2={chosen['b2']}, warmup {chosen['warmup_fraction']:.0%} of each run's steps")
+    if chosen['warmup_at_grid_edge']:
+      print('The warmup is at the edge of the grid (widen it there).')
     tuning.update(b2=chosen['b2'], warmup_fraction=chosen['warmup_fraction'],
                   optimizer_runs=runs)
+  elif stage == 'mup':
+    mup = compare_mup(runs, read_tuning(path, stages=('lr',))['lr_runs'])
+    _print_table(runs, ('d_model', 'learning_rate'))
+    for d, w in mup['widths'].items():
+      print(f"d_model {d}: muP best {w['loss']:.4f} at rate {w['best_rate']:g}; SP tuned best "
+            f"{w['sp_loss']:.4f}")
+    print(f"One muP rate best at every width: {mup['one_rate']}; at least as good as SP "
+          f"everywhere: {mup['as_good']}. " + ('The sweep should use muP.' if mup['adopted'] else
+                                               'The sweep stays in SP with per-size rates.'))
+    tuning.update(mup={**mup, 'runs': runs})
   else:
     chosen = choose_rates(runs)
     _print_table(runs, ('d_model', 'learning_rate'))

@@ -15,7 +15,7 @@ Chinchilla's accounting) C counts every FLOP the model spends, the readout over 
 attention included, and N is the total parameter count; the runs' names carry their budget, so the
 fits group them by design in either accounting. method='kaplan' designs in Kaplan's C,
 (6N + 6·L·T·d_model)·D with non-embedding N, which leaves out the readout: for the CPU sweep's
-byte-level models it is 1.2 to 2.1 times under what they spend, and most for the smallest.
+byte-level models it is 1.3 to 2.3 times under what they spend, and most for the smallest.
 """
 
 from __future__ import annotations
@@ -32,10 +32,9 @@ import ml_collections
 
 from gptjax.cost import flops
 from gptjax.model import GPTConfig
-from gptjax.scaling import records
+from gptjax.scaling import accounting, records
 from gptjax.train import optim
 
-PARAMS_KEYS = {'kaplan': 'params_non_embedding', 'full': 'params_total'}
 _NAME = re.compile(r'^[A-Za-z0-9][A-Za-z0-9_.-]*$')
 RESERVED_NAMES = ('fit', 'plots', 'slurm')  # the runner's own sub-directories of a sweep's workdir
 CONFIG_FILE = 'launch/__init__.py'  # this module, from the repository root: see get_config
@@ -193,8 +192,8 @@ class Plan:
 
 
 def plan(config: ml_collections.ConfigDict, method: str = 'full') -> Plan:
-  if method not in PARAMS_KEYS:
-    raise ValueError(f'method={method!r}; choose one of {tuple(PARAMS_KEYS)}.')
+  if method not in accounting.ACCOUNTINGS:
+    raise ValueError(f'method={method!r}; choose one of {tuple(accounting.ACCOUNTINGS)}.')
   cfg = GPTConfig.from_run_config(config)
   counts = flops.param_counts(cfg)
   tokens = config.train.num_steps * config.data.batch_size * config.data.seq_len

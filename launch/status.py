@@ -84,7 +84,7 @@ class Entry:
 
 
 def survey(base: ml_collections.ConfigDict, members: Sequence[launch.Member], workdir: str,
-           method: str = 'kaplan') -> list[Entry]:
+           method: str = 'full') -> list[Entry]:
   """Each member resolved, planned and its status read from `workdir/<member>`."""
   entries = []
   for member in members:

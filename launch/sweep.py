@@ -17,10 +17,11 @@ backend would run. The backends (`launch.slurm`, `launch.tpu_vm` say more):
            the running members after they save a checkpoint.
   slurm    submits the unfinished members as one job array and returns; `--status` follows it.
   tpu_vm   runs them on existing slices, every host of a slice on the same member.
-Then the fits run on the finished members (`gptjax.scaling.report`): the L(C) frontier power law,
-IsoFLOP minima (Chinchilla approach 2), L(N, D) with bootstrap intervals (approach 3), the holdout
-check of the largest budget, and the compute-optimal N and D at the largest budget and 10x and 100x
-it. Figures go to `workdir/plots`, the numbers to `workdir/fit/fit.json`.
+Then the fits run on the finished members (`gptjax.scaling.report`), in FLOPs spent and total N
+unless --compute_key/--params_key say otherwise: the L(C) frontier power law, Chinchilla's three
+approaches with bootstrap intervals, the holdout check of the largest budget, both accountings'
+exponents, and the compute-optimal N and D at the largest budget and 10x and 100x it. Figures go to
+`workdir/plots`, the numbers to `workdir/fit/fit.json`.
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ from absl import app, flags
 
 import launch
 from gptjax.runs import run_dir
-from gptjax.scaling import report
+from gptjax.scaling import accounting, report
 from launch import local, slurm, status as status_lib, tpu_vm
 from launch.status import format_table, member_status
 
@@ -68,6 +69,8 @@ def define_flags() -> None:
                     'sweeps that are not IsoFLOP designs (a tuning grid, say).')
   flags.DEFINE_string('compute_key', 'flops_full', "The sweep's accounting: 'flops_full' (FLOPs "
                       "spent, total N) or 'flops_kaplan' (Kaplan's C, non-embedding N).")
+  flags.DEFINE_string('params_key', None, "N for the fits: 'params_total' or "
+                      "'params_non_embedding' (default: the --compute_key accounting's N).")
   flags.DEFINE_integer('n_bootstrap', 100, 'Bootstrap refits for the confidence intervals.')
   flags.DEFINE_integer('parallel', 1, 'local: members trained at once (each is its own process).')
   flags.DEFINE_integer('max_concurrent', 0, "slurm: array tasks running at once (the array's %N); "
@@ -117,7 +120,8 @@ def run_sweep(sweep_path: str, workdir: str, *, backend: str = 'local',
               options: slurm.Options | tpu_vm.Options | None = None, parallel: int = 1,
               dry_run: bool = False, status: bool = False, commands: bool = False,
               only: Sequence[str] = (), fit_only: bool = False, fit: bool = True,
-              compute_key: str = 'flops_full', n_bootstrap: int = 100) -> int:
+              compute_key: str = 'flops_full', params_key: str | None = None,
+              n_bootstrap: int = 100) -> int:
   """The whole command; returns the exit status (1 if a member failed, after fitting the rest).
 
   One plan for every backend: the members' statuses in `workdir` decide what runs. The local and
@@ -127,8 +131,11 @@ def run_sweep(sweep_path: str, workdir: str, *, backend: str = 'local',
   if parallel < 1:
     raise ValueError(f'--parallel={parallel} must be at least 1.')
   method = compute_key.removeprefix('flops_')
-  if method not in launch.PARAMS_KEYS:
-    raise ValueError(f'--compute_key={compute_key}; use flops_kaplan or flops_full.')
+  if method not in accounting.ACCOUNTINGS:
+    raise ValueError(f'--compute_key={compute_key}; use flops_full or flops_kaplan.')
+  params_key = params_key or accounting.ACCOUNTINGS[method].params_key
+  if params_key not in [a.params_key for a in accounting.ACCOUNTINGS.values()]:
+    raise ValueError(f'--params_key={params_key}; use params_total or params_non_embedding.')
   if backend == 'slurm':
     options = options or slurm.Options()
     slurm.check_workdir(workdir)
@@ -203,7 +210,7 @@ def run_sweep(sweep_path: str, workdir: str, *, backend: str = 'local',
   finished = [name for name, state in states.items() if state == 'finished']
   unfinished = [name for name in names if name not in finished and name not in failures]
   report.fit_and_report(records_dir, finished, compute_key=compute_key,
-                        params_key=launch.PARAMS_KEYS[method], n_bootstrap=n_bootstrap)
+                        params_key=params_key, n_bootstrap=n_bootstrap)
   if unfinished:
     print(f'\n{len(unfinished)} member(s) not trained to the end yet, left out of the fits: '
           f'{", ".join(unfinished)}.')
@@ -220,7 +227,7 @@ def main(argv: Sequence[str]) -> int:
                      options=_options(FLAGS.backend), parallel=FLAGS.parallel,
                      dry_run=FLAGS.dry_run, status=FLAGS.status, commands=FLAGS.commands,
                      only=FLAGS.only, fit_only=FLAGS.fit_only, fit=FLAGS.fit,
-                     compute_key=FLAGS.compute_key,
+                     compute_key=FLAGS.compute_key, params_key=FLAGS.params_key,
                      n_bootstrap=FLAGS.n_bootstrap)
   except (ValueError, OSError) as e:  # a bad sweep file or flag, an unreachable tool or bucket
     print(f'Error: {" ".join(str(e).split())}', file=sys.stderr)

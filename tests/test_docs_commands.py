@@ -17,7 +17,8 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 DOCS = [ROOT / 'README.md', *sorted((ROOT / 'docs').glob('*.md'))]
 SUBCOMMANDS = {'gptjax.scaling': ('fit', 'plots', 'mup_check'),
                'gptjax.convert': ('from-hf', 'to-hf'),
-               'gptjax.preferences': ('pairs', 'reward', 'dpo', 'ppo')}
+               'gptjax.preferences': ('pairs', 'reward', 'dpo', 'ppo'),
+               'experiments.tuning': ('optimizer', 'lr')}
 
 
 def _commands() -> list[tuple[str, list[str]]]:
@@ -57,7 +58,9 @@ def _known_flags(module: str, subcommand: str | None) -> frozenset[str]:
   argv = [sys.executable, '-m', module, *([subcommand] if subcommand else []), '--helpfull']
   run = subprocess.run(argv, cwd=ROOT, capture_output=True, text=True, timeout=300,
                        env={**os.environ, 'JAX_PLATFORMS': 'cpu'})
-  names = re.findall(r'^\s+--(?:\[no\])?([A-Za-z0-9_.]+):', run.stdout + run.stderr, re.M)
+  text = run.stdout + run.stderr
+  names = re.findall(r'^\s+--(?:\[no\])?([A-Za-z0-9_.]+):', text, re.M)
+  names += ['no' + name for name in re.findall(r'^\s+--\[no\]([A-Za-z0-9_.]+):', text, re.M)]
   assert names, (argv, run.stdout[-1000:], run.stderr[-1000:])
   return frozenset(names)
 

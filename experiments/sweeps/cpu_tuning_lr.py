@@ -27,7 +27,7 @@ def tuning_budget(d_model: int) -> float:
 
 def get_sweep():
   base = cpu_scaling.get_base()
-  chosen = tuning.read_tuning()
+  chosen = tuning.read_tuning(stages=('optimizer',))
   members = []
   for d in cpu_scaling.d_models():
     for factor in FACTORS:

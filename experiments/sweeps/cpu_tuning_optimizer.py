@@ -5,7 +5,7 @@ r"""AdamW's beta2 and the warmup fraction for the CPU scaling sweep (experiments
 
 beta2 in {0.95, 0.99, 0.999} x warmup in {2%, 5%, 15%, 30%} of each run's steps, at three sizes each
 trained at a budget where it is mid-curve in the scaling sweep, with the rate rule that centres the
-learning-rate grid (`cpu_tuning_lr.CENTRE_RATE`): 36 runs.
+learning-rate grid (`cpu_tuning_lr.centre_rate`): 36 runs.
 """
 
 from experiments import tuning

@@ -13,7 +13,7 @@ same accounting as the CPU sweep (budgets in FLOPs spent, total N); what changes
   depth; d_model 1024 has 14 layers, so the smallest budget still trains it for 1000+ steps;
 - batch: 256 x 2048 = 0.5M tokens per step (GPT-3's batch for its small models), so the
   smallest budget still gives its largest size over a thousand steps;
-- mesh: FSDP over every chip (`mesh.fsdp=-1`), so the 1.8B model's Adam state fits, and
+- mesh: FSDP over every chip (`mesh.fsdp=-1`), so the 1.9B model's Adam state fits, and
   `jax.distributed` on, one process per host;
 - learning rates from GPT-3's table 2.1, interpolated in log N;
 - more evals per run (8) and checkpoints (4): runs take hours and get preempted.

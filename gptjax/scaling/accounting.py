@@ -36,7 +36,6 @@ ACCOUNTINGS = {
     'kaplan': Accounting('flops_kaplan', 'params_non_embedding',
                          "non-embedding parameters, Kaplan's C"),
 }
-DEFAULT_ACCOUNTING = 'full'
 WHY_THEY_DIFFER = ("Kaplan's N leaves out the embedding and readout, a larger share of a smaller "
                    'model, so N_opt grows faster with C in it (Pearce & Song 2024).')
 
@@ -101,8 +100,8 @@ def compute_optimal(law: ChinchillaFit, compute: Any, relation: ComputeRelation
   Broadcasts over the law's fields (a `refits()` law of [S] arrays gives [S, ...]) and `compute`.
   A grid in log N around the closed-form 6ND optimum (±e^8) finds the minimum; a parabola through
   it and its neighbours refines it. L along the constraint is smooth and, for positive exponents,
-  has one minimum. An optimum at the grid's edge (a law whose exponents leave none) comes back as
-  that edge's N.
+  has one minimum. Where there is none inside the grid (a bootstrap refit whose exponents leave no
+  optimum, or non-finite parameters) N_opt and D_opt are NaN, for the caller to leave out.
   """
   c = np.asarray(compute, np.float64)
   fields = [np.asarray(getattr(law, k), np.float64) for k in ('E', 'A', 'B', 'alpha', 'beta')]
@@ -112,16 +111,20 @@ def compute_optimal(law: ChinchillaFit, compute: Any, relation: ComputeRelation
               + beta / (alpha + beta) * np.log(c / 6))  # [S?, C...]
   e, a, b, alpha, beta = (x[..., None] for x in (e, a, b, alpha, beta))  # [S?, 1..., 1]
   offsets_G = np.linspace(-_GRID_HALF_WIDTH, _GRID_HALF_WIDTH, _GRID_POINTS)
-  log_n = np.nan_to_num(centre, nan=0.0)[..., None] + offsets_G  # [S?, C..., G]
-  d = c[..., None] / relation.flops_per_token(np.exp(log_n))
-  loss = e + a * np.exp(-alpha * log_n) + b / d**beta
-  i = np.clip(np.argmin(loss, axis=-1), 1, _GRID_POINTS - 2)[..., None]
+  log_n = np.nan_to_num(centre, nan=0.0, posinf=0.0, neginf=0.0)[..., None] + offsets_G
+  d = c[..., None] / relation.flops_per_token(np.exp(log_n))  # [S?, C..., G]
+  with np.errstate(all='ignore'):  # a refit without an optimum overflows; it comes back NaN
+    loss = e + a * np.exp(-alpha * log_n) + b / d**beta
+  finite = np.isfinite(loss)
+  at = np.argmin(np.where(finite, loss, np.inf), axis=-1)
+  found = finite.any(axis=-1) & (at > 0) & (at < _GRID_POINTS - 1) & np.isfinite(centre)
+  i = np.clip(at, 1, _GRID_POINTS - 2)[..., None]
   l0, l1, l2 = (np.take_along_axis(loss, i + k, axis=-1)[..., 0] for k in (-1, 0, 1))
   step = offsets_G[1] - offsets_G[0]
   curvature = l0 - 2 * l1 + l2
   shift = np.where(curvature > 0, 0.5 * (l0 - l2) / np.where(curvature > 0, curvature, 1), 0.0)
   best = np.take_along_axis(log_n, i, axis=-1)[..., 0] + np.clip(shift, -1, 1) * step
-  n_opt = np.exp(best)
+  n_opt = np.where(found, np.exp(best), np.nan)
   return n_opt, relation.tokens(c, n_opt)
 
 
@@ -151,6 +154,8 @@ def exponent_interval(law: ChinchillaFit, low: float, high: float, relation: Com
   with np.errstate(all='ignore'):
     a_S = local_exponent(law.refits(), low, high, relation)
   a_S = a_S[np.isfinite(a_S)]
+  if not len(a_S):
+    return a, float('nan'), float('nan')
   tail = 50 * (1 - level)
   lo, hi = np.percentile(a_S, [tail, 100 - tail])
   return a, float(lo), float(hi)

@@ -127,4 +127,9 @@ def print_accountings(views: Mapping[str, Mapping[str, Estimate]]) -> None:
   for name, found in views.items():
     description = accounting.ACCOUNTINGS[name].description
     print(f'  {description}: {format_estimates(found) or "no fit"}')
-  print(f'  {accounting.WHY_THEY_DIFFER}')
+  full, kaplan = views.get('full', {}), views.get('kaplan', {})
+  shared = [name for name in full if name in kaplan]
+  if shared and all(kaplan[name][0] > full[name][0] for name in shared):
+    print(f'  {accounting.WHY_THEY_DIFFER}')
+  elif shared:
+    print("  Here Kaplan's accounting does not give the steeper exponent by every approach.")

@@ -29,7 +29,8 @@ class HoldoutResult:
 
   budget: float
   measured_best_loss: float
-  power_law_prediction: float  # L(C) fitted on the smaller budgets' frontier
+  power_law_prediction: float  # L(C) fitted on the smaller budgets' frontier; NaN without one
+  power_law_missing: str  # why there is no L(C) prediction ('' when there is one)
   run_params: np.ndarray
   run_loss: np.ndarray
   run_prediction: np.ndarray  # L(N, D) fitted on the smaller budgets' seed means
@@ -69,18 +70,22 @@ def holdout_extrapolation(rows: Sequence[Mapping[str, Any]], *, compute_key: str
   held = [final[i] for i in groups[-1]]
   held_runs = {row['run'] for row in held}
   rest = [row for row in final if row['run'] not in held_runs]
-  power_law = laws.fit_power_law_with_floor(
-      *replicas.best_per_budget(rest, compute_key, loss_key, budget_rtol))
+  budget = float(np.exp(np.mean(np.log(compute[groups[-1]]))))
+  try:  # 3 or 4 budgets leave too few frontier points for L(C); approach 3 is still tested
+    power_law = laws.fit_power_law_with_floor(
+        *replicas.best_per_budget(rest, compute_key, loss_key, budget_rtol))
+    prediction, missing = float(power_law.predict(budget)), ''
+  except ValueError as e:
+    prediction, missing = float('nan'), str(e)
   law, _ = replicas.fit_seed_means(rest, compute_key=compute_key, params_key=params_key,
                                    tokens_key=tokens_key, loss_key=loss_key,
                                    budget_rtol=budget_rtol, n_bootstrap=n_bootstrap)
   n, d, loss = (column(held, key) for key in (params_key, tokens_key, loss_key))
-  budget = float(np.exp(np.mean(np.log(compute[groups[-1]]))))
   relation = accounting.ComputeRelation.from_columns(compute, params, tokens,
                                                      f'{compute_key} / {tokens_key} per size')
   return HoldoutResult(
       budget=budget, measured_best_loss=float(loss.min()),
-      power_law_prediction=float(power_law.predict(budget)), run_params=n, run_loss=loss,
+      power_law_prediction=prediction, power_law_missing=missing, run_params=n, run_loss=loss,
       run_prediction=law.predict(n, d), law=law, relation=relation)
 
 
@@ -90,7 +95,9 @@ def _measured_optimum(holdout: HoldoutResult, isoflop: IsoFLOPResult | None
   parabola minimum where it found one for that budget (from that budget's runs alone) with its
   measured interval (`IsoFLOPResult.n_opt_interval`), else the best run, exactly."""
   if isoflop is not None:
-    same = np.flatnonzero(np.isclose(isoflop.budgets, holdout.budget, rtol=0.01))
+    # The same runs' geometric mean over cells and over runs differ by about 1% with replicas;
+    # distinct budgets differ by far more than 10%.
+    same = np.flatnonzero(np.isclose(isoflop.budgets, holdout.budget, rtol=0.1))
     if len(same):
       n_opt = float(isoflop.n_opt[same[0]])
       interval = isoflop.n_opt_interval(same[0])

@@ -25,7 +25,7 @@ import numpy as np  # noqa: E402
 from absl import app, flags, logging  # noqa: E402
 from matplotlib.colors import LogNorm  # noqa: E402
 
-from gptjax.scaling import holdout, isoflop, laws, records as records_lib  # noqa: E402
+from gptjax.scaling import holdout, isoflop, laws, records as records_lib, replicas  # noqa: E402
 
 Rows = Sequence[Mapping[str, Any]]
 COLORMAP = 'viridis'
@@ -60,13 +60,11 @@ def plot_loss_vs_compute(rows: Rows, path: str, *, compute_key: str = 'flops_ful
   for run_rows in _by_run(rows).values():
     c, l = (records_lib.column(run_rows, k) for k in (compute_key, loss_key))
     ax.plot(c, l, color=cmap(norm(run_rows[0][params_key])), alpha=0.6, lw=1)
-  final = records_lib.final_records(rows)
-  frontier = laws.compute_frontier(records_lib.column(final, compute_key),
-                                   records_lib.column(final, loss_key))
-  ax.plot(frontier.compute, frontier.loss, 'k.', ms=5, label='frontier of finished runs')
+  compute, loss = replicas.best_per_budget(records_lib.final_records(rows), compute_key, loss_key)
+  ax.plot(compute, loss, 'k.', ms=8, label="frontier of finished runs (each budget's best)")
   try:
-    fit = laws.fit_power_law_with_floor(frontier.compute, frontier.loss)
-    grid = np.geomspace(frontier.compute.min(), frontier.compute.max() * 10, 200)
+    fit = laws.fit_power_law_with_floor(compute, loss)
+    grid = np.geomspace(compute.min(), compute.max() * 10, 200)
     ax.plot(grid, fit.predict(grid), 'r--',
             label=f'L = {fit.E:.3f} + {fit.A:.3g}·C^-{fit.alpha:.3f}')
   except ValueError as e:
@@ -123,7 +121,7 @@ def plot_n_opt(result: isoflop.IsoFLOPResult, path: str) -> str:
 
 
 def plot_training_curves(rows: Rows, path: str, *, tokens_key: str = 'tokens_seen',
-                         params_key: str = 'params_non_embedding',
+                         params_key: str = 'params_total',
                          loss_key: str = 'eval_loss') -> str:
   norm, cmap = _size_colors(rows, params_key)
   fig, ax = plt.subplots(figsize=(7, 5))
@@ -160,10 +158,10 @@ def make_plots(sweep_dir: str, out_dir: str, *, compute_key: str = 'flops_full',
               plot_n_opt(result, os.path.join(out_dir, 'n_opt.png'))]
   try:
     result = holdout.holdout_extrapolation(rows, compute_key=compute_key, **keys)
-    logging.info('Holdout at C=%.3g: best loss %.4f, L(C) predicted %.4f (%+.2f%%); L(N, D) '
-                 'worst run error %.2f%%', result.budget, result.measured_best_loss,
-                 result.power_law_prediction, 100 * result.power_law_relative_error,
-                 100 * result.max_run_relative_error)
+    logging.info('Holdout at C=%.3g: best loss %.4f, L(C) predicted %.4f (%+.2f%%; NaN without '
+                 'an L(C) fit); L(N, D) worst run error %.2f%%', result.budget,
+                 result.measured_best_loss, result.power_law_prediction,
+                 100 * result.power_law_relative_error, 100 * result.max_run_relative_error)
   except ValueError as e:
     logging.warning('No holdout check: %s', e)
   return written

@@ -1,9 +1,10 @@
 """Fits a finished sweep's scaling laws, prints them, and writes `fit/fit.json` and the figures.
 
 `launch.sweep` calls `fit_and_report` after its members finish (or alone with `--fit_only`); a
-notebook calls it on any directory of runs. The
-fits run on a snapshot of the finished members' metrics, so the figures show exactly what was
-fitted.
+notebook calls it on any directory of runs. The fits run on a snapshot of the finished members'
+metrics, so the figures show exactly what was fitted. They are measured in one accounting (by
+default FLOPs spent and total N, `gptjax.scaling.accounting`), every derived number solves that
+accounting's C(N, D), and the exponents are refitted in the other accounting and printed beside.
 """
 
 from __future__ import annotations
@@ -162,10 +163,12 @@ def _fit_chinchilla(rows, final, keys, n_bootstrap) -> dict[str, Any]:
 def _fit_holdout(rows, final, keys, n_bootstrap) -> dict[str, Any]:
   del final
   h = holdout.holdout_extrapolation(rows, n_bootstrap=n_bootstrap, **keys)
+  power_law = (f'L(C) predicted {h.power_law_prediction:.4f} '
+               f'({100 * h.power_law_relative_error:+.2f}%)' if not h.power_law_missing else
+               f'no L(C) prediction ({h.power_law_missing})')
   print(f'Holdout (fitted without the {len(h.run_loss)} members at C={h.budget:.3g}, then '
-        f'predicted): best loss there {h.measured_best_loss:.4f}, L(C) predicted '
-        f'{h.power_law_prediction:.4f} ({100 * h.power_law_relative_error:+.2f}%); L(N, D) '
-        f'worst member error {100 * h.max_run_relative_error:.2f}%')
+        f'predicted): best loss there {h.measured_best_loss:.4f}, {power_law}; L(N, D) worst '
+        f'member error {100 * h.max_run_relative_error:.2f}%')
   return {'result': h, 'budget': h.budget, 'measured_best_loss': h.measured_best_loss,
           'power_law_prediction': h.power_law_prediction,
           'power_law_relative_error': h.power_law_relative_error,
@@ -192,17 +195,17 @@ def _print_holdout_check(check: dict[str, Any]) -> None:
 def _allocation(fits: dict[str, Any], final, keys) -> list[dict[str, float]]:
   """N_opt and D_opt at the largest budget trained and 10x, 100x it, from each law available, all
   solving the records' C(N, D)."""
-  columns = laws.positive_columns(final, keys['compute_key'], keys['params_key'], 'tokens_seen')
-  relation = accounting.ComputeRelation.from_columns(*columns, 'records')
-  largest = float(columns[0].max())
+  relation = accounting.relation_of(final, keys['compute_key'], keys['params_key'])
+  largest = (float(fits['isoflop']['result'].budgets.max()) if 'isoflop' in fits else
+             float(records.column(final, keys['compute_key']).max()))
   table = []
   print('Compute-optimal allocation (D = C / FLOPs per token of N, from the records):')
   for scale in _SCALE_UPS:
     c = largest * scale
     row, parts = {'compute': c}, []
     if 'isoflop' in fits:
-      n = float(fits['isoflop']['result'].predict_n_opt(c))
-      d = float(relation.tokens(c, n))
+      result = fits['isoflop']['result']
+      n, d = float(result.predict_n_opt(c)), float(result.predict_d_opt(c))
       row.update(isoflop_n_opt=n, isoflop_d_opt=d)
       parts.append(f'approach 2: N={_count(n)} D={_count(d)} D/N={d / n:.3g}')
     if 'chinchilla' in fits:

@@ -62,5 +62,14 @@ def test_a_missing_tuning_file_names_the_commands_that_write_it(tmp_path):
   with pytest.raises(FileNotFoundError, match='run the tuning sweeps'):
     tuning.read_tuning(str(tmp_path / 'none.json'))
   path = tmp_path / 'tuning.json'
-  path.write_text(json.dumps({'b2': 0.99}))
-  assert tuning.read_tuning(str(path)) == {'b2': 0.99}
+  path.write_text(json.dumps({'b2': 0.99, 'warmup_fraction': 0.3}))
+  assert tuning.read_tuning(str(path), stages=('optimizer',))['b2'] == 0.99
+  with pytest.raises(ValueError, match='no lr choices yet; run the .*cpu_tuning_lr.py sweep'):
+    tuning.read_tuning(str(path), stages=('optimizer', 'lr'))
+
+
+def test_a_warmup_at_the_edge_of_its_grid_is_flagged():
+  runs = [dict(d_model=12, b2=0.95, warmup_fraction=w, loss=2.0 - w) for w in (0.02, 0.05, 0.3)]
+  assert tuning.choose_optimizer(runs)['warmup_at_grid_edge']
+  runs[1]['loss'] = 1.0
+  assert not tuning.choose_optimizer(runs)['warmup_at_grid_edge']

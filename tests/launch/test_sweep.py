@@ -162,7 +162,10 @@ def test_members_start_largest_budget_first_and_replicas_after_their_twins(cpu_s
     config = launch.resolve(base, member)
     jobs.append(local.Job(member, config, launch.plan(config), member.name, start_step=0))
   order = [job.member.name for job in sorted(jobs, key=local._start_order)]
-  assert order[0] == 'c6e11_d24l2'  # the most steps of the largest budget
+  largest = max(member.budget for member in members)
+  longest = max((job for job in jobs if job.member.budget == largest),
+                key=lambda job: job.plan.steps)
+  assert order[0] == longest.member.name == 'c6e11_d16l2'  # the most steps of the largest budget
   position = {name: i for i, name in enumerate(order)}
   for name in order:
     if name.endswith('_s1'):
@@ -597,6 +600,25 @@ def test_compute_key_flag_fits_the_named_compute_and_params_columns(tmp_path):
     assert fitted == pytest.approx(np.exp(np.mean(np.log(kaplan_c))))
   for figure in ('loss_vs_compute', 'training_curves', 'isoflops', 'n_opt'):
     assert os.path.exists(os.path.join(workdir, 'plots', f'{figure}.png'))
+
+
+def test_any_combination_of_compute_and_params_keys_fits(tmp_path, fake_trainer, capsys):
+  """FLOPs spent against non-embedding N (a step of the reconciliation study) fits like any
+  accounting; a mixed pair names no accounting, so no second view is printed."""
+  workdir = str(tmp_path / 'runs')
+  names = _synthetic_sweep(workdir, budgets=synthetic.BUDGETS[:3])
+  sweep = _write_sweep(tmp_path, [(name, 16, 4) for name in names])
+  assert runner.run_sweep(sweep, workdir, fit_only=True, compute_key='flops_full',
+                          params_key='params_non_embedding', n_bootstrap=2) == 0
+  out = capsys.readouterr().out
+  assert '(C: flops_full, N: params_non_embedding; D: tokens_seen' in out
+  assert 'The same runs in both accountings' not in out
+  with open(os.path.join(workdir, 'fit', 'fit.json')) as f:
+    summary = json.load(f)
+  assert (summary['compute_key'], summary['params_key']) == ('flops_full', 'params_non_embedding')
+  assert summary['accountings'] == {}
+  with pytest.raises(ValueError, match='--params_key=params; use params_total or'):
+    runner.run_sweep(sweep, workdir, fit_only=True, params_key='params')
 
 
 # ---------------------------------------------------------------- one real member

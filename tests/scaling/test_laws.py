@@ -160,6 +160,15 @@ def test_holdout_predicts_largest_budget():
   np.testing.assert_allclose(result.relation.flops_per_token(n), flops_per_token(n), rtol=1e-9)
 
 
+def test_holdout_with_three_budgets_still_tests_approach_3():
+  """Two budgets left after holding one out: too few frontier points for L(C), which says so,
+  while L(N, D) is fitted and predicts the held-out runs."""
+  result = holdout_lib.holdout_extrapolation(isoflop_sweep(budgets=BUDGETS[:3]))
+  assert np.isnan(result.power_law_prediction)
+  assert 'Add runs at 4 or more compute budgets' in result.power_law_missing
+  assert result.max_run_relative_error < 0.01
+
+
 def test_holdout_fits_final_evals_of_the_other_runs_only():
   """The held-out runs' evals and every run's mid-schedule evals stay out of both fits: L(C) is
   fitted to the frontier of the other runs' final evals, each budget's best."""
