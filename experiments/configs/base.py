@@ -29,6 +29,7 @@ def get_model_config() -> ml_collections.ConfigDict:
   # tuned at d_model == base_width hold at every width (where muP equals SP exactly).
   m.parametrization = 'sp'
   m.base_width = 0  # the proxy's d_model; needed under 'mup', unused under 'sp'
+  m.base_head_dim = 0  # the proxy's head_dim under 'mup'; 0: base_width / num_heads
   m.dtype = 'float32'  # compute dtype: 'float32' | 'bfloat16'
   m.param_dtype = 'float32'
   m.scan_layers = False  # nn.scan over blocks: compile time independent of depth

@@ -1,22 +1,34 @@
-r"""Next-token (CLM) against masked-token (MLM) prediction at 3 sizes, on the same tokens and compute.
+r"""Next-token (CLM) against masked-token (MLM) prediction at 3 sizes, on the same tokens and compute,
+each at its own tuned learning rate, over 3 seeds.
 
+  python -m launch.sweep --sweep=experiments/sweeps/clm_vs_mlm_lr.py \
+      --workdir=runs/clm_vs_mlm_lr --parallel=2 --nofit
+  python -m experiments.clm_vs_mlm rates --workdir=runs/clm_vs_mlm_lr
   python -m launch.sweep --sweep=experiments/sweeps/clm_vs_mlm.py --workdir=runs/clm_vs_mlm \
-      --parallel=2
-  python -m experiments.clm_vs_mlm --workdir=runs/clm_vs_mlm   # the table and clm_vs_mlm.png
+      --parallel=2 --nofit
+  python -m experiments.clm_vs_mlm table --workdir=runs/clm_vs_mlm   # and plots/clm_vs_mlm.png
 
 Byte-level models of 2 layers, d_model 32, 64 and 128, with RoPE (a masked token's own embedding
 says nothing, so MLM must read its neighbours, which relative positions make quick to learn), each
-trained once causally on every next token and once bidirectionally on BERT's masked tokens
+trained causally on every next token and bidirectionally on BERT's masked tokens
 (`gptjax/data/masking.py`). Both read the same windows in the same order (an MLM row is the CLM
 window minus its last token), 600 steps of 8 x 128 tokens (614K tokens), and spend the same compute:
-the FLOPs accounting counts the full T x T attention for both, and the masking costs nothing on the
-device. Learning rates follow the CPU scaling sweep's rule, 8e-3 * min(1, 32 / d_model).
+the FLOPs spent (`flops_full`) count the full T x T attention for both, which XLA computes before
+masking, and the masking costs nothing on the device.
+
+Each (objective, size) has its own peak learning rate, chosen by `clm_vs_mlm_lr.py` at seed 0 from
+5 rates a factor of 2 apart (the minimum of a parabola in log rate, as the CPU scaling sweep's
+tuning does), written to `clm_vs_mlm_rates.json`. This sweep then trains every cell at seeds 1, 2
+and 3, none of them the seed the rate was chosen at.
 
 What is comparable: compute, tokens read and the model. What is not: the losses. CLM's eval loss
 is over every next token given the left context; MLM's over 15% of the tokens, given both sides
 but with 15% of the context corrupted. Top-1 accuracy on the predicted tokens is reported for both
-under the same caveat. The study measures what each objective buys on its own task per FLOP.
+under the same caveat.
 """
+
+import json
+import os
 
 import ml_collections
 
@@ -24,7 +36,10 @@ import launch
 from experiments.configs import base as base_config
 
 WIDTHS = (32, 64, 128)
+OBJECTIVES = ('clm', 'mlm')
 NUM_STEPS = 600
+SEEDS = (1, 2, 3)
+RATES_FILE = os.path.join(os.path.dirname(__file__), 'clm_vs_mlm_rates.json')
 
 
 def get_base() -> ml_collections.ConfigDict:
@@ -38,12 +53,24 @@ def get_base() -> ml_collections.ConfigDict:
   return config
 
 
-def member(objective: str, d_model: int) -> launch.Member:
-  return launch.Member(f'{objective}_d{d_model}', {
+def member(objective: str, d_model: int, learning_rate: float, name: str,
+           seed: int) -> launch.Member:
+  return launch.Member(name, {
       'train.objective': objective, 'model.causal': objective == 'clm',
       'model.d_model': d_model, 'model.num_heads': 2 if d_model < 64 else 4,
-      'train.learning_rate': 8e-3 * min(1.0, 32 / d_model)})
+      'train.learning_rate': learning_rate, 'seed': seed})
+
+
+def read_rates(path: str = RATES_FILE) -> dict[str, dict[str, float]]:
+  if not os.path.isfile(path):
+    raise FileNotFoundError(f'{path} does not exist; run experiments/sweeps/clm_vs_mlm_lr.py and '
+                            'then python -m experiments.clm_vs_mlm rates --workdir=<its workdir>.')
+  with open(path) as f:
+    return json.load(f)
 
 
 def get_sweep():
-  return get_base(), [member(objective, d) for d in WIDTHS for objective in ('clm', 'mlm')]
+  base, rates = get_base(), read_rates()
+  return base, [member(objective, d, rates[objective][str(d)], f'{objective}_d{d}_s{seed}',
+                       base.seed + seed)
+                for d in WIDTHS for objective in OBJECTIVES for seed in SEEDS]

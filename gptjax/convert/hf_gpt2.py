@@ -93,7 +93,8 @@ def unexpressible(cfg: GPTConfig) -> list[str]:
        'embedding (model.tie_embeddings=True)'),
       (cfg.kv_heads == cfg.num_heads, f'num_kv_heads={cfg.num_kv_heads}: GPT-2 has a key/value '
        'head per query head (model.num_kv_heads=0)'),
-      (cfg.width_mult == 1.0, f'parametrization={cfg.parametrization!r} at d_model={cfg.d_model}, '
+      (cfg.width_mult == cfg.attention_mult == 1.0,
+       f'parametrization={cfg.parametrization!r} at d_model={cfg.d_model}, '
        f'base_width={cfg.base_width}: GPT-2 has no muP attention or readout multiplier '
        "(model.parametrization='sp')"),
   ]

@@ -44,9 +44,11 @@ class GPTConfig:
   tie_embeddings: bool = True
   dropout: float = 0.0
   init_std: float = 0.02
-  # 'sp' or 'mup' (gptjax/model/parametrization.py); under muP, base_width is the proxy's d_model.
+  # 'sp' or 'mup' (gptjax/model/parametrization.py); under muP, base_width is the proxy's d_model
+  # and base_head_dim its head_dim (0: base_width / num_heads, the proxy has this head count).
   parametrization: str = 'sp'
   base_width: int = 0
+  base_head_dim: int = 0
   dtype: str = 'float32'
   param_dtype: str = 'float32'
   scan_layers: bool = False
@@ -88,7 +90,8 @@ class GPTConfig:
     check(self.dtype in DTYPES and self.param_dtype in DTYPES,
           f'dtype={self.dtype!r}, param_dtype={self.param_dtype!r}; choose from {tuple(DTYPES)}.')
     check(0.0 <= self.dropout < 1.0, f'dropout={self.dropout} must be in [0, 1).')
-    problem = parametrization.config_problem(self.parametrization, self.base_width, self.d_model)
+    problem = parametrization.config_problem(self.parametrization, self.base_width, self.d_model,
+                                             self.num_heads, self.base_head_dim)
     check(problem is None, problem)
     check(self.attention_impl in ('',) + attention.BACKENDS,
           f'attention_impl={self.attention_impl!r}; choose one of {attention.BACKENDS}, or leave it '
@@ -147,6 +150,13 @@ class GPTConfig:
   @property
   def width_mult(self) -> float:
     return parametrization.width_mult(self.parametrization, self.d_model, self.base_width)
+
+  @property
+  def attention_mult(self) -> float:
+    """The factor on the attention scores beyond 1/sqrt(head_dim): muP's 1/head_dim scaling
+    relative to the proxy's head_dim, 1 under SP or wherever head_dim does not grow."""
+    base = parametrization.base_head_dim(self.base_width, self.num_heads, self.base_head_dim)
+    return parametrization.attention_multiplier(self.parametrization, self.head_dim, base)
 
   @property
   def compute_dtype(self) -> jnp.dtype:

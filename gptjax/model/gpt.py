@@ -127,8 +127,8 @@ class CausalSelfAttention(nn.Module):
     if cfg.position == 'rope':
       q_BxTxNxH = apply_rope(q_BxTxNxH, positions_BxT, cfg.rope_theta)
       k_BxTxKxH = apply_rope(k_BxTxKxH, positions_BxT, cfg.rope_theta)
-    if cfg.width_mult != 1.0:  # muP: scores scale as 1/head_dim (gptjax/model/parametrization.py)
-      q_BxTxNxH = q_BxTxNxH * parametrization.attention_multiplier(cfg.width_mult)
+    if cfg.attention_mult != 1.0:  # muP: scores scale as 1/head_dim (model/parametrization.py)
+      q_BxTxNxH = q_BxTxNxH * cfg.attention_mult
     q_BxTxNxH = nn.with_logical_constraint(q_BxTxNxH, attention.ACTIVATION_AXES)
 
     if self.decode and not cfg.causal:

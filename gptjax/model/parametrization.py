@@ -19,10 +19,11 @@ not. Two more multipliers act on activations, not parameters:
     table keeps the input class (init and LR independent of width) and the multiplier alone makes
     the readout output-like; this is the multiplier form of muP's 1/fan_in readout (its table 9),
     which lets one matrix serve both ends.
-  - attention scores are scaled by 1/(sqrt(head_dim) * sqrt(m)) instead of 1/sqrt(head_dim): at a
-    fixed head count head_dim grows with m, so this is muP's 1/head_dim scaling, written so that it
-    equals SP's 1/sqrt(head_dim) at the base width. (Queries and keys become correlated during
-    training, so q.k grows like head_dim, not its square root.)
+  - attention scores are scaled as muP's 1/head_dim, written as 1/sqrt(head_dim) times
+    sqrt(base_head_dim / head_dim) so that they equal SP's at the base width. (Queries and keys
+    become correlated during training, so q.k grows like head_dim, not its square root.) With a
+    fixed head count head_dim grows like m and the factor is 1/sqrt(m); with a fixed head_dim and
+    more heads it is 1: the width multiplier applies only where head_dim grows.
 
 At d_model == base_width every multiplier is exactly 1 and muP is SP, bit for bit. The scaling
 assumes every wide dimension grows with d_model: the head count fixed (head_dim grows) or head_dim
@@ -69,7 +70,8 @@ class Multipliers:
   learning_rate: float
 
 
-def config_problem(parametrization: str, base_width: int, d_model: int) -> str | None:
+def config_problem(parametrization: str, base_width: int, d_model: int, num_heads: int = 1,
+                   base_head_dim: int = 0) -> str | None:
   """What is wrong with these model config values, with the fix; None if nothing is."""
   if parametrization not in PARAMETRIZATIONS:
     return f'parametrization={parametrization!r}; choose one of {PARAMETRIZATIONS}.'
@@ -79,7 +81,18 @@ def config_problem(parametrization: str, base_width: int, d_model: int) -> str |
     return ("parametrization='mup' needs base_width > 0: the d_model of the proxy whose "
             f'hyperparameters this model reuses (d_model={d_model} here; set base_width to it '
             'for the proxy itself).')
+  if base_head_dim < 0:
+    return f'base_head_dim={base_head_dim} must be positive (or 0: base_width / num_heads).'
+  if parametrization == 'mup' and base_head_dim == 0 and base_width % num_heads:
+    return (f'base_width={base_width} is not divisible by num_heads={num_heads}, so the proxy\'s '
+            'head_dim is not base_width / num_heads; set base_head_dim to the proxy\'s head_dim.')
   return None
+
+
+def base_head_dim(base_width: int, num_heads: int, base_head_dim_field: int) -> int:
+  """The proxy's head_dim: the field where set, else base_width / num_heads (the proxy has this
+  model's head count)."""
+  return base_head_dim_field or base_width // num_heads
 
 
 def width_mult(parametrization: str, d_model: int, base_width: int) -> float:
@@ -111,9 +124,10 @@ def readout_multiplier(m: float) -> float:
   return 1.0 / m
 
 
-def attention_multiplier(m: float) -> float:
-  """The factor on the queries (so on every attention score) on top of 1/sqrt(head_dim)."""
-  return 1.0 / math.sqrt(m)
+def attention_multiplier(parametrization: str, head_dim: int, base_head_dim: int) -> float:
+  """The factor on the queries (so on every attention score) on top of 1/sqrt(head_dim):
+  sqrt(base_head_dim / head_dim) under muP, 1 under SP."""
+  return math.sqrt(base_head_dim / head_dim) if parametrization == 'mup' else 1.0
 
 
 @dataclasses.dataclass(frozen=True)

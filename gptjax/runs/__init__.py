@@ -5,7 +5,7 @@ The lowest stage: every other package reads and writes a run through these modul
 
 from gptjax import lazy_exports
 
-SUBMODULES = ('cli', 'run_dir', 'workdir_lock')
+SUBMODULES = ('cli', 'run_dir', 'seeds', 'workdir_lock')
 # Public names -> the submodule that defines each.
 NAMES = {'RESUME_STATUS': 'cli', 'RunError': 'cli', 'Stopped': 'cli', 'format_duration': 'cli'}
 __all__ = [*SUBMODULES, *NAMES]

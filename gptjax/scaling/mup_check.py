@@ -5,11 +5,12 @@ r"""Coordinate check: do activations keep their size as the model widens, under 
       --config.train.learning_rate=0.01 --base_width=64]
 
 For each parametrisation and width (d_model; the head count, depth and everything else come from
-the config) it trains from the same seed on one fixed batch of random tokens and records the mean
-|activation| of the token embedding, each block's attention and MLP outputs, each block's residual
-output and the logits, at init and after 1..steps optimizer steps (AdamW at the config's peak
-learning rate, constant, no warmup). Under muP every row should stay flat across widths; under SP
-the logits (and the hidden layers' updates) grow with width (Yang, Hu et al. 2022, figure 5).
+the config) it trains from the same seed on one fixed batch of random tokens and records, for the
+token embedding, each block's attention and MLP outputs, each block's residual output and the
+logits, the mean |x_0| at init and then the mean |x_t - x_0| of the change from init after 1..steps
+optimizer steps (AdamW at the config's peak learning rate, constant, no warmup). muP promises that
+the change keeps its size as the width grows (Yang, Hu et al. 2022, "Tensor Programs V", figure 5);
+under SP the change of the logits and the hidden layers grows with width.
 It prints one table per parametrisation (the last column: widest / narrowest) and writes
 coord_check.png and coord_check.json to --out_dir. The parameter classes of the widest model are
 printed first (`gptjax.model.parametrization`).
@@ -39,7 +40,7 @@ from gptjax.scaling import plots
 from gptjax.train import optim
 from gptjax.train.steps import TrainState, train_step
 
-# {parametrization: {width: [{layer: mean |activation|} for step 0..steps]}}
+# {parametrization: {width: [{layer: mean |x_0|}, then {layer: mean |x_t - x_0|} for t = 1..steps]}}
 Result = dict[str, dict[int, list[dict[str, float]]]]
 _MEASURED = (GPT, Block, CausalSelfAttention, MLP, nn.Embed)
 
@@ -48,14 +49,14 @@ def _capture(module: nn.Module, method_name: str) -> bool:
   return method_name == '__call__' and isinstance(module, _MEASURED)
 
 
-def mean_abs_activations(model: GPT, params: Any, tokens_BxT: jax.Array) -> dict[str, jax.Array]:
-  """{layer: mean |output|}: 'embed', 'block_i/attn', 'block_i/mlp', 'block_i', 'logits'."""
+def activations(model: GPT, params: Any, tokens_BxT: jax.Array) -> dict[str, jax.Array]:
+  """{layer: output}: 'embed', 'block_i/attn', 'block_i/mlp', 'block_i', 'logits'."""
   _, state = model.apply({'params': params}, tokens_BxT, capture_intermediates=_capture,
                          mutable=['intermediates'])
   found = {}
   for path, value in jax.tree_util.tree_flatten_with_path(state['intermediates'])[0]:
     keys = [k for k in parametrization.dict_path(path) if k != '__call__']
-    found['/'.join(keys) or 'logits'] = jnp.mean(jnp.abs(value.astype(jnp.float32)))
+    found['/'.join(keys) or 'logits'] = value.astype(jnp.float32)
   return found
 
 
@@ -72,7 +73,8 @@ def check_config(config: ml_collections.ConfigDict, width: int, parametrization_
 
 def run_width(config: ml_collections.ConfigDict, width: int, parametrization_name: str,
               base_width: int, steps: int) -> list[dict[str, float]]:
-  """Mean |activation| per layer after 0..steps optimizer steps of one model."""
+  """Mean |activation| per layer at init, then mean |change from init| after 1..steps optimizer
+  steps of one model."""
   model_cfg, train = check_config(config, width, parametrization_name, base_width)
   model = GPT(model_cfg)
   optimizer = optim.make_optimizer(train, model_cfg)
@@ -90,14 +92,14 @@ def run_width(config: ml_collections.ConfigDict, width: int, parametrization_nam
   step = functools.partial(train_step, model=model, optimizer=optimizer,
                            schedule=optim.learning_rate_schedule(train))
 
-  @jax.jit
-  def measure_then_step(state: TrainState) -> tuple[dict[str, jax.Array], TrainState]:
-    return mean_abs_activations(model, state.params, batch_BxT1[:, :-1]), step(state, batch_BxT1)[0]
-
-  history = []
-  for _ in range(steps + 1):  # one compiled function per model; the last step goes unused
-    activations, state = measure_then_step(state)
-    history.append({k: float(v) for k, v in activations.items()})
+  measure = jax.jit(lambda params: activations(model, params, batch_BxT1[:, :-1]))
+  advance = jax.jit(lambda state: step(state, batch_BxT1)[0])
+  initial = measure(state.params)
+  history = [{k: float(jnp.mean(jnp.abs(v))) for k, v in initial.items()}]
+  for _ in range(steps):
+    state = advance(state)
+    now = measure(state.params)
+    history.append({k: float(jnp.mean(jnp.abs(now[k] - initial[k]))) for k in now})
   return history
 
 
@@ -110,7 +112,8 @@ def coord_check(config: ml_collections.ConfigDict, widths: Sequence[int], *, ste
 
 
 def ratios(result: Result, step: int) -> dict[str, dict[str, float]]:
-  """{parametrization: {layer: mean |act| at the widest width / at the narrowest}} at `step`."""
+  """{parametrization: {layer: widest width / narrowest}} at `step`: of the activation's size at
+  step 0, of its change from init after that."""
   out = {}
   for name, by_width in result.items():
     narrow, wide = by_width[min(by_width)][step], by_width[max(by_width)][step]
@@ -122,7 +125,8 @@ def format_tables(result: Result) -> str:
   lines = []
   for name, by_width in result.items():
     widths = sorted(by_width)
-    lines.append(f'\n{name}: mean |activation| per width, and widest / narrowest')
+    lines.append(f'\n{name}: step 0 mean |x_0|, then mean |x_t - x_0| per width; widest / '
+                 'narrowest')
     lines.append(f'{"step":>4} {"layer":<14}' + ''.join(f'{w:>10}' for w in widths) + '     ratio')
     for t in range(len(by_width[widths[0]])):
       for layer in by_width[widths[0]][t]:

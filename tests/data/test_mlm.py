@@ -192,25 +192,42 @@ def test_a_small_mlm_run_learns_the_masked_tokens(tmp_path):
   assert 'eval_bits_per_byte' not in final and 0.2 < final['eval_accuracy'] < 1
 
 
-def test_the_study_report_reads_finished_members_and_draws_the_figure(tmp_path):
-  from experiments import clm_vs_mlm
+def _member(tmp_path, name, objective, width, rate, seed, loss, accuracy, finished=True):
   from experiments.sweeps import clm_vs_mlm as study
   config = study.get_base()
-  for objective, width, loss, accuracy, finished in (('clm', 32, 2.1, 0.41, True),
-                                                       ('mlm', 32, 1.9, 0.47, True),
-                                                       ('mlm', 64, 1.5, 0.6, False)):
-    member = tmp_path / f'{objective}_d{width}'
-    member.mkdir()
-    config.train.objective, config.model.causal, config.model.d_model = (
-        objective, objective == 'clm', width)
-    run_dir.write_config(str(member), config)
-    step = study.NUM_STEPS if finished else study.NUM_STEPS // 2
-    (member / run_dir.METRICS_FILE).write_text(json.dumps(
-        {'step': step, 'eval_loss': loss, 'eval_accuracy': accuracy, 'flops_kaplan': 1e11}) + '\n')
-  curves = clm_vs_mlm.collect(str(tmp_path))
-  assert {o: sorted(w) for o, w in curves.items()} == {'clm': [32], 'mlm': [32]}  # unfinished out
-  report = clm_vs_mlm.format_report(curves).splitlines()
-  assert report[1].split() == ['clm', '32', '1e+11', '2.1000', '0.410']
-  assert report[2].split() == ['mlm', '32', '1e+11', '1.9000', '0.470']
-  clm_vs_mlm.plot(curves, str(tmp_path / 'plots' / 'study.png'))
+  config.train.objective, config.model.causal, config.model.d_model = (
+      objective, objective == 'clm', width)
+  config.train.learning_rate, config.seed = rate, seed
+  member = tmp_path / name
+  member.mkdir()
+  run_dir.write_config(str(member), config)
+  step = study.NUM_STEPS if finished else study.NUM_STEPS // 2
+  (member / run_dir.METRICS_FILE).write_text(json.dumps(
+      {'step': step, 'eval_loss': loss, 'eval_accuracy': accuracy, 'flops_full': 1e11}) + '\n')
+
+
+def test_the_study_table_reports_seed_means_and_draws_the_figure(tmp_path):
+  """Three seeds of CLM at d32, two of MLM (a third unfinished, left out): mean ± standard
+  error, and the seed count."""
+  from experiments import clm_vs_mlm
+  for seed, loss in ((1, 2.10), (2, 2.14), (3, 2.12)):
+    _member(tmp_path, f'clm_d32_s{seed}', 'clm', 32, 8e-3, seed, loss, 0.41)
+  for seed, loss in ((1, 1.90), (2, 1.96)):
+    _member(tmp_path, f'mlm_d32_s{seed}', 'mlm', 32, 1.6e-2, seed, loss, 0.47)
+  _member(tmp_path, 'mlm_d32_s3', 'mlm', 32, 1.6e-2, 3, 1.5, 0.6, finished=False)
+  cells = clm_vs_mlm.collect(str(tmp_path))
+  assert {key: len(runs) for key, runs in cells.items()} == {('clm', 32): 3, ('mlm', 32): 2}
+  report = clm_vs_mlm.format_report(clm_vs_mlm.summarise(cells)).splitlines()
+  assert report[1].split()[:5] == ['clm', '32', '0.008', '1e+11', '2.1200']
+  assert '± 0.0115 (3 seeds)' in report[1]  # sd 0.02 over sqrt(3)
+  assert '1.9300 ± 0.0300 (2 seeds)' in report[2]
+  clm_vs_mlm.plot(cells, str(tmp_path / 'plots' / 'study.png'))
   assert (tmp_path / 'plots' / 'study.png').stat().st_size > 10_000
+
+
+def test_the_study_rates_are_each_cells_parabola_minimum(tmp_path):
+  from experiments import clm_vs_mlm
+  for rate, loss in ((4e-3, 2.3), (8e-3, 2.2), (1.6e-2, 2.3)):
+    _member(tmp_path, f'mlm_d32_lr{rate:g}', 'mlm', 32, rate, 0, loss, 0.4)
+  rates = clm_vs_mlm.choose_rates(clm_vs_mlm.collect(str(tmp_path)))
+  assert rates == {'mlm': {'32': pytest.approx(8e-3)}}

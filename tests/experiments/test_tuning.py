@@ -73,3 +73,16 @@ def test_a_warmup_at_the_edge_of_its_grid_is_flagged():
   assert tuning.choose_optimizer(runs)['warmup_at_grid_edge']
   runs[1]['loss'] = 1.0
   assert not tuning.choose_optimizer(runs)['warmup_at_grid_edge']
+
+
+def test_the_mup_sweep_scales_attention_by_the_proxy_head_dim():
+  """The proxy (d_model 8) has 2 heads of 4: head_dim grows to 12 at d_model 24 and stays 12 at 48,
+  where the heads double, so the attention factor is sqrt(4/12) at both, not 1/sqrt(m)."""
+  from experiments.sweeps import cpu_tuning_mup  # pylint: disable=import-outside-toplevel
+  from gptjax.model import GPTConfig  # pylint: disable=import-outside-toplevel
+  base, members = launch.load_sweep_file(cpu_tuning_mup.__file__)
+  factors = {}
+  for member in members:
+    cfg = GPTConfig.from_run_config(launch.resolve(base, member))
+    factors[cfg.d_model] = cfg.attention_mult
+  assert factors == pytest.approx({8: 1.0, 24: (4 / 12) ** 0.5, 48: (4 / 12) ** 0.5})

@@ -145,3 +145,37 @@ def test_mup_at_the_base_width_initialises_every_variant_as_sp():
   sp = GPTConfig(**fields)
   mup = dataclasses.replace(sp, parametrization='mup', base_width=sp.d_model)
   jax.tree.map(np.testing.assert_array_equal, init(sp), init(mup))
+
+
+def _logits(cfg, params, tokens_BxT):
+  return GPT(cfg).apply({'params': params}, tokens_BxT)
+
+
+@pytest.mark.parametrize('heads, base_head_dim, attention_mult', [
+    (4, 8, 1.0),             # head_dim fixed at 8, heads grow: no factor on the scores
+    (2, 0, 2.0 ** -0.5),     # heads fixed: head_dim 8 -> 16, the scores shrink by sqrt(m)
+])
+def test_attention_scale_follows_head_dim_not_width(heads, base_head_dim, attention_mult):
+  """d_model 32 against a 2-head proxy of width 16 (head_dim 8). With the same weights, muP's
+  logits are SP's times the readout's 1/m, once the queries carry `attention_mult`: with a fixed
+  head_dim and more heads, scores need no factor (a multiplier of 1/sqrt(m) there would shrink
+  them with width)."""
+  fields = dict(vocab_size=64, d_model=32, num_layers=2, num_heads=heads, max_seq_len=16,
+                attention_impl='xla')
+  mup = GPTConfig(**fields, parametrization='mup', base_width=16, base_head_dim=base_head_dim)
+  assert mup.attention_mult == pytest.approx(attention_mult)
+  tokens_BxT = jax.random.randint(jax.random.key(1), (2, 16), 0, 64)
+  params = GPT(mup).init(jax.random.key(0), tokens_BxT)['params']
+  # SP with the query kernel and bias scaled by the factor computes the same scores.
+  scaled = jax.tree_util.tree_map_with_path(
+      lambda path, x: x * attention_mult if 'query' in jax.tree_util.keystr(path) else x,
+      nn.unbox(params))
+  logits_sp = _logits(GPTConfig(**fields), scaled, tokens_BxT)
+  np.testing.assert_allclose(_logits(mup, params, tokens_BxT), logits_sp / 2.0, rtol=1e-5,
+                             atol=1e-6)
+
+
+def test_a_proxy_head_dim_that_base_width_cannot_give_is_refused():
+  with pytest.raises(ValueError, match='base_width=15 is not divisible by num_heads=2'):
+    GPTConfig(vocab_size=64, d_model=32, num_layers=1, num_heads=2, max_seq_len=16,
+              parametrization='mup', base_width=15)
