@@ -31,7 +31,8 @@ Chosen after a first run of this sweep: the windows of sizes. They sat one size 
 to 96); the minima at 6e9 and 2e10 then fell on the smallest size, so each window moved one size
 down, where every budget's curve turns up on both sides.
 
-muP (one rate for every width) was not measured on this grid; the rates are tuned per size in SP.
+muP was measured on this grid (`cpu_tuning_mup.py`, docs/scaling.md): its best rate drifts with
+width and it ends above the tuned SP rates, so the sweep stays in SP with a rate per size.
 """
 
 from typing import Mapping
