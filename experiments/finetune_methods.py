@@ -1,11 +1,12 @@
 r"""Fine-tuning methods against trainable parameters and base-model size, on a verifiable task.
 
-  python -m launch.sweep --sweep=experiments/sweeps/clm_vs_mlm.py --workdir=runs/clm_vs_mlm \
-      --parallel=2                                   # the pre-trained bases (its clm_* members)
-  python -m experiments.finetune_study --bases=runs/clm_vs_mlm --workdir=runs/finetune_methods
+  python -m launch.sweep --sweep=experiments/sweeps/clm_vs_mlm_lr.py \
+      --workdir=runs/clm_vs_mlm_lr --parallel=2 --nofit   # the pre-trained bases among them
+  python -m experiments.finetune_study --bases=runs/clm_vs_mlm_lr --workdir=runs/finetune_methods
 
-The bases are two causal members of the objective study: byte-level, 2 layers, RoPE, d_model 32
-and 64, 600 pre-training steps on the stdlib corpus. Each is fine-tuned on the 'reverse' task
+The bases are two causal members of the objective study's rate sweep, at seed 0 and the rate
+8e-3 * min(1, 32 / d_model): byte-level, 2 layers, RoPE, d_model 32 and 64, 600 pre-training
+steps on the stdlib corpus. Each is fine-tuned on the 'reverse' task
 (reverse('abc') == ' -> cba', 3-8 letters, exact match by greedy generation on 256 unseen prompts)
 in full and with each parameter-efficient method at two sizes (LoRA on every projection), all with the same steps, batch
 and schedule; only the learning rate differs, full fine-tuning taking a smaller one (it moves
@@ -23,7 +24,7 @@ METHODS = (
     ('prompt', 'prompt_len', (4, 32)),
 )
 LEARNING_RATE = {'full': 3e-3, 'lora': 1e-2, 'adapter': 1e-2, 'prefix': 1e-2, 'prompt': 1e-2}
-BASES = ('clm_d32', 'clm_d64')
+BASES = ('clm_d32_lr0.008', 'clm_d64_lr0.004')
 
 
 def overrides(method: str, size_field: str | None, size: int | None) -> dict:

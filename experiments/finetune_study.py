@@ -1,6 +1,6 @@
 r"""Runs the fine-tuning study (experiments/finetune_methods.py), then its table and figure.
 
-  python -m experiments.finetune_study --bases=runs/clm_vs_mlm --workdir=runs/finetune_methods
+  python -m experiments.finetune_study --bases=runs/clm_vs_mlm_lr --workdir=runs/finetune_methods
 
 Each fine-tune is a run directory `<workdir>/<base>-<method><size>` made by `gptjax.finetune`, so
 a rerun skips the finished ones and resumes an interrupted one. The table gives, per base and run,
@@ -62,7 +62,7 @@ def run_all(bases: str, workdir: str) -> None:
     if _finished_base(os.path.join(bases, base)) is None:
       raise ValueError(f'{os.path.join(bases, base)} is not a finished pre-training run; train the '
                        'bases first: python -m launch.sweep '
-                       '--sweep=experiments/sweeps/clm_vs_mlm.py --workdir=' + bases)
+                       '--sweep=experiments/sweeps/clm_vs_mlm_lr.py --nofit --workdir=' + bases)
   for index, (base, name, overrides) in enumerate(plan, start=1):
     run = os.path.join(workdir, name)
     if _finished(run) is not None:
@@ -164,7 +164,8 @@ def main(argv: Sequence[str]) -> None:
 
 
 def define_flags() -> None:
-  flags.DEFINE_string('bases', 'runs/clm_vs_mlm', 'The directory holding the pre-trained bases.')
+  flags.DEFINE_string('bases', 'runs/clm_vs_mlm_lr',
+                      'The directory holding the pre-trained bases.')
   flags.DEFINE_string('workdir', 'runs/finetune_methods', 'Where the fine-tunes go.')
   flags.DEFINE_bool('report_only', False, 'Only print the table and draw the figure.')
 

@@ -181,8 +181,9 @@ def define_flags() -> None:
                        'base as the policy.')
   flags.DEFINE_string('reward_pairs', '150,600,0', 'Training pairs of each reward model (0: all).')
   flags.DEFINE_string('reward_trunks', '', 'Pre-trained runs of other sizes (byte tokens) whose '
-                      'trunks start further reward models, e.g. runs/clm_vs_mlm/clm_d32,'
-                      'runs/clm_vs_mlm/clm_d128.')
+                      'trunks start further reward models, e.g. '
+                      'runs/clm_vs_mlm_lr/clm_d32_lr0.008,'
+                      'runs/clm_vs_mlm_lr/clm_d128_lr0.002.')
   flags.DEFINE_string('betas', '0.1,0.3,1', "DPO's betas.")
   flags.DEFINE_integer('rm_steps', 200, 'Reward-model training steps.')
   flags.DEFINE_integer('ppo_steps', 80, 'PPO rollout batches.')
