@@ -59,3 +59,19 @@ def test_accountings_are_named_by_their_keys():
   assert accounting.accounting_of('flops_full', 'params_non_embedding') is None
   with pytest.raises(ValueError, match='2 or more model sizes'):
     accounting.ComputeRelation.from_columns([6e9], [1e3], [1e6], 'one size')
+
+
+def test_a_refit_without_an_optimum_comes_back_nan_and_is_left_out_of_the_interval():
+  """A negative exponent leaves L falling forever along the budget, and a NaN parameter leaves
+  no L at all: both refits give NaN, and the interval is the other refits'."""
+  six = accounting.ComputeRelation.six_nd()
+  good = [1.69, 406.4, 410.7, 0.34, 0.28]
+  refits = ChinchillaFit(*np.array([good, [1.69, 406.4, 410.7, -0.1, 0.28],
+                                    [np.nan, 406.4, 410.7, 0.34, 0.28]]).T)
+  n_S, d_S = accounting.compute_optimal(refits, 1e21, six)
+  assert np.isfinite(n_S[0]) and np.isnan(n_S[1:]).all() and np.isnan(d_S[1:]).all()
+  law = ChinchillaFit(*good, bootstrap=np.array([good, good, [1.69, 406.4, 410.7, -0.1, 0.28]]))
+  a, lo, hi = accounting.exponent_interval(law, 1e18, 1e20, six)
+  assert a == pytest.approx(0.28 / 0.62, abs=1e-6) and lo == pytest.approx(a) == hi
+  nothing = ChinchillaFit(*good, bootstrap=np.array([[1.69, 406.4, 410.7, -0.1, 0.28]]))
+  assert np.isnan(accounting.exponent_interval(nothing, 1e18, 1e20, six)[1:]).all()
