@@ -30,7 +30,7 @@ from gptjax.cost import flops
 from gptjax.data import load_tokenizer  # noqa: E402
 from gptjax.finetune import exact_match, finetune, tasks  # noqa: E402
 from gptjax.model import GPTConfig  # noqa: E402
-from gptjax.runs import cli, run_dir
+from gptjax.runs import cli, run_dir, seeds
 from gptjax.scaling import records
 
 FLAGS = flags.FLAGS
@@ -98,16 +98,24 @@ def collect(bases: str, workdir: str) -> list[dict]:
   return rows
 
 
-def format_table(rows: Sequence[dict], base_accuracy: dict[str, float]) -> str:
-  lines = [f'{"run":<22} {"base params":>11} {"trainable":>10} {"response loss":>13} '
-           f'{"exact match":>11}']
+def _match(rate: float, prompts: int) -> str:
+  """'0.480 [0.419, 0.541]': the rate and its 95% Wilson interval over `prompts` prompts."""
+  lo, hi = seeds.binomial_interval(round(rate * prompts), prompts)
+  return f'{rate:.3f} [{lo:.3f}, {hi:.3f}]'
+
+
+def format_table(rows: Sequence[dict], base_accuracy: dict[str, float], prompts: int) -> str:
+  """One line per fine-tune (and per base before tuning); exact match with its 95% interval over
+  the `prompts` validation prompts, one seed each."""
+  lines = [f'{"run":<28} {"base params":>11} {"trainable":>10} {"response loss":>13} '
+           f'{"exact match [95% interval]":>27}']
   for base in study.BASES:
     if base in base_accuracy:
-      lines.append(f'{base + " (no tuning)":<22} {"":>11} {0:>10} {"":>13} '
-                   f'{base_accuracy[base]:>11.3f}')
+      lines.append(f'{base + " (no tuning)":<28} {"":>11} {0:>10} {"":>13} '
+                   f'{_match(base_accuracy[base], prompts):>27}')
     for row in (r for r in rows if r['base'] == base):
-      lines.append(f'{row["run"]:<22} {row["base_params"]:>11,} {row["trainable"]:>10,} '
-                   f'{row["loss"]:>13.4f} {row["exact_match"]:>11.3f}')
+      lines.append(f'{row["run"]:<28} {row["base_params"]:>11,} {row["trainable"]:>10,} '
+                   f'{row["loss"]:>13.4f} {_match(row["exact_match"], prompts):>27}')
   return '\n'.join(lines)
 
 
@@ -157,7 +165,7 @@ def main(argv: Sequence[str]) -> None:
   rows = collect(FLAGS.bases, FLAGS.workdir)
   accuracy = {base: _base_accuracy(os.path.join(FLAGS.bases, base)) for base in study.BASES
               if _finished_base(os.path.join(FLAGS.bases, base))}
-  print(format_table(rows, accuracy))
+  print(format_table(rows, accuracy, finetune_config.get_config().finetune.eval_examples))
   out = os.path.join(FLAGS.workdir, 'plots', 'finetune_methods.png')
   plot(rows, out)
   print(f'Figure: {out}')
