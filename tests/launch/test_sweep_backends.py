@@ -47,8 +47,11 @@ def _tool(bin_dir, name: str, body: str) -> None:
         def load(name, default):
           path = os.path.join(STATE, name)
           return json.load(open(path)) if os.path.exists(path) else default
-        def save(name, value):
-          json.dump(value, open(os.path.join(STATE, name), 'w'))
+        def save(name, value):  # whole or not at all: tools on two slices run side by side
+          path = os.path.join(STATE, name)
+          with open(f'{path}.{os.getpid()}', 'w') as f:
+            json.dump(value, f)
+          os.replace(f'{path}.{os.getpid()}', path)
         ''') + textwrap.dedent(body))
   os.chmod(path, 0o755)
 
