@@ -22,7 +22,7 @@ import matplotlib
 matplotlib.use('Agg')  # files only; no display needed on a cluster node
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
-from absl import app, flags, logging  # noqa: E402
+from absl import flags, logging  # noqa: E402
 from matplotlib.colors import LogNorm  # noqa: E402
 
 from gptjax.scaling import holdout, isoflop, laws, records as records_lib, replicas  # noqa: E402
