@@ -5,13 +5,13 @@ learning rate for d_model 64 to 512.
       --parallel=2
   python -m experiments.lr_transfer --workdir=runs/mup_lr   # the table and lr_transfer.png
 
-88 byte-level GPTs: widths 64, 128, 256 and 512 (2 layers, 4 heads, so head_dim grows with the
-width) x peak learning rates 2^-14 ... 2^-4 x {SP, muP with base_width 64}. Every member trains
-on the same 51K tokens of the stdlib corpus (200 steps of 4 x 64 bytes, warmup 20 steps, cosine
-to 10%) and is evaluated on the same 40 validation batches (10K tokens). The runs are short so
-that the 88 of them fit in about 20 minutes of an idle 2-core CPU (65 under a load of 8-10).
-Measured (docs/scaling.md, BENCHMARKS.md): under SP the best rate falls from 2^-9 at width 64 to
-2^-12 at 512; under muP it stays at 2^-9. The CPU scaling sweep stays in SP (see its docstring).
+264 byte-level GPTs: widths 64, 128, 256 and 512 (2 layers, 4 heads, so head_dim grows with the
+width) x peak learning rates 2^-14 ... 2^-4 x {SP, muP with base_width 64} x 3 seeds (the
+initialisation and the data order; the members of seeds 1 and 2 end in `_s1`, `_s2`). Every
+member trains on 51K tokens of the stdlib corpus (200 steps of 4 x 64 bytes, warmup 20 steps,
+cosine to 10%) and is evaluated on the same 40 validation batches (10K tokens).
+`experiments.lr_transfer` reports the mean over seeds and a bootstrap interval over seeds of each
+width's best rate (docs/scaling.md has the measured table and its time).
 """
 
 import ml_collections
@@ -24,6 +24,7 @@ LOG2_LEARNING_RATES = tuple(range(-14, -3))  # 2^-14 ... 2^-4
 PARAMETRIZATIONS = ('sp', 'mup')
 BASE_WIDTH = 64
 NUM_STEPS = 200
+SEEDS = (0, 1, 2)
 
 
 def get_base() -> ml_collections.ConfigDict:
@@ -37,13 +38,15 @@ def get_base() -> ml_collections.ConfigDict:
   return config
 
 
-def member(parametrization: str, d_model: int, log2_lr: int) -> launch.Member:
-  return launch.Member(f'{parametrization}_d{d_model}_log2lr{log2_lr}', {
+def member(parametrization: str, d_model: int, log2_lr: int, seed: int = 0) -> launch.Member:
+  suffix = f'_s{seed}' if seed else ''
+  return launch.Member(f'{parametrization}_d{d_model}_log2lr{log2_lr}{suffix}', {
       'model.parametrization': parametrization, 'model.d_model': d_model,
-      'train.learning_rate': 2.0**log2_lr})
+      'train.learning_rate': 2.0**log2_lr, 'seed': seed})
 
 
 def get_sweep():
-  # Width by width, so a sweep cut short still compares SP and muP over the widths it reached.
-  return get_base(), [member(p, d, k) for d in WIDTHS for p in PARAMETRIZATIONS
-                      for k in LOG2_LEARNING_RATES]
+  # Seed by seed and width by width, so a sweep cut short still compares SP and muP over the
+  # widths and seeds it reached.
+  return get_base(), [member(p, d, k, seed) for seed in SEEDS for d in WIDTHS
+                      for p in PARAMETRIZATIONS for k in LOG2_LEARNING_RATES]
