@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from gptjax.cost.chinchilla import ChinchillaFit
-from gptjax.scaling import records as records_lib
+from gptjax.scaling import laws, records as records_lib
 
 
 @dataclasses.dataclass(frozen=True)
@@ -153,11 +153,7 @@ def exponent_interval(law: ChinchillaFit, low: float, high: float, relation: Com
     return a, float('nan'), float('nan')
   with np.errstate(all='ignore'):
     a_S = local_exponent(law.refits(), low, high, relation)
-  a_S = a_S[np.isfinite(a_S)]
-  if not len(a_S):
-    return a, float('nan'), float('nan')
-  tail = 50 * (1 - level)
-  lo, hi = np.percentile(a_S, [tail, 100 - tail])
+  lo, hi = laws.central_interval(a_S[np.isfinite(a_S), None], level)[0]  # NaN if none is finite
   return a, float(lo), float(hi)
 
 
