@@ -1,47 +1,122 @@
-r"""Fine-tuning methods against trainable parameters and base-model size, on a verifiable task.
+r"""The fine-tuning study's plan: which fine-tunes it trains, at which rates and seeds.
 
   python -m launch.sweep --sweep=experiments/sweeps/clm_vs_mlm_lr.py \
       --workdir=runs/clm_vs_mlm_lr --parallel=2 --nofit   # the pre-trained bases among them
   python -m experiments.finetune_study --bases=runs/clm_vs_mlm_lr --workdir=runs/finetune_methods
 
-The bases are two causal members of the objective study's rate sweep, at seed 0 and the rate
-8e-3 * min(1, 32 / d_model): byte-level, 2 layers, RoPE, d_model 32 and 64, 600 pre-training
-steps on the stdlib corpus. Each is fine-tuned on the 'reverse' task
-(reverse('abc') == ' -> cba', 3-8 letters, exact match by greedy generation on 256 unseen prompts)
-in full and with each parameter-efficient method at two sizes (LoRA on every projection), all with the same steps, batch
-and schedule; only the learning rate differs, full fine-tuning taking a smaller one (it moves
-every weight of the model; the methods start from zero updates on few parameters).
+The bases are two causal members of the objective study's rate sweep (seed 0, the rate
+8e-3 * min(1, 32 / d_model)): byte-level, 2 layers, RoPE, d_model 32 and 64, 600 pre-training
+steps on the stdlib corpus. Each is fine-tuned on the 'reverse' task (reverse('abc') == ' -> cba',
+3-8 letters, exact match by greedy generation on 256 unseen prompts) in full and with each
+parameter-efficient method (LoRA on every projection) at two sizes 8x apart, all with the same
+steps, batch and schedule.
+
+Two stages, every choice fixed before any result was seen:
+1. Rate selection. Each (base, method) at its larger size trains at 4 rates a factor of about 3
+   apart, at one seed, `SELECTION_SEED`. The rate with the lowest final response loss on that
+   seed's own validation prompts is chosen: a draw of prompts, training examples and
+   initialisation independent of the reported seeds', so the reported numbers did not pick it.
+2. Seeds. Every fine-tune of the study runs at the chosen rate of its (base, method) at seeds
+   0 .. S-1. A seed draws the training examples, their order, the validation prompts and the
+   methods' initial parameters; the base is the same pre-trained run at every seed.
+
+The wider base also trains each method at sizes scaled by the narrow base's width over its own
+(r, a, P halved on d64), which matches the trainable-parameter count of the narrow base's sizes:
+every method's count is proportional to d_model at fixed depth (the adapter's biases aside). The
+size comparison is made both ways, at matched r/a/P and at matched count.
 """
 
-import itertools
+from __future__ import annotations
+
+import dataclasses
 
 NUM_STEPS = 600
-# (method, size field, sizes): two trainable-parameter budgets per method, 8x apart.
+# Pre-trained run name: its d_model. The first is the narrowest; sizes are given for it.
+BASES = {'clm_d32_lr0.008': 32, 'clm_d64_lr0.004': 64}
+# (method, size field, sizes on the narrowest base): two trainable-parameter budgets 8x apart.
 METHODS = (
     ('lora', 'lora_rank', (2, 16)),
     ('adapter', 'adapter_dim', (4, 32)),
     ('prefix', 'prefix_len', (4, 32)),
     ('prompt', 'prompt_len', (4, 32)),
 )
-LEARNING_RATE = {'full': 3e-3, 'lora': 1e-2, 'adapter': 1e-2, 'prefix': 1e-2, 'prompt': 1e-2}
-BASES = ('clm_d32_lr0.008', 'clm_d64_lr0.004')
+# Each method's rate grid: full fine-tuning moves every weight, the methods start from zero updates
+# on few parameters, and a soft prompt is commonly trained at rates near 0.1-1.
+RATES = {
+    'full': (1e-3, 3e-3, 1e-2, 3e-2),
+    'lora': (3e-3, 1e-2, 3e-2, 1e-1),
+    'adapter': (3e-3, 1e-2, 3e-2, 1e-1),
+    'prefix': (3e-3, 1e-2, 3e-2, 1e-1),
+    'prompt': (1e-2, 3e-2, 1e-1, 3e-1),
+}
+SELECTION_SEED = 100
+_SIZE_FIELD = {method: field for method, field, _ in METHODS}
 
 
-def overrides(method: str, size_field: str | None, size: int | None) -> dict:
-  values = {
-      'finetune.method': method, 'finetune.task': 'reverse', 'finetune.lora_targets':
-      'query,key,value,out,up,down', 'train.num_steps': NUM_STEPS, 'train.warmup_steps': NUM_STEPS // 10,
-      'train.learning_rate': LEARNING_RATE[method], 'train.eval_every': NUM_STEPS // 4,
-      'train.checkpoint_every': NUM_STEPS, 'train.async_checkpoints': False,
-  }
-  if size_field:
-    values[f'finetune.{size_field}'] = size
-  return values
+@dataclasses.dataclass(frozen=True)
+class Member:
+  """One fine-tune: a base, a method at a size (None for full), a peak rate and a seed."""
+
+  base: str
+  method: str
+  size: int | None
+  rate: float
+  seed: int
+
+  @property
+  def name(self) -> str:
+    """Its run directory under the study's workdir."""
+    size = '' if self.size is None else str(self.size)
+    return f'seed{self.seed}/{self.base}-{self.method}{size}-lr{self.rate:g}'
+
+  def overrides(self) -> dict:
+    """The fine-tuning config's fields this member sets (dotted keys)."""
+    values = {
+        'seed': self.seed, 'finetune.method': self.method, 'finetune.task': 'reverse',
+        'finetune.lora_targets': 'query,key,value,out,up,down', 'train.num_steps': NUM_STEPS,
+        'train.warmup_steps': NUM_STEPS // 10, 'train.learning_rate': self.rate,
+        'train.eval_every': NUM_STEPS, 'train.checkpoint_every': NUM_STEPS,
+        'train.async_checkpoints': False,
+    }
+    if self.size is not None:
+      values[f'finetune.{_SIZE_FIELD[self.method]}'] = self.size
+    return values
 
 
-def members() -> list[tuple[str, str, dict]]:
-  """(base member, run name, config overrides) of every fine-tune in the study."""
-  plans = [('full', None, None)] + [(m, field, size) for m, field, sizes in METHODS
-                                    for size in sizes]
-  return [(base, f'{base}-{method}{size or ""}', overrides(method, field, size))
-          for base, (method, field, size) in itertools.product(BASES, plans)]
+def methods() -> tuple[str, ...]:
+  return ('full',) + tuple(method for method, _, _ in METHODS)
+
+
+def sizes(base: str, method: str) -> tuple[int | None, ...]:
+  """The sizes `method` trains at on `base`: the narrowest base's, and on a wider base also those
+  scaled to the narrowest base's trainable-parameter counts."""
+  if method == 'full':
+    return (None,)
+  narrow = next(s for m, _, s in METHODS if m == method)
+  scale = min(BASES.values()) / BASES[base]
+  matched_count = tuple(max(1, round(size * scale)) for size in narrow)
+  return tuple(sorted(set(narrow) | set(matched_count)))
+
+
+def selection_members() -> list[Member]:
+  """Each (base, method) at its larger narrow-base size, at every rate of its grid."""
+  return [Member(base, method, sizes(base, method)[-1], rate, SELECTION_SEED)
+          for base in BASES for method in methods() for rate in RATES[method]]
+
+
+def choose_rates(losses: dict[Member, float]) -> dict[tuple[str, str], float]:
+  """{(base, method): the selection rate with the lowest final response loss}."""
+  best: dict[tuple[str, str], tuple[float, float]] = {}
+  for member, loss in losses.items():
+    key = (member.base, member.method)
+    if key not in best or loss < best[key][0]:
+      best[key] = (loss, member.rate)
+  return {key: rate for key, (_, rate) in best.items()}
+
+
+def seed_members(rates: dict[tuple[str, str], float], seeds: int) -> list[Member]:
+  """Every reported fine-tune at its (base, method)'s chosen rate, seed-major so that a partial
+  run covers every cell at the first seeds."""
+  return [Member(base, method, size, rates[(base, method)], seed)
+          for seed in range(seeds) for base in BASES for method in methods()
+          for size in sizes(base, method)]
