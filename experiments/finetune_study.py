@@ -32,7 +32,6 @@ from gptjax.finetune import exact_match, finetune, sft_data, tasks
 from gptjax.model import GPT, GPTConfig
 from gptjax.runs import cli, run_dir
 from gptjax.scaling import records
-from gptjax.train.steps import eval_step
 
 FLAGS = flags.FLAGS
 
@@ -111,7 +110,7 @@ def untuned_rows(bases: str, seeds: int) -> list[dict]:
     model_cfg = dataclasses.replace(GPTConfig.from_run_config(config), attention_impl='xla')
     tokenizer = load_tokenizer(base_dir)
     task = finetune_config.get_config()
-    eval_fn = jax.jit(lambda p, batch: eval_step(p, batch, model=GPT(model_cfg)))
+    eval_fn = jax.jit(lambda p, batch: train.eval_step(p, batch, model=GPT(model_cfg)))
     for seed in range(seeds):
       validation = tasks.synthetic_validation('reverse', task.finetune.eval_examples, seed)
       rows_Nx2xT, kept = sft_data.example_rows(tokenizer, validation, task.data.seq_len,

@@ -24,7 +24,9 @@ reward: max_pairs, the training pairs used (0: all; the study varies it).
 dpo: beta, the KL weight of DPO's implicit reward.
 ppo: reward_from (the reward run, --reward_from), epochs and minibatches per rollout batch,
   clip_eps, value_clip (0: none), gamma, lam (GAE), kl_beta (the KL penalty's weight), kl_target
-  (0: a fixed beta; else Ziegler et al.'s adaptive controller with kl_horizon), entropy_coef.
+  (0: a fixed beta; else Ziegler et al.'s adaptive controller with kl_horizon), entropy_coef,
+  reward_norm_samples (the starting policy's samples whose reward-model scores set the mean and
+  spread PPO's rewards are normalised by; 0: raw scores).
 """
 
 import ml_collections
@@ -104,4 +106,5 @@ def get_config(stage: str = 'pairs') -> ml_collections.ConfigDict:
   o.kl_target = 0.0
   o.kl_horizon = 10000.0
   o.entropy_coef = 0.0
+  o.reward_norm_samples = 256
   return config

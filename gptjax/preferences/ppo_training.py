@@ -41,7 +41,8 @@ from gptjax.model.gpt import GPT
 from gptjax.parallel import hardware, sharding
 from gptjax.preferences import (dpo_training, gold_rewards, kl_control, pair_data,
                                 pairs as preference_pairs, policy_sampling, reward_model,
-                                reward_training, rollouts, stage as preference_stage)
+                                reward_normalisation, reward_training, rollouts,
+                                stage as preference_stage)
 from gptjax.preferences.ppo_steps import PPOSettings, PPOState, ppo_update, rollout_step
 from gptjax.runs import run_dir
 from gptjax.train import checkpointing, optim, stopping
@@ -68,6 +69,7 @@ def check_config(config: ml_collections.ConfigDict, mesh) -> None:
       raise ValueError(f'ppo.{name}={o[name]} is out of range (clip_eps > 0; value_clip, '
                        'entropy_coef, kl_target >= 0; gamma and lam in [0, 1]).')
   controller(o, o.kl_beta)  # beta and the adaptive controller's settings
+  reward_normalisation.check_samples(o.reward_norm_samples)
 
 
 def controller(o: ml_collections.ConfigDict, beta: float) -> kl_control.KLController:
@@ -115,9 +117,14 @@ def train_ppo(config: ml_collections.ConfigDict, init_from: str, workdir: str, *
       preference_pairs.read_pairs(path), config.preferences.eval_fraction, path)
   block, blocks = sharding.process_batch_block(sharding.batch_sharding(mesh),
                                                config.data.batch_size, 2)
+  train_prompts = preference_pairs.unique_prompts(train_pairs)
   data = pair_data.build_prompt_data(
-      config, tokenizer, preference_pairs.unique_prompts(train_pairs),
-      preference_pairs.unique_prompts(eval_pairs), process_index=block, process_count=blocks)
+      config, tokenizer, train_prompts, preference_pairs.unique_prompts(eval_pairs),
+      process_index=block, process_count=blocks)
+  norm_rows = reward_normalisation.prompt_rows(
+      tokenizer, train_prompts, config.ppo.reward_norm_samples,
+      config.preferences.max_prompt_tokens, config.data.batch_size
+  ) if config.ppo.reward_norm_samples else None
   params = preference_stage.load_policy(init_from)
   sources = {'init_from': preference_stage.params_source(init_from, params),
              'reward_from': preference_stage.params_source(reward_from, reward_params),
@@ -126,7 +133,7 @@ def train_ppo(config: ml_collections.ConfigDict, init_from: str, workdir: str, *
     reward_cfg = hardware.resolve_attention(GPTConfig.from_run_config(reward_config),
                                             mesh.devices.flat[0])
     return _train(config, workdir, mesh, preference_stage.policy_model(config, mesh), params,
-                  reward_cfg, reward_params, data, gold, changed=changed)
+                  reward_cfg, reward_params, data, gold, norm_rows, changed=changed)
 
 
 class Steps(NamedTuple):
@@ -186,21 +193,29 @@ def initial_state(config, mesh, rules, policy_cfg: GPTConfig, params, reward_cfg
 
 
 def _train(config, workdir, mesh, policy_cfg: GPTConfig, params, reward_cfg: GPTConfig,
-           reward_params, data, gold, *, changed: bool) -> dict[str, Any]:
+           reward_params, data, gold, norm_rows, *, changed: bool) -> dict[str, Any]:
   rules = sharding.logical_rules(config.mesh)
   p, t = config.preferences, config.train
-  state, ref_params, frozen_reward = initial_state(config, mesh, rules, policy_cfg, params,
-                                                   reward_cfg, reward_params)
   steps = compiled_steps(policy_cfg, reward_cfg, PPOSettings.from_config(config.ppo),
                          ml_collections.FrozenConfigDict(t), config.data.seq_len,
                          p.max_new_tokens, int(data.tokenizer.eos_id), mesh, rules)
+  sampler = policy_sampling.Sampler(policy_cfg, data.tokenizer, p.max_new_tokens,
+                                    config.data.batch_size, mesh, rules)
+  if config.ppo.reward_norm_samples:
+    with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
+      normalisation = reward_normalisation.load_or_measure(workdir, lambda: (
+          reward_normalisation.measure(sampler, params, norm_rows,
+                                       lambda r: steps.score(reward_params, r), config.seed)))
+    logging.info('Reward scores normalised on %d samples of the starting policy: mean %.4g, '
+                 'std %.4g.', normalisation.samples, normalisation.mean, normalisation.std)
+    reward_params = reward_normalisation.fold_into_head(reward_params, normalisation)
+  state, ref_params, frozen_reward = initial_state(config, mesh, rules, policy_cfg, params,
+                                                   reward_cfg, reward_params)
   manager = checkpointing.make_manager(workdir, save_every=t.checkpoint_every,
                                        keep=t.keep_checkpoints, async_save=t.async_checkpoints)
   start_step, state = train.restore_or_start(manager, workdir, state, steps.shardings, data)
   preference_stage.write_config(workdir, config, data.tokenizer, changed=changed,
                                 start_step=start_step)
-  sampler = policy_sampling.Sampler(policy_cfg, data.tokenizer, p.max_new_tokens,
-                                    config.data.batch_size, mesh, rules)
   eval_rows = np.concatenate(list(data.eval_batches()))  # the held-out prompts, cycled
 
   def evaluate_now(state: PPOState) -> dict[str, float]:

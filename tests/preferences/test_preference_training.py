@@ -28,7 +28,8 @@ from gptjax.data.tokenizer import ByteTokenizer
 from gptjax.model.config import GPTConfig
 from gptjax.parallel import hardware, sharding
 from gptjax.preferences import (dpo_training, gold_rewards, pair_data, pairs as preference_pairs,
-                                ppo_training, reward_training, rollouts, stage as preference_stage)
+                                ppo_training, reward_normalisation, reward_training, rollouts,
+                                stage as preference_stage)
 from gptjax.preferences.pairs import Pair
 from gptjax.train import loop
 
@@ -211,6 +212,9 @@ def test_ppo_resumes_exactly_with_its_adaptive_beta(runs):
   assert records[1]['kl_beta'] != records[-1]['kl_beta']  # the controller moved beta
   assert _records(resumed) == records
   _assert_bitwise_equal(ppo_training.load_state(resumed), ppo_training.load_state(straight))
+  with open(os.path.join(straight, reward_normalisation.FILE)) as f:
+    normalisation = json.load(f)
+  assert normalisation['samples'] == 256 and normalisation['std'] > 0
 
 
 def test_bad_input_is_one_line_and_writes_nothing(runs, tmp_path):

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from random_models import random_model
 
-from gptjax.preferences import reward_model
+from gptjax.preferences import reward_model, reward_normalisation
 from gptjax.preferences.losses import bradley_terry_loss
 
 SMALL = (('vocab_size', 13), ('d_model', 16), ('num_layers', 1), ('num_heads', 4),
@@ -113,3 +113,39 @@ def test_one_bradley_terry_step_lowers_the_loss():
   before, params = sgd_step(params)
   after, _ = sgd_step(params)  # the same compiled step; its loss is that of the updated params
   assert float(after) < float(before) - 1e-3
+
+
+def test_normalisation_folded_into_the_head_standardises_every_score():
+  cfg, params = tiny()
+  tokens_BxT = jax.random.randint(jax.random.key(3), (6, T), 0, cfg.vocab_size)
+  mask_BxT = jnp.ones((6, T), bool)
+  raw_BxT, _ = _scores_and_rewards(params, tokens_BxT, mask_BxT, cfg)
+  norm = reward_normalisation.Normalisation(mean=1.7, std=0.3, samples=6)
+  folded_BxT, _ = _scores_and_rewards(reward_normalisation.fold_into_head(params, norm),
+                                      tokens_BxT, mask_BxT, cfg)
+  expected = (np.asarray(raw_BxT, np.float64) - 1.7) / 0.3
+  np.testing.assert_allclose(np.asarray(folded_BxT), expected, rtol=1e-4, atol=1e-4)
+
+
+class _Batches:
+  """A sampler stand-in: its 'rollouts' are the score arrays themselves."""
+
+  def __init__(self, scores):
+    self.scores = scores
+
+  def batches(self, params, rows, key):
+    del params, rows, key
+    return iter(self.scores)
+
+
+def test_normalisation_measures_the_scores_mean_and_spread_and_refuses_a_flat_model():
+  scores = [np.array([1.0, 2.0, 4.0]), np.array([-3.0, 0.5, 7.0])]
+  norm = reward_normalisation.measure(_Batches(scores), None, None, lambda s: s, seed=0)
+  flat = np.concatenate(scores)
+  assert norm.samples == 6
+  assert norm.mean == pytest.approx(flat.mean()) and norm.std == pytest.approx(flat.std())
+  with pytest.raises(ValueError, match='same score'):
+    reward_normalisation.measure(_Batches([np.ones(4)]), None, None, lambda s: s, seed=0)
+  for bad in (1, -2, 2.5):
+    with pytest.raises(ValueError, match='reward_norm_samples'):
+      reward_normalisation.check_samples(bad)
