@@ -3,7 +3,7 @@ a run through the training loop (`python -m gptjax.preferences`, docs/preference
 
 from gptjax import lazy_exports
 
-SUBMODULES = ('dpo_training', 'pair_sampling', 'ppo_training', 'reward_training')
+SUBMODULES = ('dpo_training', 'pair_sampling', 'pairs', 'ppo_training', 'reward_training')
 # Public names -> the submodule that defines each.
 NAMES: dict[str, str] = {}
 __all__ = [*SUBMODULES, *NAMES]
