@@ -13,9 +13,11 @@ steps, batch and schedule.
 
 Two stages, every choice fixed before any result was seen:
 1. Rate selection. Each (base, method) at its larger size trains at 4 rates a factor of about 3
-   apart, at one seed, `SELECTION_SEED`. The rate with the lowest final response loss on that
-   seed's own validation prompts is chosen: a draw of prompts, training examples and
-   initialisation independent of the reported seeds', so the reported numbers did not pick it.
+   apart, at one seed, `SELECTION_SEED`. Where the lowest final response loss lies at an end of
+   the grid, the grid grows one rate past that end, up to `MAX_EXTENSION` rates per cell. The
+   rate with the lowest loss on that seed's own validation prompts is chosen: a draw of prompts,
+   training examples and initialisation independent of the reported seeds', so the reported
+   numbers did not pick it.
 2. Seeds. Every fine-tune of the study runs at the chosen rate of its (base, method) at seeds
    0 .. S-1. A seed draws the training examples, their order, the validation prompts and the
    methods' initial parameters; the base is the same pre-trained run at every seed.
@@ -40,7 +42,9 @@ METHODS = (
     ('prefix', 'prefix_len', (4, 32)),
     ('prompt', 'prompt_len', (4, 32)),
 )
-# Each method's rate grid: full fine-tuning moves every weight, the methods start from zero updates
+LADDER = (1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 1e-1, 3e-1, 1.0, 3.0)  # every rate a grid may use
+MAX_EXTENSION = 2
+# Each method's starting grid, 4 rungs of LADDER: full fine-tuning moves every weight, the methods start from zero updates
 # on few parameters, and a soft prompt is commonly trained at rates near 0.1-1.
 RATES = {
     'full': (1e-3, 3e-3, 1e-2, 3e-2),
@@ -102,6 +106,26 @@ def selection_members() -> list[Member]:
   """Each (base, method) at its larger narrow-base size, at every rate of its grid."""
   return [Member(base, method, sizes(base, method)[-1], rate, SELECTION_SEED)
           for base in BASES for method in methods() for rate in RATES[method]]
+
+
+def extensions(losses: dict[Member, float]) -> list[Member]:
+  """The next rate past each grid end that holds its cell's lowest loss, while the cell has
+  grown by fewer than MAX_EXTENSION rates and LADDER goes on."""
+  grids: dict[tuple[str, str], list[tuple[float, Member]]] = {}
+  for member, loss in losses.items():
+    grids.setdefault((member.base, member.method), []).append((loss, member))
+  more = []
+  for (base, method), grid in grids.items():
+    tried = sorted(m.rate for _, m in grid)
+    _, best = min(grid, key=lambda item: item[0])
+    if len(tried) - len(RATES[method]) >= MAX_EXTENSION:
+      continue
+    rung = LADDER.index(best.rate)
+    if best.rate == tried[0] and rung > 0:
+      more.append(dataclasses.replace(best, rate=LADDER[rung - 1]))
+    elif best.rate == tried[-1] and rung + 1 < len(LADDER):
+      more.append(dataclasses.replace(best, rate=LADDER[rung + 1]))
+  return more
 
 
 def choose_rates(losses: dict[Member, float]) -> dict[tuple[str, str], float]:

@@ -85,6 +85,22 @@ def _losses(members: Sequence[plan.Member], workdir: str) -> dict[plan.Member, f
   return {m: final['eval_loss'] for m, final in finals.items() if final is not None}
 
 
+def select_rates(bases: str, workdir: str, train_missing: bool) -> dict[plan.Member, float]:
+  """The selection runs' final losses: the starting grids, then each edge extension in turn."""
+  selection = plan.selection_members()
+  while True:
+    if train_missing:
+      _train(selection, bases, workdir, 'rate selection')
+    losses = _losses(selection, workdir)
+    if len(losses) < len(selection):
+      raise ValueError(f'{len(selection) - len(losses)} rate-selection fine-tunes under '
+                       f'{workdir} are unfinished; run the study without --report_only.')
+    more = plan.extensions(losses)
+    if not more:
+      return losses
+    selection += more
+
+
 def collect(members: Sequence[plan.Member], bases: str, workdir: str) -> list[dict]:
   """One row per finished member: its plan fields and final response loss and exact match."""
   rows = []
@@ -129,13 +145,7 @@ def main(argv: Sequence[str]) -> None:
   if FLAGS.seeds < 2:
     raise ValueError(f'--seeds={FLAGS.seeds}: a standard error needs 2 or more (3 by default).')
   _check_bases(FLAGS.bases)
-  selection = plan.selection_members()
-  if not FLAGS.report_only:
-    _train(selection, FLAGS.bases, FLAGS.workdir, 'rate selection')
-  losses = _losses(selection, FLAGS.workdir)
-  if len(losses) < len(selection):
-    raise ValueError(f'{len(selection) - len(losses)} rate-selection fine-tunes under '
-                     f'{FLAGS.workdir} are unfinished; run the study without --report_only.')
+  losses = select_rates(FLAGS.bases, FLAGS.workdir, train_missing=not FLAGS.report_only)
   rates = plan.choose_rates(losses)
   print(tables.format_selection(losses, rates), '\n', flush=True)
   members = plan.seed_members(rates, FLAGS.seeds)

@@ -90,3 +90,22 @@ def test_the_selection_grid_stars_the_choice_and_flags_an_edge():
   losses = dict(zip(members, [3.0, 2.8, 2.5, 2.1]))
   assert '0.3: 2.100*  (edge of the grid)' in tables.format_selection(
       losses, plan.choose_rates(losses))
+
+
+def test_a_grid_grows_past_the_end_holding_its_best_rate_at_most_twice():
+  def members(rates):
+    return [plan.Member(NARROW, 'prefix', 32, rate, plan.SELECTION_SEED) for rate in rates]
+
+  start = plan.RATES['prefix']
+  falling = lambda rate: -np.log10(rate)  # the higher the rate, the lower the loss
+  losses = {m: falling(m.rate) for m in members(start)}
+  (more,) = plan.extensions(losses)
+  assert more.rate == plan.LADDER[plan.LADDER.index(start[-1]) + 1]
+  losses[more] = falling(more.rate)
+  (last,) = plan.extensions(losses)
+  losses[last] = falling(last.rate)
+  assert plan.extensions(losses) == []  # grown by MAX_EXTENSION rates: stop
+  interior = {m: abs(np.log10(m.rate) + 2) for m in members(start)}  # best at 1e-2, inside
+  assert plan.extensions(interior) == []
+  lowest = {m: np.log10(m.rate) for m in members(start)}
+  assert [m.rate for m in plan.extensions(lowest)] == [1e-3]
