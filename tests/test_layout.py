@@ -35,6 +35,8 @@ ALLOWED = {
     'finetune': {'runs', 'data', 'model', 'parallel', 'cost', 'train', 'generate'},
     'preferences': {'runs', 'data', 'model', 'parallel', 'cost', 'train', 'generate', 'finetune'},
     'convert': {'runs', 'data', 'model', 'train', 'finetune'},
+    'evals': {'runs', 'data', 'model', 'parallel', 'cost', 'train', 'generate', 'finetune',
+              'scaling'},
 }
 STAGES = tuple(ALLOWED)
 TRAINING_STACK = {'gptjax.train.loop', 'gptjax.train.steps', 'gptjax.train.checkpointing',

@@ -9,7 +9,8 @@ SUBMODULES = ('checkpointing', 'checks', 'evaluate', 'loop', 'masked_tokens', 'm
 NAMES = {'check_one_step_per_call': 'checks', 'check_run_config': 'checks',
          'abstract_train_state': 'loop', 'check_unchanged': 'loop', 'close_run': 'loop',
          'create_train_state': 'loop', 'global_batch': 'loop', 'jit_steps': 'loop',
-         'load_params': 'loop', 'restore_or_start': 'loop', 'run_loop': 'loop',
+         'load_checkpoint': 'loop', 'load_params': 'loop', 'restore_or_start': 'loop',
+         'run_loop': 'loop',
          'state_initializer': 'loop',
          'take_workdir': 'loop', 'train_and_evaluate': 'loop', 'Recorder': 'recorder',
          'TrainState': 'steps', 'eval_step': 'steps', 'train_step': 'steps'}

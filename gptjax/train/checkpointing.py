@@ -276,6 +276,11 @@ def restore_params(workdir: str, abstract_state: Any) -> Any:
   `abstract_state` is the train state's shapes (`train.abstract_train_state` of the run's config).
   Reading changes nothing in the workdir.
   """
+  return restore_step_and_params(workdir, abstract_state)[1]
+
+
+def restore_step_and_params(workdir: str, abstract_state: Any) -> tuple[int, Any]:
+  """`restore_params`, with the step of the checkpoint it read."""
   directory = os.path.join(workdir, run_dir.CHECKPOINT_DIR)
   restored = None
   if os.path.isdir(directory):
@@ -291,4 +296,4 @@ def restore_params(workdir: str, abstract_state: Any) -> Any:
   if restored is None:
     raise CheckpointError(f'No checkpoint in {directory}: train the run first (checkpoints are '
                           'written every train.checkpoint_every steps and at the end).')
-  return restored[1].params
+  return restored[0], restored[1].params

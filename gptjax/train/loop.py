@@ -57,8 +57,15 @@ def abstract_train_state(config: ml_collections.ConfigDict) -> TrainState:
 
 def load_params(workdir: str) -> tuple[ml_collections.ConfigDict, Any]:
   """A finished (or interrupted) run's config and the parameters of its latest checkpoint."""
+  config, _, params = load_checkpoint(workdir)
+  return config, params
+
+
+def load_checkpoint(workdir: str) -> tuple[ml_collections.ConfigDict, int, Any]:
+  """A run's config, the step of its latest checkpoint and that checkpoint's parameters."""
   config = run_dir.read_config(workdir)
-  return config, checkpointing.restore_params(workdir, abstract_train_state(config))
+  step, params = checkpointing.restore_step_and_params(workdir, abstract_train_state(config))
+  return config, step, params
 
 
 def create_train_state(config: ml_collections.ConfigDict, mesh: Mesh,
