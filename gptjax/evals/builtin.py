@@ -57,21 +57,23 @@ def generation_task(name: str, count: int, pool_size: int, seed: int
   return as_examples(queries), as_examples(pool)
 
 
-def _candidate_lines(lines: list[str]) -> list[int]:
-  """Indices of lines worth predicting: 8-80 characters of something, after 3+ lines."""
+def _candidate_lines(lines: list[str], max_chars: int) -> list[int]:
+  """Indices of lines worth predicting: 8 to `max_chars` characters of something, after 3+
+  lines."""
   return [i for i, line in enumerate(lines)
-          if i >= 3 and 8 <= len(line.strip()) and len(line) <= 80]
+          if i >= 3 and 8 <= len(line.strip()) and len(line) <= max_chars]
 
 
 def next_line_task(data_config: ml_collections.ConfigDict, count: int, seed: int,
-                   decode_errors: str = 'replace') -> list[ChoiceExample]:
-  """`count` next-line questions from the validation split of the run's text source."""
+                   max_chars: int = 80) -> list[ChoiceExample]:
+  """`count` next-line questions from the validation split of the run's text source, each line at
+  most `max_chars` characters (the caller keeps it within the model's context)."""
   if data_config.source == 'tokens':
     raise ValueError("The 'next_line' task reads text and the run trains on token shards "
                      "(data.source='tokens'); choose other tasks or give a JSONL task file.")
   _, validation = corpus.text_splits(data_config)
-  files = [text.split('\n') for text in validation.texts(decode_errors)]
-  places = [(f, i) for f, lines in enumerate(files) for i in _candidate_lines(lines)]
+  files = [text.split('\n') for text in validation.texts(data_config.decode_errors)]
+  places = [(f, i) for f, lines in enumerate(files) for i in _candidate_lines(lines, max_chars)]
   if len(places) < count + _DISTRACTORS:
     raise ValueError(f'The validation split holds {len(places)} usable lines, too few for '
                      f'{count} next-line questions; lower --examples or add validation text.')

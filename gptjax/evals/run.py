@@ -135,7 +135,7 @@ def _runner(task: Task, scorer: Scorer, workdir: str, count: int, seed: int
   if task.kind == 'choice':
     examples = (task_files.read_choices(task.path)[:count] if task.path else
                 builtin.next_line_task(scorer.config.data, count, seed,
-                                       scorer.config.data.decode_errors))
+                                       max_chars=min(80, scorer.model_cfg.max_seq_len // 2)))
     return lambda shots: multiple_choice.evaluate(scorer, examples)
   queries, pool = _generation_examples(task, count, seed)
   return lambda shots: generation.evaluate(scorer, queries, pool, shots, seed)
