@@ -258,7 +258,7 @@ def test_launch_and_experiments_use_the_stages_public_names_only():
 
 
 def test_each_command_is_its_package_main():
-  for command in ('generate', 'cost', 'convert', 'finetune', 'preferences', 'scaling'):
+  for command in ('generate', 'cost', 'convert', 'finetune', 'preferences', 'scaling', 'evals'):
     assert (ROOT / 'gptjax' / command / '__main__.py').exists(), command
 
 
