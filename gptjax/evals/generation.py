@@ -10,27 +10,16 @@ its first newline (or EOS) and compared with the target.
 
 from __future__ import annotations
 
-import functools
 from typing import Sequence
 
-import jax
 import numpy as np
 
 from gptjax.evals import fewshot
 from gptjax.evals.scoring import Scorer
 from gptjax.evals.task_files import GenerationExample
-from gptjax.generate import decoding
-from gptjax.generate.sampling import SamplingConfig
 from gptjax.runs import seeds
 
 _BUCKET = 32
-_GREEDY = SamplingConfig(temperature=0.0)
-
-
-@functools.lru_cache(maxsize=4)
-def _generate_fn():
-  return jax.jit(decoding.generate, static_argnames=('config', 'max_new_tokens', 'sampling',
-                                                     'stop_tokens', 'pad_id'))
 
 
 def greedy_continuations(scorer: Scorer, prompts: Sequence[Sequence[int]],
@@ -50,10 +39,7 @@ def greedy_continuations(scorer: Scorer, prompts: Sequence[Sequence[int]],
     for row, prompt in enumerate(chunk):
       tokens_BxP[row, width - len(prompt):] = prompt
       mask_BxP[row, width - len(prompt):] = True
-    result = _generate_fn()(scorer.params, tokens_BxP, mask_BxP, jax.random.key(0),
-                            config=scorer.model_cfg, max_new_tokens=max_new_tokens,
-                            sampling=_GREEDY, stop_tokens=(eos,), pad_id=eos)
-    tokens_BxN, lengths_B = jax.device_get((result.tokens_BxN, result.lengths_B))
+    tokens_BxN, lengths_B = scorer.greedy(tokens_BxP, mask_BxP, max_new_tokens)
     out += [[int(t) for t in tokens_BxN[row, :lengths_B[row]] if t != eos]
             for row in range(min(size, len(prompts) - start))]
   return out
