@@ -4,10 +4,13 @@ resumes without redoing what is recorded, and the curves and table are drawn fro
 import json
 import os
 
+import jax
+import numpy as np
 import pytest
 
 from experiments.configs import base
-from gptjax.evals import curves, run, sweep
+from gptjax.evals import curves, generation, run, scoring, sweep
+from gptjax.parallel import sharding
 from gptjax.train import loop
 
 TINY = {
@@ -100,3 +103,24 @@ def test_records_carry_the_checkpoints_compute_and_the_table_averages_seeds(swee
   for task in ('induction', 'add', 'next_line'):
     curves.plot_task(rows, task, str(tmp_path / f'{task}.png'))
     assert os.path.getsize(tmp_path / f'{task}.png') > 10_000
+
+
+def test_a_scorer_split_over_a_mesh_scores_and_decodes_as_one_device(sweep_dir):
+  member = sweep.finished_members(sweep_dir)[0]
+  on_mesh = scoring.load_scorer(member)
+  config = on_mesh.config.copy_and_resolve_references()
+  config.mesh.data, config.mesh.fsdp, config.mesh.tensor = 2, 2, 2
+  mesh = sharding.make_mesh(config.mesh)
+  split = scoring.Scorer(on_mesh.params, on_mesh.model_cfg, on_mesh.tokenizer, config,
+                         on_mesh.step, mesh=mesh, rules=sharding.logical_rules(config.mesh))
+  alone = scoring.Scorer(jax.device_get(on_mesh.params), on_mesh.model_cfg, on_mesh.tokenizer,
+                         config, on_mesh.step)
+  assert on_mesh.mesh.size == 8 and split.batch_size % 4 == 0
+  rng = np.random.default_rng(0)
+  contexts = [list(rng.integers(1, 256, n)) for n in (3, 20, 50)]
+  continuations = [list(rng.integers(1, 256, n)) for n in (4, 2, 9)]
+  for scorer in (on_mesh, split):
+    np.testing.assert_allclose(scorer.continuation_scores(contexts, continuations)[0],
+                               alone.continuation_scores(contexts, continuations)[0], atol=1e-3)
+    assert (generation.greedy_continuations(scorer, contexts, 6)
+            == generation.greedy_continuations(alone, contexts, 6))
