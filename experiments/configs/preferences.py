@@ -20,7 +20,7 @@ pairs: prompt_task ('docstring', or any task of `gptjax/finetune/tasks.py`, with
   'jsonl'), num_prompts, samples_per_prompt (K: all K(K-1)/2 pairs of a prompt's responses are
   labelled), bt_noise (the labeller's Bradley-Terry temperature; 0 labels by the gold reward),
   skip_ties (drop pairs whose gold rewards are equal).
-reward: max_pairs, the training pairs used (0: all; the study varies it).
+reward: max_pairs, the training pairs used (0: all).
 dpo: beta, the KL weight of DPO's implicit reward.
 ppo: reward_from (the reward run, --reward_from), epochs and minibatches per rollout batch,
   clip_eps, value_clip (0: none), gamma, lam (GAE), kl_beta (the KL penalty's weight), kl_target
