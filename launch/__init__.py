@@ -146,8 +146,12 @@ def member_flags(member: Member) -> list[str]:
 
 def get_config(sweep_path: str) -> ml_collections.ConfigDict:
   """The sweep's base config, so `--config=launch/__init__.py:<sweep file>` feeds gptjax.main;
-  each member's overrides follow as `--config.x=y` flags."""
-  return load_sweep_file(sweep_path)[0]
+  each member's overrides follow as `--config.x=y` flags. With a W&B project and no group, the
+  members share a group named after the sweep file."""
+  config = load_sweep_file(sweep_path)[0]
+  if 'log' in config and config.log.wandb_project and not config.log.wandb_group:
+    config.log.wandb_group = os.path.splitext(os.path.basename(sweep_path))[0]
+  return config
 
 
 def load_sweep_file(path: str) -> tuple[ml_collections.ConfigDict, list[Member]]:

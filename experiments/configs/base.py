@@ -122,4 +122,14 @@ def get_config() -> ml_collections.ConfigDict:
   dist.coordinator_address = ''
   dist.num_processes = 0
   dist.process_id = -1
+
+  # Weights & Biases, beside metrics.jsonl and TensorBoard (pip install -e '.[wandb]'): every record
+  # is sent to the project named here ('' sends nothing). A sweep's members share a group named after
+  # the sweep file unless wandb_group names one; a resumed run continues its own W&B run.
+  log = config.log = ml_collections.ConfigDict()
+  log.wandb_project = ''
+  log.wandb_entity = ''  # '' : your default entity
+  log.wandb_name = ''  # '' : the workdir's name
+  log.wandb_group = ''
+  log.wandb_tags = ''  # comma-separated
   return config

@@ -39,6 +39,7 @@ def get_config():
 
   config.mesh = pretraining.mesh
   config.distributed = pretraining.distributed
+  config.log = pretraining.log
 
   f = config.finetune = ml_collections.ConfigDict()
   f.init_from = ''

@@ -15,7 +15,7 @@ from jax.sharding import Mesh
 from gptjax.data import checks as data_checks
 from gptjax.model import config as model_config
 from gptjax.parallel import hardware
-from gptjax.train import optim
+from gptjax.train import optim, tracking
 
 OBJECTIVES = ('clm', 'mlm')
 _AT_LEAST_ONE = ('num_steps', 'log_every', 'eval_every', 'eval_batches', 'checkpoint_every',
@@ -60,5 +60,6 @@ def check_run_config(config: ml_collections.ConfigDict, mesh: Mesh,
   check_config(config)
   model_config.check_config(config)
   hardware.check_config(config, mesh)
+  tracking.check_config(config)
   for check in stage_checks:
     check(config)

@@ -1,4 +1,5 @@
-"""Run records as they are written: `metrics.jsonl` (the file plots and fits read) and TensorBoard.
+"""Run records as they are written: `metrics.jsonl` (the file plots and fits read), TensorBoard, and
+Weights & Biases where a project is set (`gptjax/train/tracking.py`).
 
 Only process 0 writes, so a multi-host run leaves one record, not one per host.
 """
@@ -18,9 +19,10 @@ from gptjax.runs import run_dir
 class MetricsWriter:
   """Appends one JSON object per logged step and mirrors scalars to TensorBoard."""
 
-  def __init__(self, workdir: str, *, enabled: bool = True):
+  def __init__(self, workdir: str, *, enabled: bool = True, tracker: Any = None):
     self.enabled = enabled
     self._tensorboard = None
+    self._tracker = tracker  # anything with log(record) and close(), e.g. a WandbTracker
     if enabled:
       os.makedirs(workdir, exist_ok=True)
       self._file = open(os.path.join(workdir, run_dir.METRICS_FILE), 'a')
@@ -40,12 +42,16 @@ class MetricsWriter:
         if key != 'step' and isinstance(value, (int, float)):
           self._tensorboard.add_scalar(key, value, record['step'])
       self._tensorboard.flush()
+    if self._tracker is not None:
+      self._tracker.log(record)
 
   def close(self) -> None:
     if self.enabled:
       self._file.close()
       if self._tensorboard is not None:
         self._tensorboard.close()
+      if self._tracker is not None:
+        self._tracker.close()
 
 
 def _summary_writer():

@@ -19,7 +19,7 @@ from gptjax.cost import flops
 from gptjax.model.config import GPTConfig
 from gptjax.runs import run_dir
 from gptjax.runs.run_dir import EVAL_KEY
-from gptjax.train import evaluate, metrics as metrics_lib
+from gptjax.train import evaluate, metrics as metrics_lib, tracking
 from gptjax.train.progress import Progress
 
 
@@ -36,7 +36,9 @@ class Recorder:
     clm = config.train.objective == 'clm'
     self.tokens_per_byte = data.val_tokens / data.val_bytes if data.val_bytes and clm else 0.0
     self.is_main = jax.process_index() == 0
-    self.writer = metrics_lib.MetricsWriter(workdir, enabled=self.is_main)
+    self.writer = metrics_lib.MetricsWriter(
+        workdir, enabled=self.is_main,
+        tracker=tracking.make_tracker(config, workdir) if self.is_main else None)
     self.progress = Progress(config.train.num_steps, start_step, self.tokens_per_step)
     self.constants = dict(constants or {})  # fields every record repeats (a fine-tune's counts)
 
