@@ -49,8 +49,8 @@ def get_config() -> ml_collections.ConfigDict:
   config.model = get_model_config()
 
   d = config.data = ml_collections.ConfigDict()
-  d.source = 'stdlib'  # 'stdlib' | 'text' | 'tokens' | 'arrayrecord'
-  d.paths = ''  # glob(s), comma separated, for 'text' / 'tokens' / 'arrayrecord'
+  d.source = 'stdlib'  # 'stdlib' | 'text' | 'tokens' | 'arrayrecord' | 'hf'
+  d.paths = ''  # glob(s), comma separated, for 'text' / 'tokens' / 'arrayrecord' / 'hf'
   d.val_paths = ''  # optional separate validation glob(s); else a split by file
   d.val_fraction = 0.05  # fraction of files (text) or tokens (token shards) held out
   d.tokenizer = 'byte'  # 'byte' | 'bpe'
@@ -58,6 +58,13 @@ def get_config() -> ml_collections.ConfigDict:
   d.tokenizer_path = ''  # a tokenizer.json to use instead of training a BPE (e.g. the shards' own)
   d.decode_errors = 'replace'  # undecodable bytes: 'replace' (U+FFFD) | 'skip' the file | 'strict'
   d.token_dtype = 'uint16'  # for .bin token shards
+  # data.source='hf' (pip install -e '.[data]'): data.paths of parquet/JSONL/CSV/Arrow files, or
+  # a dataset by name (hub or local directory); each row's text_field is one document.
+  d.text_field = 'text'
+  d.hf_name = ''
+  d.hf_config = ''
+  d.hf_split = 'train'
+  d.hf_streaming = False  # read the named dataset as a stream (corpora too large to cache whole)
   d.seq_len = 128
   d.batch_size = 16  # global batch, in sequences
   d.max_corpus_bytes = 0  # 0: whole corpus; else stop reading after this many bytes (quick runs)

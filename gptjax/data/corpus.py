@@ -8,13 +8,18 @@ Sources (`config.data.source`):
   'arrayrecord' ArrayRecord files matching `data.paths`; each record is one UTF-8 document.
   'tokens'      pre-tokenised shards: ids, not documents, so `gptjax.data.tokens` reads them; it
                 finds them with `glob_files` and checks `config.data` with `check_config`, as here.
+  'hf'          Hugging Face datasets: parquet, JSONL, CSV or Arrow files matching `data.paths`, or
+                a dataset named by `data.hf_name`; each row's `data.text_field` is one document
+                (`gptjax/data/hf_source.py`).
 
 Split: `data.val_paths` names the validation files explicitly (they are removed from the train
 files). Otherwise a file goes to validation when a stable hash (sha256, not Python's salted `hash`)
 of its path relative to the glob root falls below `data.val_fraction`, so a file keeps its split
 across machines, runs and added files; ArrayRecord records are split the same way by (file, index).
 Both splits are made non-empty; a single text file is cut at a line boundary instead, its tail
-becoming validation.
+becoming validation. Rows of a Hugging Face source are split like records, by (file or dataset,
+row), unless `data.val_paths` or a named dataset's own 'validation' split gives the validation
+rows.
 
 Undecodable bytes (`data.decode_errors`). The default is 'replace' because one stray Latin-1 byte
 should not cost a whole file (4 stdlib test files are deliberately not UTF-8):
@@ -30,7 +35,6 @@ from __future__ import annotations
 
 import dataclasses
 import glob
-import hashlib
 import os
 import sysconfig
 from typing import Iterator
@@ -41,7 +45,9 @@ import numpy as np
 from absl import logging
 from array_record.python import array_record_module
 
-SOURCES = ('stdlib', 'text', 'arrayrecord', 'tokens')
+from gptjax.data import hf_source, split_hash
+
+SOURCES = ('stdlib', 'text', 'arrayrecord', 'tokens', 'hf')
 DECODE_ERRORS = ('replace', 'skip', 'strict')
 _EXCLUDED_DIRS = frozenset({'site-packages', 'dist-packages', '__pycache__'})
 
@@ -66,16 +72,21 @@ class ReadStats:
 
 @dataclasses.dataclass
 class TextSplit:
-  """One split of a text source: files or ArrayRecord records, read lazily by `texts`."""
+  """One split of a text source: files, ArrayRecord records or Hugging Face rows, read lazily by
+  `texts`."""
 
   name: str  # 'train' | 'validation'
   files: tuple[FilePart, ...] = ()
   record_files: tuple[tuple[str, int], ...] = ()  # (path, number of records) of ArrayRecord files
   record_ids: np.ndarray | None = None  # indices into the concatenated records of record_files
+  hf_parts: tuple[hf_source.HFPart, ...] = ()  # rows of Hugging Face tables
   max_bytes: int = 0  # 0: read everything
 
   @property
   def num_documents(self) -> int:
+    """The documents the split holds; a stream, whose length is unknown until read, counts 1."""
+    if self.hf_parts:
+      return sum(1 if p.known_rows is None else p.known_rows for p in self.hf_parts)
     return len(self.files) if self.record_ids is None else len(self.record_ids)
 
   def texts(self, decode_errors: str, stats: ReadStats | None = None) -> Iterator[str]:
@@ -104,6 +115,9 @@ class TextSplit:
                       len(stats.replaced), self.name, stats.replaced[0])
 
   def _raw_documents(self) -> Iterator[tuple[str, bytes]]:
+    for part in self.hf_parts:
+      for name, text in part.documents():
+        yield name, text.encode('utf-8')
     for part in self.files:
       with open(part.path, 'rb') as f:
         f.seek(part.start)
@@ -125,6 +139,9 @@ def text_splits(d: ml_collections.ConfigDict) -> tuple[TextSplit, TextSplit]:
     raise ValueError("data.source='tokens' holds token ids, not text; read it with token_splits().")
   if d.source == 'arrayrecord':
     train, val = _arrayrecord_splits(d)
+  elif d.source == 'hf':
+    train, val = (TextSplit(name, hf_parts=parts)
+                  for name, parts in zip(('train', 'validation'), hf_source.splits(d, glob_files)))
   else:
     if d.source == 'stdlib':
       files = _stdlib_files()
@@ -154,6 +171,9 @@ def check_config(d: ml_collections.ConfigDict):
     raise ValueError(f'Unknown data.source={d.source!r}; choose one of {SOURCES}.')
   if d.decode_errors not in DECODE_ERRORS:
     raise ValueError(f'data.decode_errors={d.decode_errors!r}; choose one of {DECODE_ERRORS}.')
+  if d.source == 'hf' and bool(d.paths) == bool(d.hf_name):
+    raise ValueError("data.source='hf' reads data.paths (local parquet, JSONL, CSV or Arrow "
+                     'files) or data.hf_name (a dataset); set exactly one of them.')
   if not d.val_paths and not 0.0 < d.val_fraction < 1.0:
     raise ValueError(f'data.val_fraction={d.val_fraction} must be in (0, 1) when data.val_paths '
                      'is empty; or name the validation files in data.val_paths.')
@@ -162,7 +182,11 @@ def check_config(d: ml_collections.ConfigDict):
 def check_inputs(d: ml_collections.ConfigDict) -> None:
   """Raises, naming the field and the fix, when `data.paths` or `data.val_paths` match no file: a
   fresh run checks this before it locks or writes anything in its workdir."""
-  if d.source in ('text', 'arrayrecord', 'tokens'):
+  if d.source == 'hf':
+    hf_source.check_installed()
+    if d.hf_name:
+      return
+  if d.source in ('text', 'arrayrecord', 'tokens', 'hf'):
     glob_files(d.paths, 'paths')
     if d.val_paths:
       glob_files(d.val_paths, 'val_paths')
@@ -216,29 +240,11 @@ def _glob_root(pattern: str) -> str:
   return os.sep.join(fixed) or ('.' if not pattern.startswith(os.sep) else os.sep)
 
 
-def _hash_u64(name: str) -> int:
-  return int.from_bytes(hashlib.sha256(name.encode('utf-8')).digest()[:8], 'big')
-
-
-def hash_unit(name: str) -> float:
-  """A stable pseudo-random number in [0, 1) for `name`, the same on every machine and run."""
-  return _hash_u64(name) / 2.0**64
-
-
-def _validation_mask(units: np.ndarray, val_fraction: float) -> np.ndarray:
-  """units < val_fraction, but never an empty split: the extreme units move over if needed."""
-  is_val = units < val_fraction
-  if not is_val.any():
-    is_val[np.argmin(units)] = True
-  if is_val.all():
-    is_val[np.argmax(units)] = False
-  return is_val
-
-
 def _split_files(files: list[FilePart], val_fraction: float) -> tuple[TextSplit, TextSplit]:
   if len(files) == 1:
     return _cut_file(files[0], val_fraction)
-  is_val = _validation_mask(np.array([hash_unit(f.name) for f in files]), val_fraction)
+  is_val = split_hash.validation_mask(np.array([split_hash.hash_unit(f.name) for f in files]),
+                                      val_fraction)
   return (TextSplit('train', tuple(f for f, v in zip(files, is_val) if not v)),
           TextSplit('validation', tuple(f for f, v in zip(files, is_val) if v)))
 
@@ -267,14 +273,6 @@ def _cut_file(file: FilePart, val_fraction: float) -> tuple[TextSplit, TextSplit
           TextSplit('validation', (val_part,)))
 
 
-def _splitmix64(x: np.ndarray) -> np.ndarray:
-  """A fast, well-mixed integer hash (SplitMix64 finaliser), vectorised; uint64 arithmetic wraps."""
-  x = (x + np.uint64(0x9E3779B97F4A7C15)).astype(np.uint64)
-  x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
-  x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
-  return x ^ (x >> np.uint64(31))
-
-
 def _arrayrecord_splits(d: ml_collections.ConfigDict) -> tuple[TextSplit, TextSplit]:
   def counted(parts: list[FilePart]) -> tuple[tuple[str, int], ...]:
     return tuple((f.path, array_record_module.ArrayRecordReader(f.path).num_records())
@@ -296,12 +294,21 @@ def _arrayrecord_splits(d: ml_collections.ConfigDict) -> tuple[TextSplit, TextSp
     raise ValueError(f'data.paths={d.paths!r} holds {total} ArrayRecord record(s); a train and a '
                      'validation split need at least 2, or set data.val_paths.')
   units = np.concatenate([
-      _splitmix64(np.arange(n, dtype=np.uint64) ^ np.uint64(_hash_u64(f.name)))
-      for f, (_, n) in zip(files, record_files)]) / 2.0**64
-  is_val = _validation_mask(units, d.val_fraction)
+      split_hash.row_units(f.name, np.arange(n)) for f, (_, n) in zip(files, record_files)])
+  is_val = split_hash.validation_mask(units, d.val_fraction)
   ids = np.arange(total)
   return (TextSplit('train', record_files=record_files, record_ids=ids[~is_val]),
           TextSplit('validation', record_files=record_files, record_ids=ids[is_val]))
+
+
+def source_identity(d: ml_collections.ConfigDict) -> list | None:
+  """What the token cache's key adds for a source whose files can change under the same config
+  (None for the others, whose key is their config alone)."""
+  if d.source != 'hf':
+    return None
+  files = [] if d.hf_name else glob_files(d.paths, 'paths') + (
+      glob_files(d.val_paths, 'val_paths') if d.val_paths else [])
+  return hf_source.identity(d, files)
 
 
 def _trim_partial_utf8(raw: bytes) -> bytes:

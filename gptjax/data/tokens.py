@@ -152,7 +152,8 @@ def token_streams(config: ml_collections.ConfigDict, tokenizer: Tokenizer, workd
               'val_unigram_entropy': unigram_entropy_nats(val)}
       run_dir.write_atomic(meta_path, json.dumps(meta, indent=1))
   else:
-    cache = os.path.join(workdir, run_dir.DATA_DIR, _fingerprint(d, tokenizer))
+    cache = os.path.join(workdir, run_dir.DATA_DIR,
+                         _fingerprint(d, tokenizer, corpus.source_identity(d)))
     meta_path = os.path.join(cache, _META_FILE)
     bins = [os.path.join(cache, f'{name}.bin') for name in _SPLITS]
     dtype = 'uint16' if tokenizer.vocab_size <= 1 << 16 else 'uint32'

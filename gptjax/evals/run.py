@@ -19,7 +19,7 @@ from typing import Callable, Sequence
 
 from absl import logging
 
-from gptjax.data import corpus
+from gptjax.data import split_hash
 from gptjax.evals import builtin, context_tasks, generation, multiple_choice, task_files
 from gptjax.evals.scoring import Scorer, load_scorer
 from gptjax.runs import run_dir
@@ -117,8 +117,8 @@ def _generation_examples(task: Task, count: int, seed: int):
   if not task.path:
     return builtin.generation_task(task.name, count, pool_size=max(64, count), seed=seed)
   examples = task_files.read_generation(task.path)
-  pool = [e for e in examples if corpus.hash_unit(e.input) < _POOL_FRACTION]
-  queries = [e for e in examples if corpus.hash_unit(e.input) >= _POOL_FRACTION]
+  pool = [e for e in examples if split_hash.hash_unit(e.input) < _POOL_FRACTION]
+  queries = [e for e in examples if split_hash.hash_unit(e.input) >= _POOL_FRACTION]
   if not queries:
     raise ValueError(f'{task.path}: every example fell in the demonstration pool; give more '
                      'examples.')

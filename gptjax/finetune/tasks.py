@@ -25,7 +25,7 @@ from typing import Iterator
 import ml_collections
 import numpy as np
 
-from gptjax.data import corpus
+from gptjax.data import corpus, split_hash
 from gptjax.runs import run_dir
 
 SYNTHETIC_TASKS = ('reverse', 'sort', 'add')
@@ -139,7 +139,7 @@ def _jsonl_splits(f: ml_collections.ConfigDict) -> tuple[list[Example], list[Exa
   examples = _read_jsonl(f.task_path)
   if f.eval_path:
     return examples, _read_jsonl(f.eval_path)
-  is_val = np.array([corpus.hash_unit(e.prompt + '\x00' + e.response) < _JSONL_VAL_FRACTION
+  is_val = np.array([split_hash.hash_unit(e.prompt + '\x00' + e.response) < _JSONL_VAL_FRACTION
                      for e in examples])
   if not is_val.any():  # a small file: its last example validates
     is_val[-1] = True

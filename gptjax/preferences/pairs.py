@@ -27,7 +27,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from gptjax.data import corpus
+from gptjax.data import split_hash
 from gptjax.preferences import gold_rewards
 from gptjax.runs import run_dir
 
@@ -90,7 +90,7 @@ def write_pairs(path: str, pairs: Sequence[Pair]) -> None:
 
 
 def is_held_out(prompt: str, eval_fraction: float) -> bool:
-  return corpus.hash_unit('preference prompt\x00' + prompt) < eval_fraction
+  return split_hash.hash_unit('preference prompt\x00' + prompt) < eval_fraction
 
 
 def split_pairs(pairs: Sequence[Pair], eval_fraction: float, where: str

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from experiments.configs import base
-from gptjax.data import corpus
+from gptjax.data import corpus, split_hash
 
 
 def _config(source='text', **data):
@@ -32,7 +32,7 @@ def _names(split):
 
 def test_hash_unit_is_sha256_based_not_python_hash():
   expected = int(hashlib.sha256(b'json/decoder.py').hexdigest()[:16], 16) / 2**64
-  assert corpus.hash_unit('json/decoder.py') == expected
+  assert split_hash.hash_unit('json/decoder.py') == expected
 
 
 def test_stdlib_split_is_deterministic_disjoint_and_excludes_site_packages():
@@ -49,7 +49,7 @@ def test_stdlib_split_is_deterministic_disjoint_and_excludes_site_packages():
   for f in train.files + val.files:
     assert f.path.startswith(sysconfig.get_paths()['stdlib']) and f.path.endswith('.py')
   # The split is by hash of the relative name, against val_fraction.
-  assert all(corpus.hash_unit(n) < 0.05 for n in _names(val))
+  assert all(split_hash.hash_unit(n) < 0.05 for n in _names(val))
 
 
 def test_text_glob_split_by_file_and_explicit_val_paths(tmp_path):
@@ -61,7 +61,7 @@ def test_text_glob_split_by_file_and_explicit_val_paths(tmp_path):
   assert not set(_names(train)) & set(_names(val))
   assert all(n.startswith('sub/doc') for n in _names(train) + _names(val))
   assert set(_names(val)) == {f'sub/doc{i:02d}.txt' for i in range(40)
-                              if corpus.hash_unit(f'sub/doc{i:02d}.txt') < 0.25}
+                              if split_hash.hash_unit(f'sub/doc{i:02d}.txt') < 0.25}
 
   d.val_paths = str(tmp_path / 'sub' / 'doc0*.txt')
   train, val = corpus.text_splits(d)
