@@ -48,6 +48,13 @@ class Tokenizer(abc.ABC):
   def encode_batch(self, texts: Sequence[str]) -> list[np.ndarray]:
     return [self.encode(text) for text in texts]
 
+  def encode_documents(self, texts: Sequence[str], dtype: str) -> np.ndarray:
+    """The documents' ids in order, each followed by `eos_id`, as `dtype`: the layout of every
+    token stream (the run's cache and prepared shards)."""
+    eos = np.array([self.eos_id], dtype)
+    return np.concatenate([part for doc in self.encode_batch(texts)
+                           for part in (doc.astype(dtype), eos)])
+
   @abc.abstractmethod
   def decode(self, ids: Iterable[int] | np.ndarray) -> str:
     """Text of `ids`; bytes that are not valid UTF-8 (model samples can be) become U+FFFD."""
@@ -70,6 +77,11 @@ class ByteTokenizer(Tokenizer):
 
   def encode(self, text: str) -> np.ndarray:
     return np.frombuffer(text.encode('utf-8'), np.uint8).astype(np.int32)
+
+  def encode_documents(self, texts: Sequence[str], dtype: str) -> np.ndarray:
+    # EOS is byte 0, so the stream is the documents' UTF-8 joined by NUL, in one copy.
+    joined = b'\x00'.join(text.encode('utf-8') for text in texts) + b'\x00'
+    return np.frombuffer(joined, np.uint8).astype(dtype)
 
   def decode(self, ids: Iterable[int] | np.ndarray) -> str:
     ids = _as_ids(ids)

@@ -139,7 +139,7 @@ def token_streams(config: ml_collections.ConfigDict, tokenizer: Tokenizer, workd
   if d.source == 'tokens':
     train, val = token_splits(d)
     # Shards can be rewritten in place, so their sizes and the ranges used are part of the key.
-    cache = os.path.join(workdir, run_dir.DATA_DIR, _fingerprint(d, tokenizer, [
+    cache = os.path.join(workdir, run_dir.DATA_DIR, fingerprint(d, tokenizer, [
         (s.paths, [os.path.getsize(p) for p in s.paths], s.start, s.stop) for s in (train, val)]))
     meta_path = os.path.join(cache, _META_FILE)
     meta = _read_meta(meta_path)
@@ -153,7 +153,7 @@ def token_streams(config: ml_collections.ConfigDict, tokenizer: Tokenizer, workd
       run_dir.write_atomic(meta_path, json.dumps(meta, indent=1))
   else:
     cache = os.path.join(workdir, run_dir.DATA_DIR,
-                         _fingerprint(d, tokenizer, corpus.source_identity(d)))
+                         fingerprint(d, tokenizer, corpus.source_identity(d)))
     meta_path = os.path.join(cache, _META_FILE)
     bins = [os.path.join(cache, f'{name}.bin') for name in _SPLITS]
     dtype = 'uint16' if tokenizer.vocab_size <= 1 << 16 else 'uint32'
@@ -254,7 +254,7 @@ def unigram_entropy_nats(tokens: np.ndarray | TokenStream) -> float:
   return float(-(p * np.log(p)).sum())
 
 
-def _fingerprint(d: ml_collections.ConfigDict, tokenizer: Tokenizer, extra=None) -> str:
+def fingerprint(d: ml_collections.ConfigDict, tokenizer: Tokenizer, extra=None) -> str:
   """A short key of everything that decides the token streams: the cache directory's name."""
   fields = ('source', 'paths', 'val_paths', 'val_fraction', 'decode_errors', 'max_corpus_bytes',
             'token_dtype')
@@ -272,7 +272,6 @@ def _tokenize(split: corpus.TextSplit, tokenizer: Tokenizer, decode_errors: str,
   `run_dir.write_atomic` does, but without holding a whole split's tokens in memory.
   """
   stats = corpus.ReadStats()
-  eos = np.array([tokenizer.eos_id], dtype)
   num_tokens, checksum = 0, _new_hash()
   os.makedirs(os.path.dirname(path), exist_ok=True)
   fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), prefix=os.path.basename(path) + '.tmp')
@@ -281,8 +280,7 @@ def _tokenize(split: corpus.TextSplit, tokenizer: Tokenizer, decode_errors: str,
       def flush(texts: list[str]):
         nonlocal num_tokens
         if texts:
-          ids = np.concatenate([part for doc in tokenizer.encode_batch(texts)
-                                for part in (doc.astype(dtype), eos)])
+          ids = tokenizer.encode_documents(texts, dtype)
           f.write(ids.tobytes())
           checksum.update(ids.tobytes())
           num_tokens += len(ids)

@@ -102,10 +102,10 @@ def test_bad_rows_name_the_field_the_file_and_the_row(tmp_path):
 def test_a_changed_file_changes_the_token_cache_key(tmp_path):
   path = _write(tmp_path, 'jsonl', DOCS)
   d = _data(paths=path)
-  key = tokens._fingerprint(d, ByteTokenizer(), corpus.source_identity(d))
+  key = tokens.fingerprint(d, ByteTokenizer(), corpus.source_identity(d))
   with open(path, 'a') as f:
     f.write(json.dumps({'text': 'one more row'}) + '\n')
-  assert tokens._fingerprint(d, ByteTokenizer(), corpus.source_identity(d)) != key
+  assert tokens.fingerprint(d, ByteTokenizer(), corpus.source_identity(d)) != key
   text = base.get_config().data  # the other sources keep the key they had
   assert corpus.source_identity(text) is None
 

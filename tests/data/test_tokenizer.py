@@ -142,3 +142,13 @@ def test_a_damaged_tokenizer_file_is_refused_by_name(tmp_path, content):
   config.data.update(tokenizer='bpe', tokenizer_path=str(path))
   with pytest.raises(ValueError, match=rf'{path} is not a tokenizer.*set data.tokenizer_path'):
     tok_lib.load_or_train_tokenizer(config, str(tmp_path / 'run'))
+
+
+def test_the_byte_tokenizers_document_stream_equals_the_generic_one():
+  texts = ['def f():\n    return 1\n', '', 'naïve — ünïcode ✓', 'a\x00b', 'x' * 1000]
+  tokenizer = tok_lib.ByteTokenizer()
+  for dtype in ('uint16', 'uint32'):
+    fast = tokenizer.encode_documents(texts, dtype)
+    generic = tok_lib.Tokenizer.encode_documents(tokenizer, texts, dtype)
+    assert fast.dtype == np.dtype(dtype)
+    np.testing.assert_array_equal(fast, generic)

@@ -89,10 +89,10 @@ def test_fingerprint_is_fixed_so_resumed_runs_find_their_cache():
   d = ml_collections.ConfigDict(dict(
       source='text', paths='/corpus/*.txt', val_paths='/corpus/val.txt', val_fraction=0.1,
       decode_errors='strict', max_corpus_bytes=1000, token_dtype='uint16'))
-  assert tokens._fingerprint(d, ByteTokenizer()) == 'c0463d0392a0b290'
+  assert tokens.fingerprint(d, ByteTokenizer()) == 'c0463d0392a0b290'
   d.source, d.token_dtype, d.val_paths = 'tokens', 'uint32', ''
   shards = [(('/s/a.bin',), [400], 0, 90), (('/s/a.bin',), [400], 90, 100)]
-  assert tokens._fingerprint(d, ByteTokenizer(), shards) == 'a8035027c38e19b4'
+  assert tokens.fingerprint(d, ByteTokenizer(), shards) == 'a8035027c38e19b4'
 
 
 def test_text_cache_holds_each_document_then_eos_and_is_reused(tmp_path):
