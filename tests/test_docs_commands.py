@@ -18,6 +18,7 @@ DOCS = [ROOT / 'README.md', *sorted((ROOT / 'docs').glob('*.md'))]
 SUBCOMMANDS = {'gptjax.scaling': ('fit', 'plots', 'mup_check'),
                'gptjax.convert': ('from-hf', 'to-hf'),
                'gptjax.preferences': ('pairs', 'reward', 'dpo', 'ppo'),
+               'gptjax.data': ('prepare',),
                'experiments.tuning': ('optimizer', 'lr')}
 
 
