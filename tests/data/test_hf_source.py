@@ -1,4 +1,4 @@
-"""data.source='hf': local parquet, JSONL and CSV files and a dataset directory by name, their
+"""data.source='hf': local parquet, JSONL, CSV and Arrow files and a dataset directory by name, their
 rows and splits, the errors that name the field, file and row, the cache key, and a short training
 run on parquet whose validation loss falls."""
 
@@ -37,6 +37,10 @@ def _write(tmp_path, fmt: str, docs, name='part', field='text'):
   path = str(tmp_path / f'{name}.{fmt}')
   if fmt == 'parquet':
     pq.write_table(pa.table({field: docs, 'id': list(range(len(docs)))}), path)
+  elif fmt == 'arrow':  # the Arrow IPC stream format that datasets itself writes
+    table = pa.table({field: docs, 'id': list(range(len(docs)))})
+    with pa.OSFile(path, 'wb') as f, pa.ipc.new_stream(f, table.schema) as writer:
+      writer.write_table(table)
   elif fmt == 'jsonl':
     with open(path, 'w') as f:
       f.writelines(json.dumps({field: doc, 'id': i}) + '\n' for i, doc in enumerate(docs))
@@ -49,7 +53,7 @@ def _write(tmp_path, fmt: str, docs, name='part', field='text'):
   return path
 
 
-@pytest.mark.parametrize('fmt', ['parquet', 'jsonl', 'csv'])
+@pytest.mark.parametrize('fmt', ['parquet', 'jsonl', 'csv', 'arrow'])
 def test_every_row_is_one_document_in_exactly_one_split(tmp_path, fmt):
   _write(tmp_path, fmt, DOCS[:30], 'a')
   _write(tmp_path, fmt, DOCS[30:], 'b')
