@@ -108,7 +108,8 @@ def sft_run(workdir: str, base: str) -> str:
                'finetune.num_examples': 2000, 'finetune.eval_examples': 200}
   # Its command line, not its module: gptjax.finetune defines flags this script defines too.
   subprocess.run([sys.executable, '-m', 'gptjax.finetune', '--config=experiments/configs/'
-                  'finetune.py', f'--init_from={base}', f'--workdir={path}',
+                  'finetune.py', f'--init_from={os.path.abspath(base)}',
+                  f'--workdir={os.path.abspath(path)}',
                   *(f'--config.{key}={value}' for key, value in overrides.items())],
                  check=True, cwd=ROOT)
   return path

@@ -93,9 +93,10 @@ def format_finals(curves: dict) -> str:
                  f'{_pm(_summary(group, lambda c: c[-1][KL]), 2):>14} '
                  f'{_pm(_summary(group, lambda c: c[-1][GOLD])):>14} '
                  f'{_pm(gain):>14} {_interval(gain):>17} {proxy:>14}')
-  sft = seeds.SeedSummary(tuple(points[0][GOLD] for points in curves.values()),
-                          tuple(run.seed for run in curves))
-  lines.append(f'  SFT policy (step 0 of every run): gold {_pm(sft)}')
+  # Every run of a seed evaluates the same SFT policy with the same keys at step 0: one value each.
+  per_seed = {run.seed: points[0][GOLD] for run, points in curves.items()}
+  sft = seeds.SeedSummary(tuple(per_seed.values()), tuple(per_seed))
+  lines.append(f'  SFT policy (step 0, one value per seed): gold {_pm(sft)}')
   return '\n'.join(lines)
 
 

@@ -146,12 +146,8 @@ def member_flags(member: Member) -> list[str]:
 
 def get_config(sweep_path: str) -> ml_collections.ConfigDict:
   """The sweep's base config, so `--config=launch/__init__.py:<sweep file>` feeds gptjax.main;
-  each member's overrides follow as `--config.x=y` flags. With a W&B project and no group, the
-  members share a group named after the sweep file."""
-  config = load_sweep_file(sweep_path)[0]
-  if 'log' in config and config.log.wandb_project and not config.log.wandb_group:
-    config.log.wandb_group = os.path.splitext(os.path.basename(sweep_path))[0]
-  return config
+  each member's overrides follow as `--config.x=y` flags."""
+  return load_sweep_file(sweep_path)[0]
 
 
 def load_sweep_file(path: str) -> tuple[ml_collections.ConfigDict, list[Member]]:
@@ -171,6 +167,8 @@ def load_sweep_file(path: str) -> tuple[ml_collections.ConfigDict, list[Member]]
     raise ValueError(f'{path}: get_sweep() returned {type(result).__name__}; it must return '
                      '(ml_collections.ConfigDict, list of launch.Member).')
   base, members = result[0], list(result[1])
+  if 'log' in base and base.log.wandb_project and not base.log.wandb_group:
+    base.log.wandb_group = os.path.splitext(os.path.basename(path))[0]  # W&B groups the members
   check_members(base, members)
   return base, members
 

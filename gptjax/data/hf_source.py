@@ -52,11 +52,14 @@ def _builder(paths: list[str], field: str) -> str:
 
 @dataclasses.dataclass(frozen=True)
 class Table:
-  """One loaded file or dataset split: its name in messages, and its rows."""
+  """One loaded file or dataset split: its name in messages, its rows, and the key its rows'
+  validation hash uses (a file's name relative to its glob root, so moving the corpus or reading
+  it on another machine keeps every row's split)."""
 
   name: str
   rows: Any  # a datasets.Dataset, or an IterableDataset when streaming
   text_field: str
+  key: str
 
   def check_field(self) -> None:
     columns = self.rows.column_names
@@ -92,7 +95,7 @@ def load_tables(d: ml_collections.ConfigDict, files: list[Any], field: str) -> l
     except Exception as e:  # the library's own parse errors name no row; keep its first line
       first = (str(e).splitlines() or [type(e).__name__])[0]
       raise ValueError(f'{f.path} cannot be read as {builder}: {first}') from None
-    table = Table(f.path, rows, d.text_field)
+    table = Table(f.path, rows, d.text_field, key=f.name)
     table.check_field()
     tables.append(table)
   return tables
@@ -103,7 +106,8 @@ def load_named(d: ml_collections.ConfigDict, split: str) -> Table:
   import datasets
   rows = datasets.load_dataset(d.hf_name, d.hf_config or None, split=split,
                                streaming=d.hf_streaming)
-  table = Table(f'{d.hf_name}[{split}]', rows, d.text_field)
+  name = f'{d.hf_name}[{split}]'
+  table = Table(name, rows, d.text_field, key=name)
   table.check_field()
   return table
 
@@ -138,16 +142,17 @@ class HFPart:
 
   @property
   def known_rows(self) -> int | None:
-    if self.side:
-      return None
-    return len(self.row_ids) if self.row_ids is not None else len(self.table.rows)
+    """The rows this part yields; None for a stream, whose length is unknown until read."""
+    if self.row_ids is not None:
+      return len(self.row_ids)
+    return None if self.side or not hasattr(self.table.rows, '__len__') else len(self.table.rows)
 
   def documents(self) -> Iterator[tuple[str, str]]:
     if not self.side:
       yield from self.table.texts(self.row_ids)
       return
     for row, (name, text) in enumerate(self.table.texts(None)):
-      if (split_hash.row_units(self.table.name, [row])[0] < self.val_fraction) == (
+      if (split_hash.row_units(self.table.key, [row])[0] < self.val_fraction) == (
           self.side == 'validation'):
         yield name, text
 
@@ -179,7 +184,7 @@ def splits(d: ml_collections.ConfigDict, glob_files: Callable[[str, str], list]
   if sum(counts) < 2:
     raise ValueError(f'The Hugging Face source holds {sum(counts)} row(s); a train and a '
                      'validation split need at least 2, or set data.val_paths.')
-  units = np.concatenate([split_hash.row_units(t.name, np.arange(n))
+  units = np.concatenate([split_hash.row_units(t.key, np.arange(n))
                           for t, n in zip(tables, counts)])
   is_val = np.split(split_hash.validation_mask(units, d.val_fraction), np.cumsum(counts)[:-1])
   ids = [np.arange(n) for n in counts]

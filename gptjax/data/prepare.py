@@ -26,6 +26,7 @@ import glob
 import hashlib
 import json
 import os
+import re
 import time
 from typing import Any, Iterator, Sequence
 
@@ -66,17 +67,25 @@ def _fix_settings(out: str, settings: dict) -> None:
   run_dir.write_atomic(path, json.dumps(settings, indent=1))
 
 
-def _read_progress(out: str) -> list[dict]:
-  """The recorded shards whose files are intact; a line cut short by a kill ends the list."""
+def _read_progress(out: str, itemsize: int) -> list[dict]:
+  """The recorded shards, up to the first whose line was cut short or whose file is missing or
+  of another size; the file is rewritten to hold just those, so the rest are written again."""
   path = os.path.join(out, PROGRESS_FILE)
   entries = []
   if os.path.exists(path):
     with open(path) as f:
       for line in f:
         try:
-          entries.append(json.loads(line))
+          entry = json.loads(line)
         except json.JSONDecodeError:
           break
+        shard = os.path.join(out, entry['file'])
+        if not (os.path.exists(shard) and os.path.getsize(shard) == entry['tokens'] * itemsize):
+          logging.warning('%s is missing or damaged: writing it and the shards after it again.',
+                          shard)
+          break
+        entries.append(entry)
+    run_dir.write_atomic(path, ''.join(json.dumps(e) + '\n' for e in entries))
   return entries
 
 
@@ -185,15 +194,18 @@ def prepare(config: ml_collections.ConfigDict, out: str, shard_mb: float = 128.0
   dtype = 'uint16' if tokenizer.vocab_size <= 1 << 16 else 'uint32'
   settings = _settings(config, tokenizer, shard_bytes)
   _fix_settings(out, settings)
-  done = _read_progress(out)
+  itemsize = np.dtype(dtype).itemsize
+  done = _read_progress(out, itemsize)
   for split in corpus.text_splits(d):
     _prepare_split(split, config, out, tokenizer, dtype, shard_bytes, done)
-  entries = _read_progress(out)
-  leftovers = set(glob.glob(os.path.join(out, '*.bin'))) - {
-      os.path.join(out, e['file']) for e in entries}
-  for path in leftovers:  # a shard of a killed run, written again under the same name
-    logging.warning('Removing %s, which no finished shard records.', path)
-    os.remove(path)
+  entries = _read_progress(out, itemsize)
+  recorded = {e['file'] for e in entries}
+  for split in ('train', 'validation'):  # shards a killed run wrote past what is recorded now
+    for path in glob.glob(os.path.join(out, f'{split}_*.bin*')):
+      name = os.path.basename(path)
+      if name not in recorded and re.fullmatch(rf'{split}_\d{{5}}\.bin(\.tmp)?', name):
+        logging.warning('Removing %s, which no finished shard records.', path)
+        os.remove(path)
   meta = _meta(entries, settings, dtype, tokenizer, out)
   run_dir.write_atomic(os.path.join(out, META_FILE), json.dumps(meta, indent=1))
   return meta

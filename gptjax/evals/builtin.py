@@ -74,9 +74,11 @@ def next_line_task(data_config: ml_collections.ConfigDict, count: int, seed: int
   _, validation = corpus.text_splits(data_config)
   files = [text.split('\n') for text in validation.texts(data_config.decode_errors)]
   places = [(f, i) for f, lines in enumerate(files) for i in _candidate_lines(lines, max_chars)]
-  if len(places) < count + _DISTRACTORS:
-    raise ValueError(f'The validation split holds {len(places)} usable lines, too few for '
-                     f'{count} next-line questions; lower --examples or add validation text.')
+  distinct = len({files[f][i] for f, i in places})
+  if len(places) < count or distinct < _DISTRACTORS + 1:
+    raise ValueError(f'The validation split holds {len(places)} usable lines ({distinct} '
+                     f'distinct), too few for {count} next-line questions with {_DISTRACTORS} '
+                     'distractors each; lower --examples or add validation text.')
   rng = np.random.default_rng(seed)
   chosen = rng.choice(len(places), size=count, replace=False)
   examples = []

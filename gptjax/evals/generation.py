@@ -28,6 +28,9 @@ def greedy_continuations(scorer: Scorer, prompts: Sequence[Sequence[int]],
   too long for the model loses its oldest tokens."""
   eos = int(scorer.tokenizer.eos_id)
   room = scorer.model_cfg.max_seq_len - max_new_tokens + 1
+  if room < 1:
+    raise ValueError(f'{max_new_tokens} new tokens leave no room for a prompt in '
+                     f'model.max_seq_len={scorer.model_cfg.max_seq_len}; shorten the targets.')
   prompts = [list(p)[-room:] or [eos] for p in prompts]
   width = min(-(-max(map(len, prompts)) // _BUCKET) * _BUCKET, room)
   size, out = scorer.batch_size, []

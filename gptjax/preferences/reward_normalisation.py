@@ -83,6 +83,8 @@ def fold_into_head(params: Any, normalisation: Normalisation) -> Any:
   """Scalar-headed params whose every score is (score - mean) / std of the given params'."""
   head = params['scalar_head']
   kernel, bias = head['kernel'], head['bias']
-  folded = {'kernel': (kernel / normalisation.std).astype(kernel.dtype),
-            'bias': ((bias - normalisation.mean) / normalisation.std).astype(bias.dtype)}
+  # In float64 whatever the parameters' dtype, rounded once to it at the end.
+  wide = lambda x: np.asarray(x, np.float64)
+  folded = {'kernel': (wide(kernel) / normalisation.std).astype(kernel.dtype),
+            'bias': ((wide(bias) - normalisation.mean) / normalisation.std).astype(bias.dtype)}
   return {**params, 'scalar_head': folded}

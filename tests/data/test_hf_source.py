@@ -63,6 +63,12 @@ def test_every_row_is_one_document_in_exactly_one_split(tmp_path, fmt):
   assert 3 <= len(got_val) <= 24  # about a fifth, by a hash of (file, row)
   again = corpus.text_splits(_data(paths=str(tmp_path / f'*.{fmt}'), val_fraction=0.2))
   assert _texts(again[1]) == got_val  # stable
+  moved = tmp_path / 'elsewhere'
+  moved.mkdir()
+  for name in (f'a.{fmt}', f'b.{fmt}'):
+    os.rename(tmp_path / name, moved / name)
+  assert _texts(corpus.text_splits(_data(paths=str(moved / f'*.{fmt}'),
+                                         val_fraction=0.2))[1]) == got_val  # and where it lies
 
 
 def test_val_paths_and_a_named_datasets_own_validation_split(tmp_path):
@@ -72,6 +78,8 @@ def test_val_paths_and_a_named_datasets_own_validation_split(tmp_path):
                                         val_paths=str(tmp_path / 'validation.jsonl')))
   assert _texts(train) == DOCS[:50] and _texts(val) == DOCS[50:]
   train, val = corpus.text_splits(_data(hf_name=str(tmp_path)))  # a dataset directory by name
+  assert _texts(train) == DOCS[:50] and _texts(val) == DOCS[50:]
+  train, val = corpus.text_splits(_data(hf_name=str(tmp_path), hf_streaming=True))
   assert _texts(train) == DOCS[:50] and _texts(val) == DOCS[50:]
   capped = corpus.text_splits(_data(hf_name=str(tmp_path), max_corpus_bytes=200))[0]
   assert sum(len(t.encode()) for t in _texts(capped)) == 200 - round(200 * 0.05)

@@ -57,6 +57,13 @@ def test_prepared_shards_hold_the_ids_a_run_tokenises_in_place(tmp_path, tokeniz
   assert meta['train_with']['data.source'] == 'tokens'
   again = prepare.prepare(config, out, shard_mb=0.1)  # finished: nothing more to write
   assert again == meta
+  before = {name: open(os.path.join(out, name), 'rb').read()
+            for name in sorted(os.listdir(out)) if name.endswith('.bin')}
+  os.remove(os.path.join(out, 'train_00001.bin'))  # a lost shard, and a torn progress line
+  with open(os.path.join(out, prepare.PROGRESS_FILE), 'a') as f:
+    f.write('{"split": "valid')
+  assert prepare.prepare(config, out, shard_mb=0.1) == meta
+  assert {name: open(os.path.join(out, name), 'rb').read() for name in before} == before
   with pytest.raises(ValueError, match='other settings'):
     prepare.prepare(config, out, shard_mb=0.2)
 

@@ -89,6 +89,8 @@ def test_a_sweeps_members_share_a_group_named_after_the_sweep(tmp_path):
       '  config = base.get_config()\n  config.log.wandb_project = "p"\n'
       '  return config, [launch.Member("a", {"model.d_model": 32})]\n')
   assert launch.get_config(str(sweep)).log.wandb_group == 'my_sweep'
+  # The status check rebuilds members from the same place, so it sees the same config.
+  assert launch.load_sweep_file(str(sweep))[0].log.wandb_group == 'my_sweep'
 
 
 def test_a_project_without_wandb_installed_is_refused_before_anything_is_written(
