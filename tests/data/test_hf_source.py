@@ -146,5 +146,5 @@ def test_a_short_run_on_parquet_learns(tmp_path):
   loop.train_and_evaluate(config, workdir)
   with open(os.path.join(workdir, 'metrics.jsonl')) as f:
     evals = [r['eval_loss'] for r in map(json.loads, f) if 'eval_loss' in r]
-  # measured: 3.17, 2.91, 2.81 at steps 30, 60, 90; a uniform guess costs ln 256 = 5.55
+  # measured: 3.25, 3.05, 2.94 at steps 30, 60, 90; a uniform guess costs ln 256 = 5.55
   assert len(evals) == 3 and evals[-1] < evals[0] - 0.1 and evals[-1] < np.log(256) - 1.5
