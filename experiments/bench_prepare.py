@@ -22,8 +22,7 @@ from typing import Sequence
 from absl import app, flags
 
 from experiments.configs import base
-from gptjax.data import corpus, prepare
-from gptjax.data.tokenizer import train_bpe
+from gptjax.data import corpus, prepare, tokenizer
 from gptjax.runs import cli
 
 FLAGS = flags.FLAGS
@@ -52,7 +51,7 @@ def main(argv: Sequence[str]) -> None:
         break
       sample.append(text)
       size += len(text.encode('utf-8'))
-    bpe = train_bpe(iter(sample), 4096)
+    bpe = tokenizer.train_bpe(iter(sample), 4096)
     bpe_path = bpe.save(os.path.join(work, 'bpe'))
     batches, batch, chars = [], [], 0
     for text in texts:
@@ -63,13 +62,13 @@ def main(argv: Sequence[str]) -> None:
         batch, chars = [], 0
     batches.append(batch)
 
-    def run_prepare(tokenizer: str) -> None:
-      out = os.path.join(work, f'out_{tokenizer}')
+    def run_prepare(name: str) -> None:
+      out = os.path.join(work, f'out_{name}')
       shutil.rmtree(out, ignore_errors=True)
       run_config = base.get_config()
       run_config.data.max_corpus_bytes = config.data.max_corpus_bytes
-      run_config.data.tokenizer = tokenizer
-      if tokenizer == 'bpe':
+      run_config.data.tokenizer = name
+      if name == 'bpe':
         run_config.data.tokenizer_path = bpe_path
       prepare.prepare(run_config, out, shard_mb=32)
 

@@ -3,8 +3,8 @@ the masked-LM corruption, and the checks of the `data` section (docs/data.md).""
 
 from gptjax import lazy_exports
 
-SUBMODULES = ('checks', 'corpus', 'hf_source', 'masking', 'pipeline', 'split_hash', 'tokenizer',
-              'tokens')
+SUBMODULES = ('checks', 'corpus', 'hf_source', 'masking', 'pipeline', 'prepare', 'split_hash',
+              'tokenizer', 'tokens')
 # Public names -> the submodule that defines each.
 NAMES = {'check_config': 'checks', 'Data': 'pipeline', 'Windows': 'pipeline', 'build_data':
          'pipeline', 'local_batch_size': 'pipeline', 'row_shape': 'pipeline',
