@@ -31,18 +31,8 @@ from gptjax.data import load_tokenizer
 from gptjax.finetune import exact_match, finetune, sft_data, tasks
 from gptjax.model import GPT, GPTConfig
 from gptjax.runs import cli, run_dir
-from gptjax.scaling import records
 
 FLAGS = flags.FLAGS
-
-
-def _finished(run: str) -> dict | None:
-  """The final eval record of a finished run, or None."""
-  if not os.path.exists(os.path.join(run, run_dir.CONFIG_FILE)):
-    return None
-  config = run_dir.read_config(run)
-  evals = records.eval_records(run_dir.read_metrics(run))
-  return evals[-1] if evals and evals[-1]['step'] == config.train.num_steps else None
 
 
 def _config(member: plan.Member):
@@ -56,7 +46,7 @@ def _config(member: plan.Member):
 def _check_bases(bases: str) -> None:
   for base, width in plan.BASES.items():
     path = os.path.join(bases, base)
-    if not os.path.isdir(path) or _finished(path) is None:
+    if not os.path.isdir(path) or run_dir.final_record(path) is None:
       raise ValueError(f'{path} is not a finished pre-training run; train the bases first: '
                        'python -m launch.sweep --sweep=experiments/sweeps/clm_vs_mlm_lr.py '
                        f'--nofit --workdir={bases}')
@@ -66,7 +56,7 @@ def _check_bases(bases: str) -> None:
 
 
 def _train(members: Sequence[plan.Member], bases: str, workdir: str, stage: str) -> None:
-  todo = [m for m in members if _finished(os.path.join(workdir, m.name)) is None]
+  todo = [m for m in members if run_dir.final_record(os.path.join(workdir, m.name)) is None]
   print(f'{stage}: {len(members) - len(todo)} of {len(members)} fine-tunes already finished.',
         flush=True)
   start = time.perf_counter()
@@ -81,7 +71,7 @@ def _train(members: Sequence[plan.Member], bases: str, workdir: str, stage: str)
 
 
 def _losses(members: Sequence[plan.Member], workdir: str) -> dict[plan.Member, float]:
-  finals = {m: _finished(os.path.join(workdir, m.name)) for m in members}
+  finals = {m: run_dir.final_record(os.path.join(workdir, m.name)) for m in members}
   return {m: final['eval_loss'] for m, final in finals.items() if final is not None}
 
 
@@ -105,7 +95,7 @@ def collect(members: Sequence[plan.Member], bases: str, workdir: str) -> list[di
   """One row per finished member: its plan fields and final response loss and exact match."""
   rows = []
   for member in members:
-    final = _finished(os.path.join(workdir, member.name))
+    final = run_dir.final_record(os.path.join(workdir, member.name))
     if final is None:
       continue
     base_config = run_dir.read_config(os.path.join(bases, member.base))

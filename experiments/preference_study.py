@@ -91,11 +91,8 @@ def _stage(stage: str, overrides: dict):
   return _set(preferences.get_config(stage), overrides)
 
 
-def _finished(workdir: str) -> bool:
-  if not os.path.exists(os.path.join(workdir, run_dir.CONFIG_FILE)):
-    return False
-  evals = [r for r in run_dir.read_metrics(workdir) if tables.GOLD in r or 'eval_loss' in r]
-  return bool(evals) and evals[-1]['step'] == run_dir.read_config(workdir).train.num_steps
+def _final(workdir: str) -> dict | None:
+  return run_dir.final_record(workdir, (tables.GOLD, run_dir.EVAL_KEY))
 
 
 def sft_run(workdir: str, base: str) -> str:
@@ -142,7 +139,7 @@ def train_policy(run: PolicyRun, workdir: str, policy: str, pairs: str,
 def run_all(workdir: str, bases: str, runs: Sequence[PolicyRun]) -> tuple[str, dict[str, str]]:
   """Every stage; returns the pairs run and the reward-model runs."""
   for key, trunk in {'policy': POLICY_BASE, **REWARD_TRUNKS}.items():
-    if not _finished(os.path.join(bases, trunk)):
+    if not _final(os.path.join(bases, trunk)):
       raise ValueError(f'{os.path.join(bases, trunk)} is not a finished pre-training run; train '
                        'the bases first: python -m launch.sweep --sweep=experiments/sweeps/'
                        f'clm_vs_mlm_lr.py --nofit --workdir={bases}')
@@ -150,7 +147,7 @@ def run_all(workdir: str, bases: str, runs: Sequence[PolicyRun]) -> tuple[str, d
   pairs = os.path.join(workdir, 'pairs')
   pair_sampling.make_pairs(preferences.get_config('pairs'), policy, pairs)
   rms = reward_models(workdir, bases, pairs)
-  todo = [run for run in runs if not _finished(os.path.join(workdir, run.name))]
+  todo = [run for run in runs if not _final(os.path.join(workdir, run.name))]
   start = time.perf_counter()
   for index, run in enumerate(todo, start=1):
     train_policy(run, workdir, policy, pairs, rms)
@@ -183,7 +180,7 @@ def main(argv: Sequence[str]) -> None:
     rms = {key: os.path.join(FLAGS.workdir, f'rm_{key}') for key in REWARD_TRUNKS}
   else:
     pairs, rms = run_all(FLAGS.workdir, FLAGS.bases, runs)
-  finished = [run for run in runs if _finished(os.path.join(FLAGS.workdir, run.name))]
+  finished = [run for run in runs if _final(os.path.join(FLAGS.workdir, run.name))]
   curves = {run: tables.curve(os.path.join(FLAGS.workdir, run.name)) for run in finished}
   print(tables.format_reward_models(rms, FLAGS.bases, REWARD_TRUNKS, pairs), '\n')
   print(tables.format_finals(curves), '\n')

@@ -28,7 +28,7 @@ import json
 import os
 import re
 import time
-from typing import Any, Iterator, Sequence
+from typing import Any, Sequence
 
 import ml_collections
 import numpy as np
@@ -41,7 +41,6 @@ from gptjax.runs import cli, run_dir
 PROGRESS_FILE = 'progress.jsonl'
 SETTINGS_FILE = 'settings.json'
 META_FILE = 'meta.json'
-_ENCODE_BYTES = 1 << 23  # text per encode_batch call: parallel inside, bounded memory
 
 
 def shard_name(split: str, index: int) -> str:
@@ -121,26 +120,13 @@ class _Progress:
             flush=True)
 
 
-def _batches(texts: Iterator[str], limit: int) -> Iterator[tuple[list[str], int]]:
-  """Consecutive documents, cut after each `limit` bytes of UTF-8 text; with their bytes."""
-  batch, size = [], 0
-  for text in texts:
-    batch.append(text)
-    size += len(text.encode('utf-8'))
-    if size >= limit:
-      yield batch, size
-      batch, size = [], 0
-  if batch:
-    yield batch, size
-
-
 def _write_shard(out: str, name: str, texts: Sequence[str], tokenizer: Tokenizer,
                  dtype: str) -> dict:
   """One shard of `texts`, written whole or not at all; returns its progress entry."""
   path = os.path.join(out, name)
   digest, count, text_bytes = hashlib.sha256(), 0, 0
   with open(path + '.tmp', 'wb') as f:
-    for batch, size in _batches(iter(texts), _ENCODE_BYTES):
+    for batch, size in tokens.text_batches(iter(texts), tokens.ENCODE_BYTES):
       ids = tokenizer.encode_documents(batch, dtype).tobytes()
       f.write(ids)
       digest.update(ids)
@@ -153,13 +139,6 @@ def _write_shard(out: str, name: str, texts: Sequence[str], tokenizer: Tokenizer
           'sha256': digest.hexdigest()}
 
 
-def _append_progress(out: str, entry: dict) -> None:
-  with open(os.path.join(out, PROGRESS_FILE), 'a') as f:
-    f.write(json.dumps(entry) + '\n')
-    f.flush()
-    os.fsync(f.fileno())
-
-
 def _prepare_split(split: corpus.TextSplit, config: ml_collections.ConfigDict, out: str,
                    tokenizer: Tokenizer, dtype: str, shard_bytes: int, done: list[dict]) -> None:
   recorded = [e for e in done if e['split'] == split.name]
@@ -170,10 +149,10 @@ def _prepare_split(split: corpus.TextSplit, config: ml_collections.ConfigDict, o
   texts = split.texts(config.data.decode_errors)
   for _ in range(skip):  # read again, not tokenised: the finished shards hold them
     next(texts)
-  for shard_texts, _ in _batches(texts, shard_bytes):
+  for shard_texts, _ in tokens.text_batches(texts, shard_bytes):
     entry = {'split': split.name, **_write_shard(out, shard_name(split.name, progress.shards),
                                                  shard_texts, tokenizer, dtype)}
-    _append_progress(out, entry)
+    run_dir.append_json_line(os.path.join(out, PROGRESS_FILE), entry)
     progress.shards += 1
     progress.update(entry['documents'], entry['bytes'], entry['tokens'])
   progress.update(0, 0, 0, force=True)

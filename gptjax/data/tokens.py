@@ -36,6 +36,7 @@ from gptjax.runs import run_dir
 TOKEN_DTYPES = ('uint16', 'uint32')
 _CACHE_VERSION = 1  # bump when the cached token layout changes
 _SPLITS = ('train', 'validation')
+ENCODE_BYTES = 1 << 23  # text per encode_batch call: parallel inside it, and bounded memory
 _META_FILE = 'meta.json'
 _TEXT_KEYS = ('dtype', 'train', 'validation', 'val_unigram_entropy')  # what a cache's meta holds
 _SHARD_KEYS = ('train', 'validation', 'max_id', 'max_id_file', 'max_id_offset',
@@ -264,6 +265,19 @@ def fingerprint(d: ml_collections.ConfigDict, tokenizer: Tokenizer, extra=None) 
   return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
 
 
+def text_batches(texts: Iterator[str], limit: int) -> Iterator[tuple[list[str], int]]:
+  """Consecutive documents, cut after each `limit` bytes of UTF-8 text; with their bytes."""
+  batch, size = [], 0
+  for text in texts:
+    batch.append(text)
+    size += len(text.encode('utf-8'))
+    if size >= limit:
+      yield batch, size
+      batch, size = [], 0
+  if batch:
+    yield batch, size
+
+
 def _tokenize(split: corpus.TextSplit, tokenizer: Tokenizer, decode_errors: str, path: str,
               dtype: str) -> dict:
   """Writes the split's documents, each followed by eos, to `path`; returns its stats.
@@ -277,21 +291,11 @@ def _tokenize(split: corpus.TextSplit, tokenizer: Tokenizer, decode_errors: str,
   fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), prefix=os.path.basename(path) + '.tmp')
   try:
     with os.fdopen(fd, 'wb') as f:
-      def flush(texts: list[str]):
-        nonlocal num_tokens
-        if texts:
-          ids = tokenizer.encode_documents(texts, dtype)
-          f.write(ids.tobytes())
-          checksum.update(ids.tobytes())
-          num_tokens += len(ids)
-      batch, chars = [], 0
-      for text in split.texts(decode_errors, stats):
-        batch.append(text)
-        chars += len(text)
-        if chars >= 1 << 23:  # ~8 MB of text per encode_batch: parallel, and bounded memory
-          flush(batch)
-          batch, chars = [], 0
-      flush(batch)
+      for batch, _ in text_batches(split.texts(decode_errors, stats), ENCODE_BYTES):
+        ids = tokenizer.encode_documents(batch, dtype).tobytes()
+        f.write(ids)
+        checksum.update(ids)
+        num_tokens += len(ids) // np.dtype(dtype).itemsize
     if not stats.bytes:
       raise ValueError(f'The {split.name} split is empty: {split.num_documents} documents, '
                        f'{len(stats.skipped)} skipped as undecodable {stats.skipped[:3]}, the rest '

@@ -160,7 +160,7 @@ def evaluate_run(workdir: str, tasks: Sequence[Task], shots: Sequence[int], *, e
       record = {'task': task.name, 'kind': task.kind, 'shots': k, 'step': scorer.step,
                 'examples': examples, 'seed': seed, **run(k), **fields,
                 'eval_time': time.perf_counter() - start}
-      _append(workdir, record)
+      run_dir.append_json_line(os.path.join(workdir, EVALS_FILE), record)
       new.append(record)
       logging.info('%s: %s at %d shots: %s', workdir, task.name, k, summary(record))
   return new
@@ -169,16 +169,3 @@ def evaluate_run(workdir: str, tasks: Sequence[Task], shots: Sequence[int], *, e
 def summary(record: dict) -> str:
   keys = ('exact_match', 'target_logprob', 'acc', 'acc_norm', 'icl_score', 'induction_gain')
   return ', '.join(f'{k} {record[k]:.4g}' for k in keys if k in record)
-
-
-def _append(workdir: str, record: dict) -> None:
-  """One line, flushed and synced: a killed evaluation leaves whole records behind."""
-  path = os.path.join(workdir, EVALS_FILE)
-  with open(path, 'a+b') as f:
-    cut_short = False
-    if f.seek(0, os.SEEK_END) > 0:
-      f.seek(-1, os.SEEK_END)
-      cut_short = f.read(1) != b'\n'
-    f.write((('\n' if cut_short else '') + json.dumps(record) + '\n').encode())
-    f.flush()
-    os.fsync(f.fileno())

@@ -20,14 +20,8 @@ def finished_members(sweep_dir: str) -> list[str]:
   """Run directories under `sweep_dir` whose training reached its last step, in name order."""
   if not os.path.isdir(sweep_dir):
     raise ValueError(f'--sweep_dir={sweep_dir} is not a directory.')
-  members = []
-  for name in sorted(os.listdir(sweep_dir)):
-    path = os.path.join(sweep_dir, name)
-    if not os.path.isfile(os.path.join(path, run_dir.CONFIG_FILE)):
-      continue
-    steps = [r['step'] for r in run_dir.read_metrics(path) if 'eval_loss' in r]
-    if steps and steps[-1] == run_dir.read_config(path).train.num_steps:
-      members.append(path)
+  members = [os.path.join(sweep_dir, name) for name in sorted(os.listdir(sweep_dir))
+             if run_dir.final_record(os.path.join(sweep_dir, name)) is not None]
   if not members:
     raise ValueError(f'{sweep_dir} holds no finished runs; train the sweep first.')
   return members

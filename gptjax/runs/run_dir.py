@@ -25,7 +25,7 @@ import os
 import tempfile
 import time
 import warnings
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import ml_collections
 
@@ -303,3 +303,28 @@ def truncate_metrics_after(workdir: str, step: int) -> int:
       kept.append(line + '\n')
   write_atomic(path, ''.join(kept))
   return dropped
+
+
+def final_record(workdir: str, keys: Sequence[str] = (EVAL_KEY,)) -> dict[str, Any] | None:
+  """The last evaluation of a finished run: its latest record carrying one of `keys` at the run's
+  last step (`train.num_steps`); None while the run has not finished (or never started)."""
+  if not (exists(os.path.join(workdir, CONFIG_FILE))
+          and exists(os.path.join(workdir, METRICS_FILE))):
+    return None
+  evals = [r for r in read_metrics(workdir) if any(key in r for key in keys)]
+  if evals and evals[-1].get('step') == read_config(workdir).train.num_steps:
+    return evals[-1]
+  return None
+
+
+def append_json_line(path: str, record: dict[str, Any]) -> None:
+  """Appends `record` as one JSON line, flushed and synced, so a kill leaves whole records behind;
+  a last line an earlier kill cut short is ended first, so the new record never joins it."""
+  with open(path, 'a+b') as f:
+    cut_short = False
+    if f.seek(0, os.SEEK_END) > 0:
+      f.seek(-1, os.SEEK_END)
+      cut_short = f.read(1) != b'\n'
+    f.write((('\n' if cut_short else '') + json.dumps(record) + '\n').encode())
+    f.flush()
+    os.fsync(f.fileno())
